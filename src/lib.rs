@@ -1,0 +1,35 @@
+//! herd: a herd of application servers. Mobile clients tell a server where they
+//! are (`IAMAT`) and ask what is near them (`WHATSAT`); servers flood location
+//! updates to one another over gRPC streams.
+//!
+//! The data path, one module each:
+//!
+//! - [`wire`]: the client line protocol: bytes in, [`wire::Command`] out; replies byte for byte.
+//! - [`gateway`]: the accept loop and per-connection task; turns lines into [`node::Node`] calls.
+//! - [`node`]: one server: its store, the flood decision, and the calls the gateway and peers make.
+//! - [`store`]: client records and "is this newer?".
+//! - [`peer`]: the gRPC backbone: the `Link` service, the dialer per neighbour, link states.
+//! - [`places`]: the tower stack around the places providers (the embedded offline dataset).
+//! - [`config`]: the herd file, validated before any port is bound.
+//! - [`server`]: one server's lifecycle: listeners, tasks, shutdown.
+//! - [`logging`]: tracing to stderr and to one file per server.
+
+pub mod config;
+pub mod gateway;
+pub mod logging;
+pub mod node;
+pub mod peer;
+pub mod places;
+pub mod server;
+pub mod store;
+pub mod wire;
+
+/// The generated gRPC types of `proto/herd/v1/herd.proto`.
+#[allow(clippy::all, missing_docs, unreachable_pub)]
+pub mod proto {
+    tonic::include_proto!("herd.v1");
+
+    /// The encoded descriptor set of the herd's protos, for server reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        include_bytes!(concat!(env!("OUT_DIR"), "/herd_descriptor.bin"));
+}

@@ -1,0 +1,165 @@
+//! The `herd` command: `serve` one server of the herd file, or bring the whole herd
+//! `up` in one process. The herd file is loaded and validated before any port is bound.
+
+use std::{path::PathBuf, process::ExitCode, sync::Arc};
+
+use clap::{Args, Parser, Subcommand};
+use herd::{
+    config::{HerdConfig, ProviderKind},
+    logging,
+    places::{self, OfflineProvider},
+    server::{self, Listeners},
+};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "herd",
+    version,
+    about = "A herd of location servers that flood updates over gRPC"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run one server of the herd file.
+    Serve {
+        /// The server's name in the herd file (e.g. Goloman).
+        name: String,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Run every server of the herd file in this process, each with its own listeners.
+    Up {
+        #[command(flatten)]
+        common: Common,
+    },
+}
+
+#[derive(Args, Debug)]
+struct Common {
+    /// The herd file (default: the built-in copy of deploy/herd.toml).
+    #[arg(long, env = "HERD_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Where each server writes its log file, <NAME>.log (created if missing).
+    #[arg(long, default_value = "logs", value_name = "DIR")]
+    log_dir: PathBuf,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let (common, only) = match &cli.command {
+        Command::Serve { name, common } => (common, Some(name.as_str())),
+        Command::Up { common } => (common, None),
+    };
+
+    let mut herd = match HerdConfig::load(common.config.as_deref()) {
+        Ok(herd) => herd,
+        Err(e) => return fail(2, &e),
+    };
+    if let Ok(provider) = std::env::var("HERD_PLACES") {
+        match provider.parse::<ProviderKind>() {
+            Ok(p) => herd.places.provider = p,
+            Err(e) => return fail(2, &format!("HERD_PLACES: {e}")),
+        }
+    }
+    let names: Vec<Arc<str>> = match only {
+        Some(name) => match herd.server(name) {
+            Ok(s) => vec![s.name.clone()],
+            Err(e) => return fail(2, &e),
+        },
+        None => herd.servers.iter().map(|s| s.name.clone()).collect(),
+    };
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return fail(1, &format!("cannot start the runtime: {e}")),
+    };
+    runtime.block_on(run(Arc::new(herd), names, &common.log_dir))
+}
+
+async fn run(herd: Arc<HerdConfig>, names: Vec<Arc<str>>, log_dir: &std::path::Path) -> ExitCode {
+    let offline = OfflineProvider::new();
+    let places = match places::stack(&herd.places, offline.clone()) {
+        Ok(p) => p,
+        Err(e) => return fail(2, &format!("places: {e}")),
+    };
+
+    let mut bound = Vec::with_capacity(names.len());
+    for name in &names {
+        let Ok(server) = herd.server(name) else {
+            continue;
+        };
+        match Listeners::bind(server).await {
+            Ok(l) => bound.push((name.clone(), l)),
+            Err(e) => return fail(1, &e),
+        }
+    }
+
+    let _guard = match logging::init(log_dir, &names) {
+        Ok(g) => g,
+        Err(e) => return fail(1, &e),
+    };
+    if herd.places.provider == ProviderKind::Offline {
+        offline.preload();
+    }
+
+    let shutdown = CancellationToken::new();
+    tokio::spawn(signals(shutdown.clone()));
+
+    let mut runs: futures_util::stream::FuturesUnordered<_> = bound
+        .into_iter()
+        .map(|(name, listeners)| {
+            let herd = herd.clone();
+            let places = places.clone();
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move { server::run(herd, &name, listeners, places, shutdown).await })
+        })
+        .collect();
+    let mut code = ExitCode::SUCCESS;
+    while let Some(result) = futures_util::StreamExt::next(&mut runs).await {
+        match result {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "server failed");
+                code = ExitCode::from(1);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "server task panicked");
+                code = ExitCode::from(1);
+            }
+        }
+        // One server failing takes the process down cleanly rather than half-running.
+        shutdown.cancel();
+    }
+    code
+}
+
+/// Cancels `shutdown` on SIGTERM or SIGINT.
+async fn signals(shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot listen for signals; stop with SIGKILL");
+        return;
+    };
+    let which = tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    };
+    tracing::info!(signal = which, "shutting down");
+    shutdown.cancel();
+}
+
+fn fail(code: u8, e: &dyn std::fmt::Display) -> ExitCode {
+    eprintln!("herd: {e}");
+    ExitCode::from(code)
+}

@@ -1,0 +1,212 @@
+//! One server of the herd: its store, the flood decision, and the calls that the
+//! gateway (IAMAT, WHATSAT) and the peer links (updates, catch-up) make.
+
+use std::sync::Arc;
+
+use tower::ServiceExt as _;
+
+use crate::{
+    peer::link::Links,
+    places::{Places, PlacesRequest, PlacesService},
+    proto,
+    store::{BadUpdate, Record, Store},
+    wire::{self, Timestamp},
+};
+
+/// Whom an update goes to next, and the list it carries there.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Flood<'a> {
+    pub targets: Vec<&'a str>,
+    pub seen: Vec<String>,
+}
+
+/// The flood decision, with no I/O: an update that `me` has just applied, which
+/// came from `from` (None for an IAMAT of its own) carrying `seen`, goes to every
+/// neighbour that is not in `seen`, not `from`, and whose link is up. The list it
+/// carries adds `me` and those targets, so that they do not send it to one another.
+/// A neighbour whose link is down is left out of the list, so that another server
+/// still connected to it forwards the update.
+pub fn plan<'a>(
+    me: &str,
+    neighbours: &'a [Arc<str>],
+    from: Option<&str>,
+    seen: &[String],
+    is_up: impl Fn(&str) -> bool,
+) -> Flood<'a> {
+    let mut next: Vec<String> = seen.to_vec();
+    for name in [Some(me), from].into_iter().flatten() {
+        if !next.iter().any(|s| s == name) {
+            next.push(name.to_owned());
+        }
+    }
+    let targets: Vec<&str> = neighbours
+        .iter()
+        .map(|n| &**n)
+        .filter(|n| !next.iter().any(|s| s == n) && is_up(n))
+        .collect();
+    next.extend(targets.iter().map(|t| (*t).to_owned()));
+    Flood {
+        targets,
+        seen: next,
+    }
+}
+
+/// One server: what the gateway and the peer links call.
+#[derive(Debug)]
+pub struct Node {
+    name: Arc<str>,
+    neighbours: Vec<Arc<str>>,
+    store: Store,
+    links: Links,
+    places: PlacesService,
+}
+
+impl Node {
+    pub fn new(name: Arc<str>, neighbours: Vec<Arc<str>>, places: PlacesService) -> Node {
+        let links = Links::new(&name, &neighbours);
+        Node {
+            name,
+            neighbours,
+            store: Store::new(),
+            links,
+            places,
+        }
+    }
+
+    pub fn name(&self) -> &Arc<str> {
+        &self.name
+    }
+
+    pub fn links(&self) -> &Links {
+        &self.links
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Handles an IAMAT received at `now`; appends the reply line (with its newline).
+    pub fn iamat(&self, cmd: &wire::IAmAt<'_>, now: Timestamp, out: &mut Vec<u8>) {
+        let mut diff = Vec::with_capacity(24);
+        wire::write_time_diff(now, &cmd.client_time, &mut diff);
+        let record = Record::from_iamat(&self.name, &diff, cmd);
+        match self.store.offer_iamat(record.clone()) {
+            Ok(()) => {
+                out.extend_from_slice(record.line());
+                self.flood(&record, None, &[]);
+            }
+            Err(stored) => out.extend_from_slice(stored.line()),
+        }
+        out.push(b'\n');
+    }
+
+    /// Handles a WHATSAT; appends the whole reply. False when the client is
+    /// unknown here (the caller answers `?`).
+    pub async fn whatsat(&self, cmd: &wire::WhatsAt<'_>, out: &mut Vec<u8>) -> bool {
+        let Some(record) = self.store.get(cmd.client_id) else {
+            return false;
+        };
+        let req = PlacesRequest {
+            lat: record.lat,
+            lon: record.lon,
+            radius_m: cmd.radius_km * 1000.0,
+            bound: cmd.bound,
+        };
+        let places = match self.places.clone().oneshot(req).await {
+            Ok(places) => places,
+            Err(e) => {
+                tracing::warn!(error = %e, "places lookup failed");
+                Places::from_error(&e, std::time::Duration::ZERO)
+            }
+        };
+        out.extend_from_slice(record.line());
+        out.push(b'\n');
+        places.write_json(cmd.bound, out);
+        out.extend_from_slice(b"\n\n");
+        true
+    }
+
+    /// Applies an update from neighbour `from`: stored and forwarded only when it is
+    /// newer than what this server holds. Ok(true) when it was applied.
+    pub fn apply_update(&self, update: &proto::Update, from: &str) -> Result<bool, BadUpdate> {
+        let record = Record::from_update(update)?;
+        if !self.store.offer_update(record.clone()) {
+            return Ok(false);
+        }
+        tracing::debug!(
+            client = %record.client_id().escape_ascii(),
+            origin = %update.origin,
+            from,
+            "update applied"
+        );
+        self.flood(&record, Some(from), &update.seen);
+        Ok(true)
+    }
+
+    fn flood(&self, record: &Record, from: Option<&str>, seen: &[String]) {
+        let plan = plan(&self.name, &self.neighbours, from, seen, |n| {
+            self.links.is_up(n)
+        });
+        if plan.targets.is_empty() {
+            return;
+        }
+        let update = record.to_update(plan.seen);
+        for target in plan.targets {
+            self.links.send(target, update.clone());
+        }
+    }
+
+    /// Every record as an update from this server, for a neighbour's catch-up.
+    pub fn snapshot_updates(&self) -> Vec<proto::Update> {
+        let seen = vec![self.name.to_string()];
+        self.store
+            .snapshot()
+            .iter()
+            .map(|r| r.to_update(seen.clone()))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(list: &[&str]) -> Vec<Arc<str>> {
+        list.iter().map(|s| Arc::from(*s)).collect()
+    }
+
+    #[test]
+    fn own_iamat_goes_to_every_live_neighbour() {
+        let n = names(&["Hands", "Holiday", "Wilkes"]);
+        let p = plan("Goloman", &n, None, &[], |_| true);
+        assert_eq!(p.targets, ["Hands", "Holiday", "Wilkes"]);
+        assert_eq!(p.seen, ["Goloman", "Hands", "Holiday", "Wilkes"]);
+    }
+
+    #[test]
+    fn never_back_to_the_sender_nor_to_those_that_have_it() {
+        let n = names(&["Goloman", "Welsh", "Wilkes"]);
+        let seen = vec!["Goloman".to_owned(), "Wilkes".to_owned()];
+        let p = plan("Holiday", &n, Some("Goloman"), &seen, |_| true);
+        assert_eq!(p.targets, ["Welsh"]);
+        assert_eq!(p.seen, ["Goloman", "Wilkes", "Holiday", "Welsh"]);
+        // The sender is never a target even when a buggy peer leaves itself out of the list.
+        let p = plan("Holiday", &n, Some("Welsh"), &[], |_| true);
+        assert_eq!(p.targets, ["Goloman", "Wilkes"]);
+    }
+
+    #[test]
+    fn down_neighbours_stay_off_the_list() {
+        let n = names(&["Hands", "Holiday", "Wilkes"]);
+        let p = plan("Goloman", &n, None, &[], |name| name != "Wilkes");
+        assert_eq!(p.targets, ["Hands", "Holiday"]);
+        assert_eq!(p.seen, ["Goloman", "Hands", "Holiday"]);
+    }
+
+    #[test]
+    fn nothing_left_to_tell() {
+        let n = names(&["Holiday"]);
+        let p = plan("Welsh", &n, Some("Holiday"), &[], |_| true);
+        assert!(p.targets.is_empty());
+    }
+}

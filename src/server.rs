@@ -1,0 +1,165 @@
+//! One server's lifecycle: its listeners, its gateway, its gRPC side and its
+//! dialers, and a clean shutdown (links closed, tasks drained with a grace period).
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use futures_util::StreamExt as _;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tracing::Instrument as _;
+
+use crate::{
+    config::{HerdConfig, ServerConfig},
+    gateway,
+    node::Node,
+    peer::{self, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, PeerService},
+    places::PlacesService,
+};
+
+/// How long tasks get to finish after shutdown is asked for.
+pub const GRACE: Duration = Duration::from_secs(3);
+
+/// Why a server could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("{server}: cannot listen for {what} on {addr}: {source}")]
+    Bind {
+        server: String,
+        what: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("{server}: gRPC server failed: {source}")]
+    Grpc {
+        server: String,
+        source: tonic::transport::Error,
+    },
+}
+
+/// A server's two listeners, bound before anything runs so that a busy port stops
+/// start-up with a clear message.
+#[derive(Debug)]
+pub struct Listeners {
+    pub client: TcpListener,
+    pub peer: TcpListener,
+}
+
+impl Listeners {
+    pub async fn bind(server: &ServerConfig) -> Result<Listeners, ServerError> {
+        let bind = |what: &'static str, addr: SocketAddr| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| ServerError::Bind {
+                    server: server.name.to_string(),
+                    what,
+                    addr,
+                    source,
+                })
+        };
+        Ok(Listeners {
+            client: bind("clients", server.client_addr()).await?,
+            peer: bind("peers", server.peer_addr()).await?,
+        })
+    }
+}
+
+/// Runs server `name` of `herd` on `listeners` until `shutdown` fires, then stops
+/// cleanly. Every task runs in a `server` span naming it (the logs route on it).
+pub async fn run(
+    herd: Arc<HerdConfig>,
+    name: &str,
+    listeners: Listeners,
+    places: PlacesService,
+    shutdown: CancellationToken,
+) -> Result<(), ServerError> {
+    let span = tracing::info_span!("server", name = %name);
+    serve(herd, name, listeners, places, shutdown)
+        .instrument(span)
+        .await
+}
+
+async fn serve(
+    herd: Arc<HerdConfig>,
+    name: &str,
+    listeners: Listeners,
+    places: PlacesService,
+    shutdown: CancellationToken,
+) -> Result<(), ServerError> {
+    let me = herd
+        .servers
+        .iter()
+        .find(|s| &*s.name == name)
+        .expect("the caller checked the server name against the herd file");
+    let node = Arc::new(Node::new(me.name.clone(), me.neighbours.clone(), places));
+    let tasks = TaskTracker::new();
+    let client_addr = listeners.client.local_addr().ok();
+    let peer_addr = listeners.peer.local_addr().ok();
+
+    tasks.spawn(
+        gateway::run(
+            listeners.client,
+            node.clone(),
+            shutdown.clone(),
+            tasks.clone(),
+        )
+        .in_current_span(),
+    );
+
+    let incoming = TcpListenerStream::new(listeners.peer).map(|conn| {
+        conn.inspect(|s| {
+            // Latency over throughput: updates are small.
+            let _ = s.set_nodelay(true);
+        })
+    });
+    let grpc_span = tracing::Span::current();
+    let grpc = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+        .trace_fn(
+            move |req| tracing::info_span!(parent: &grpc_span, "grpc", path = %req.uri().path()),
+        )
+        .add_service(PeerService::new(node.clone(), shutdown.clone()).into_server())
+        .serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned());
+    let grpc = tokio::spawn(grpc.in_current_span());
+
+    for neighbour in &me.neighbours {
+        let Some(slot) = node.links().get(neighbour).cloned() else {
+            continue;
+        };
+        let uri = match herd.server(neighbour) {
+            Ok(n) => n.peer_uri(),
+            Err(_) => continue,
+        };
+        tasks.spawn(peer::dial::run(node.clone(), slot, uri, shutdown.clone()).in_current_span());
+    }
+
+    tracing::info!(
+        clients = ?client_addr,
+        peers = ?peer_addr,
+        neighbours = ?me.neighbours,
+        "server started"
+    );
+
+    shutdown.cancelled().await;
+    tracing::info!("shutting down");
+    node.links().close_all();
+    tasks.close();
+    let drained = tokio::time::timeout(GRACE, async {
+        tasks.wait().await;
+        grpc.await
+    })
+    .await;
+    match drained {
+        Ok(Ok(Ok(()))) => tracing::info!("stopped"),
+        Ok(Ok(Err(source))) => {
+            return Err(ServerError::Grpc {
+                server: name.to_owned(),
+                source,
+            });
+        }
+        Ok(Err(join)) => tracing::error!(error = %join, "gRPC task failed"),
+        Err(_) => tracing::warn!(grace = ?GRACE, "stopped before every task finished"),
+    }
+    Ok(())
+}

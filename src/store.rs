@@ -1,0 +1,385 @@
+//! Client records: one per client, the newest by client time, and the total order
+//! that makes every server converge on the same record.
+
+use std::{
+    cmp::Ordering,
+    collections::HashMap,
+    hash::{BuildHasher, RandomState},
+    sync::Mutex,
+};
+
+use bytes::Bytes;
+
+use crate::{
+    proto,
+    wire::{self, ClientTime},
+};
+
+/// A client's record: the AT line made by the server that received its IAMAT.
+#[derive(Clone, Debug)]
+pub struct Record {
+    /// `AT <origin> <diff> <client_id> <location> <time>`, without a newline. Every
+    /// field is free of whitespace, so single spaces delimit them.
+    line: Bytes,
+    pub lat: f64,
+    pub lon: f64,
+    pub time: ClientTime,
+}
+
+/// Why an update from a peer cannot be a record.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum BadUpdate {
+    #[error("client fields do not form a valid IAMAT: {0}")]
+    Fields(wire::ParseError),
+    #[error("origin {0:?} is not a valid server name")]
+    Origin(String),
+    #[error("time difference {0:?} is not of the form [+-]D+.DDDDDDDDD")]
+    TimeDiff(String),
+    #[error("label is missing")]
+    NoLabel,
+    #[error("label does not match the update's time and origin")]
+    LabelMismatch,
+}
+
+impl Record {
+    /// The record of a parsed IAMAT, as server `origin` replied to it with `diff`.
+    pub fn from_iamat(origin: &str, diff: &[u8], cmd: &wire::IAmAt<'_>) -> Record {
+        let mut line = Vec::with_capacity(
+            8 + origin.len()
+                + diff.len()
+                + cmd.client_id.len()
+                + cmd.location.len()
+                + cmd.time.len(),
+        );
+        wire::write_at_line(
+            origin,
+            diff,
+            cmd.client_id,
+            cmd.location,
+            cmd.time,
+            &mut line,
+        );
+        Record {
+            line: Bytes::from(line),
+            lat: cmd.lat,
+            lon: cmd.lon,
+            time: cmd.client_time.clone(),
+        }
+    }
+
+    /// Validates an update from a peer as strictly as an IAMAT from a client.
+    pub fn from_update(u: &proto::Update) -> Result<Record, BadUpdate> {
+        let mut iamat =
+            Vec::with_capacity(8 + u.client_id.len() + u.location.len() + u.client_time.len());
+        for (i, part) in [&b"IAMAT"[..], &u.client_id, &u.location, &u.client_time]
+            .into_iter()
+            .enumerate()
+        {
+            if i > 0 {
+                iamat.push(b' ');
+            }
+            iamat.extend_from_slice(part);
+        }
+        let cmd = match wire::parse(&iamat) {
+            Ok(wire::Command::IAmAt(cmd)) => cmd,
+            Ok(_) => return Err(BadUpdate::Fields(wire::ParseError::UnknownCommand)),
+            Err(e) => return Err(BadUpdate::Fields(e)),
+        };
+        if !crate::config::valid_name(&u.origin) {
+            return Err(BadUpdate::Origin(u.origin.clone()));
+        }
+        if !valid_diff(&u.time_diff) {
+            return Err(BadUpdate::TimeDiff(
+                String::from_utf8_lossy(&u.time_diff).into_owned(),
+            ));
+        }
+        let label = u.label.as_ref().ok_or(BadUpdate::NoLabel)?;
+        if label.seconds != cmd.client_time.seconds_digits()
+            || label.nanos != cmd.client_time.nanos()
+            || label.origin != u.origin
+        {
+            return Err(BadUpdate::LabelMismatch);
+        }
+        Ok(Record::from_iamat(&u.origin, &u.time_diff, &cmd))
+    }
+
+    /// The update that carries this record to neighbours.
+    pub fn to_update(&self, seen: Vec<String>) -> proto::Update {
+        let [_, origin, diff, id, location, time] = self.field_ranges();
+        let origin = String::from_utf8_lossy(&self.line[origin]).into_owned();
+        proto::Update {
+            client_id: self.line.slice(id),
+            location: self.line.slice(location),
+            client_time: self.line.slice(time),
+            time_diff: self.line.slice(diff),
+            label: Some(proto::Label {
+                seconds: self.time.seconds_digits().to_owned(),
+                nanos: self.time.nanos(),
+                origin: origin.clone(),
+            }),
+            origin,
+            seen,
+        }
+    }
+
+    /// The AT line, without a newline.
+    pub fn line(&self) -> &Bytes {
+        &self.line
+    }
+
+    pub fn client_id(&self) -> Bytes {
+        let [_, _, _, id, _, _] = self.field_ranges();
+        self.line.slice(id)
+    }
+
+    fn field(&self, i: usize) -> &[u8] {
+        &self.line[self.field_ranges()[i].clone()]
+    }
+
+    fn field_ranges(&self) -> [std::ops::Range<usize>; 6] {
+        let mut out: [std::ops::Range<usize>; 6] = Default::default();
+        let mut start = 0;
+        let mut i = 0;
+        for (pos, &b) in self.line.iter().enumerate() {
+            if b == b' ' && i < 5 {
+                out[i] = start..pos;
+                start = pos + 1;
+                i += 1;
+            }
+        }
+        out[i] = start..self.line.len();
+        out
+    }
+
+    /// The herd's total order on records of one client: client time, then origin
+    /// server, then the remaining bytes (only a restarted origin can make two
+    /// different records with equal time and origin).
+    pub fn order(&self, other: &Record) -> Ordering {
+        self.time
+            .cmp(&other.time)
+            .then_with(|| self.field(1).cmp(other.field(1)))
+            .then_with(|| self.field(2).cmp(other.field(2)))
+            .then_with(|| self.field(4).cmp(other.field(4)))
+    }
+}
+
+/// `[+-]D+.DDDDDDDDD`, the form of every time difference a server replies with.
+fn valid_diff(d: &[u8]) -> bool {
+    let Some((&sign, rest)) = d.split_first() else {
+        return false;
+    };
+    let Some(dot) = rest.iter().position(|&b| b == b'.') else {
+        return false;
+    };
+    (sign == b'+' || sign == b'-')
+        && dot > 0
+        && rest[..dot].iter().all(u8::is_ascii_digit)
+        && rest.len() - dot - 1 == 9
+        && rest[dot + 1..].iter().all(u8::is_ascii_digit)
+}
+
+/// Every client's record, sharded so connections rarely wait on one another.
+#[derive(Debug)]
+pub struct Store {
+    hasher: RandomState,
+    shards: Box<[Mutex<HashMap<Bytes, Record>>]>,
+}
+
+impl Default for Store {
+    fn default() -> Self {
+        Store::new()
+    }
+}
+
+const SHARDS: usize = 16;
+
+impl Store {
+    pub fn new() -> Store {
+        Store {
+            hasher: RandomState::new(),
+            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+        }
+    }
+
+    fn shard(&self, id: &[u8]) -> &Mutex<HashMap<Bytes, Record>> {
+        &self.shards[self.hasher.hash_one(id) as usize % SHARDS]
+    }
+
+    fn lock(&self, id: &[u8]) -> std::sync::MutexGuard<'_, HashMap<Bytes, Record>> {
+        // A panic while holding a shard cannot leave a record half-written (inserts
+        // are single assignments), so a poisoned lock is still good to use.
+        self.shard(id).lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// An IAMAT's record: stored when its client time is newer than the stored
+    /// record's; otherwise the stored record is returned and nothing changes.
+    pub fn offer_iamat(&self, record: Record) -> Result<(), Record> {
+        let id = record.client_id();
+        let mut shard = self.lock(&id);
+        match shard.get(&id[..]) {
+            Some(old) if record.time <= old.time => Err(old.clone()),
+            _ => {
+                shard.insert(id, record);
+                Ok(())
+            }
+        }
+    }
+
+    /// A peer's record: stored when it is above the stored one in the herd's order.
+    pub fn offer_update(&self, record: Record) -> bool {
+        let id = record.client_id();
+        let mut shard = self.lock(&id);
+        match shard.get(&id[..]) {
+            Some(old) if record.order(old) != Ordering::Greater => false,
+            _ => {
+                shard.insert(id, record);
+                true
+            }
+        }
+    }
+
+    pub fn get(&self, client_id: &[u8]) -> Option<Record> {
+        self.lock(client_id).get(client_id).cloned()
+    }
+
+    /// Every record, for a neighbour's catch-up.
+    pub fn snapshot(&self) -> Vec<Record> {
+        let mut out = Vec::with_capacity(self.len());
+        for shard in self.shards.iter() {
+            let shard = shard.lock().unwrap_or_else(|p| p.into_inner());
+            out.extend(shard.values().cloned());
+        }
+        out
+    }
+
+    pub fn len(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).len())
+            .sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(origin: &str, id: &str, loc: &str, time: &str) -> Record {
+        let line = format!("IAMAT {id} {loc} {time}");
+        let wire::Command::IAmAt(c) = wire::parse(line.as_bytes()).unwrap() else {
+            panic!("not an IAMAT")
+        };
+        Record::from_iamat(origin, b"+0.100000000", &c)
+    }
+
+    #[test]
+    fn record_round_trips_through_an_update() {
+        let r = rec(
+            "Goloman",
+            "kiwi",
+            "+34.068930-118.445127",
+            "1520023934.918963997",
+        );
+        assert_eq!(
+            &r.line()[..],
+            b"AT Goloman +0.100000000 kiwi +34.068930-118.445127 1520023934.918963997"
+        );
+        let u = r.to_update(vec!["Goloman".into()]);
+        assert_eq!(&u.client_id[..], b"kiwi");
+        assert_eq!(u.label.as_ref().unwrap().seconds, "1520023934");
+        assert_eq!(u.label.as_ref().unwrap().nanos, 918963997);
+        let back = Record::from_update(&u).unwrap();
+        assert_eq!(back.line(), r.line());
+        assert_eq!(back.order(&r), Ordering::Equal);
+    }
+
+    #[test]
+    fn bad_updates_are_refused() {
+        let good = rec("Hands", "k", "+1+1", "5.5").to_update(vec![]);
+        let mut u = good.clone();
+        u.client_id = Bytes::from_static(b"a b");
+        assert!(matches!(Record::from_update(&u), Err(BadUpdate::Fields(_))));
+        let mut u = good.clone();
+        u.location = Bytes::from_static(b"+91+0");
+        assert!(matches!(Record::from_update(&u), Err(BadUpdate::Fields(_))));
+        let mut u = good.clone();
+        u.origin = "Ha nds".into();
+        assert!(matches!(Record::from_update(&u), Err(BadUpdate::Origin(_))));
+        let mut u = good.clone();
+        u.time_diff = Bytes::from_static(b"+0.1");
+        assert!(matches!(
+            Record::from_update(&u),
+            Err(BadUpdate::TimeDiff(_))
+        ));
+        let mut u = good.clone();
+        u.label.as_mut().unwrap().nanos = 1;
+        assert_eq!(
+            Record::from_update(&u).unwrap_err(),
+            BadUpdate::LabelMismatch
+        );
+        let mut u = good.clone();
+        u.label = None;
+        assert_eq!(Record::from_update(&u).unwrap_err(), BadUpdate::NoLabel);
+        assert!(Record::from_update(&good).is_ok());
+    }
+
+    #[test]
+    fn iamat_keeps_only_newer_client_times() {
+        let s = Store::new();
+        assert!(s.offer_iamat(rec("A", "c", "+1+1", "10")).is_ok());
+        let kept = s.offer_iamat(rec("A", "c", "+2+2", "10.0")).unwrap_err();
+        assert!(kept.line().ends_with(b"+1+1 10"));
+        let kept = s
+            .offer_iamat(rec("B", "c", "+2+2", "9.999999999"))
+            .unwrap_err();
+        assert!(kept.line().ends_with(b"+1+1 10"));
+        assert!(s.offer_iamat(rec("A", "c", "+3+3", "10.000000001")).is_ok());
+        assert!(s.get(b"c").unwrap().line().ends_with(b"+3+3 10.000000001"));
+        assert_eq!(s.len(), 1);
+    }
+
+    #[test]
+    fn updates_converge_whatever_the_order() {
+        // Two IAMATs of one client with equal times at two servers, and an older one.
+        let recs = [
+            rec("Goloman", "c", "+1+1", "7.5"),
+            rec("Hands", "c", "+2+2", "7.500000000"),
+            rec("Wilkes", "c", "+3+3", "7.4"),
+        ];
+        let orders = [
+            [0, 1, 2],
+            [0, 2, 1],
+            [1, 0, 2],
+            [1, 2, 0],
+            [2, 0, 1],
+            [2, 1, 0],
+        ];
+        for order in orders {
+            let s = Store::new();
+            for i in order {
+                s.offer_update(recs[i].clone());
+            }
+            assert!(
+                s.get(b"c").unwrap().line().starts_with(b"AT Hands "),
+                "order {order:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn snapshot_holds_every_record() {
+        let s = Store::new();
+        for i in 0..100 {
+            s.offer_iamat(rec("A", &format!("c{i}"), "+1+1", "1"))
+                .unwrap();
+        }
+        let mut ids: Vec<_> = s.snapshot().iter().map(|r| r.client_id()).collect();
+        ids.sort();
+        ids.dedup();
+        assert_eq!(ids.len(), 100);
+    }
+}
