@@ -55,10 +55,13 @@ async fn connection(
     shutdown: CancellationToken,
 ) {
     tracing::debug!("connected");
+    node.metrics().connections_opened.inc();
+    node.metrics().connections_open.inc();
     match serve(socket, &node, &shutdown).await {
         Ok(()) => tracing::debug!(%addr, "closed"),
         Err(e) => tracing::debug!(%addr, error = %e, "connection failed"),
     }
+    node.metrics().connections_open.dec();
 }
 
 /// Serves one connection: reads lines, answers them in order, writes each batch of
@@ -140,12 +143,13 @@ async fn answer(node: &Node, line: &[u8], out: &mut Vec<u8>) {
         Ok(Command::WhatsAt(cmd)) => {
             if !node.whatsat(&cmd, out).await {
                 tracing::debug!("WHATSAT for an unknown client");
-                wire::write_question(line, out);
+                node.reject(line, out);
             }
         }
         Err(e) => {
             tracing::debug!(reason = %e, "invalid line");
-            wire::write_question(line, out);
+            node.metrics().command("invalid", "rejected");
+            node.reject(line, out);
         }
     }
     tracing::debug!(reply = %out[start..].escape_ascii(), "sent");

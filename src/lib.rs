@@ -12,11 +12,15 @@
 //! - [`places`]: the tower stack around the places providers (the embedded offline dataset).
 //! - [`config`]: the herd file, validated before any port is bound.
 //! - [`server`]: one server's lifecycle: listeners, tasks, shutdown.
+//! - [`inspect`]: the operators' view: the `Inspect` gRPC service, health, reflection, metrics.
+//! - [`metrics`]: one server's Prometheus metrics.
 //! - [`logging`]: tracing to stderr and to one file per server.
 
 pub mod config;
 pub mod gateway;
+pub mod inspect;
 pub mod logging;
+pub mod metrics;
 pub mod node;
 pub mod peer;
 pub mod places;

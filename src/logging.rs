@@ -22,7 +22,7 @@ use tracing_subscriber::{
     filter::{FilterExt as _, Targets, dynamic_filter_fn},
     fmt::format::debug_fn,
     layer::{Context, SubscriberExt as _},
-    registry::LookupSpan,
+    registry::{LookupSpan, Registry},
     util::SubscriberInitExt as _,
 };
 
@@ -67,10 +67,35 @@ impl<S: Subscriber + for<'a> LookupSpan<'a>> Layer<S> for TagServers {
     }
 }
 
+/// The format of log lines, on stderr and in the files alike.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+impl std::str::FromStr for LogFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            other => Err(format!(
+                "unknown log format {other:?} (expected text or json)"
+            )),
+        }
+    }
+}
+
+type BoxedLayer = Box<dyn Layer<Registry> + Send + Sync>;
+
 /// Installs the global subscriber: stderr filtered by `RUST_LOG` (default `info`),
 /// and a file per server in `log_dir` (created if missing) with herd's own events
 /// at debug level (every line received and reply sent) and others' at info.
-pub fn init(log_dir: &Path, servers: &[Arc<str>]) -> io::Result<LogGuard> {
+pub fn init(log_dir: &Path, servers: &[Arc<str>], format: LogFormat) -> io::Result<LogGuard> {
     std::fs::create_dir_all(log_dir).map_err(|e| {
         io::Error::new(
             e.kind(),
@@ -79,13 +104,17 @@ pub fn init(log_dir: &Path, servers: &[Arc<str>]) -> io::Result<LogGuard> {
     })?;
     let stderr_filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let stderr = tracing_subscriber::fmt::layer()
-        .with_writer(io::stderr)
-        .with_ansi(io::stderr().is_terminal())
-        .with_filter(stderr_filter);
+    let stderr = tracing_subscriber::fmt::layer().with_writer(io::stderr);
+    let stderr: BoxedLayer = match format {
+        LogFormat::Text => stderr
+            .with_ansi(io::stderr().is_terminal())
+            .with_filter(stderr_filter)
+            .boxed(),
+        LogFormat::Json => stderr.json().with_filter(stderr_filter).boxed(),
+    };
+    let mut layers: Vec<BoxedLayer> = vec![Box::new(TagServers), stderr];
 
     let mut guards = Vec::new();
-    let mut files = Vec::new();
     for name in servers {
         let path = log_dir.join(format!("{name}.log"));
         let file = std::fs::OpenOptions::new()
@@ -98,7 +127,11 @@ pub fn init(log_dir: &Path, servers: &[Arc<str>]) -> io::Result<LogGuard> {
                     format!("cannot open log file {}: {e}", path.display()),
                 )
             })?;
-        let (writer, guard) = tracing_appender::non_blocking(file);
+        // Not lossy: every line received and every reply sent must reach the file,
+        // so a full buffer makes the logging task wait rather than drop lines.
+        let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+            .lossy(false)
+            .finish(file);
         guards.push(guard);
         let name = name.clone();
         let mine = dynamic_filter_fn(move |meta, cx| {
@@ -115,10 +148,11 @@ pub fn init(log_dir: &Path, servers: &[Arc<str>]) -> io::Result<LogGuard> {
         let levels = Targets::new()
             .with_target("herd", LevelFilter::DEBUG)
             .with_default(LevelFilter::INFO);
-        files.push(
-            tracing_subscriber::fmt::layer()
-                .with_writer(writer)
-                .with_ansi(false)
+        let file = tracing_subscriber::fmt::layer()
+            .with_writer(writer)
+            .with_ansi(false);
+        layers.push(match format {
+            LogFormat::Text => file
                 // A field formatter of its own type: span fields are formatted once per
                 // type and shared, and the terminal's copy may carry colour codes.
                 .fmt_fields(
@@ -130,13 +164,12 @@ pub fn init(log_dir: &Path, servers: &[Arc<str>]) -> io::Result<LogGuard> {
                 )
                 .with_filter(levels.and(mine))
                 .boxed(),
-        );
+            LogFormat::Json => file.json().with_filter(levels.and(mine)).boxed(),
+        });
     }
 
     tracing_subscriber::registry()
-        .with(TagServers)
-        .with(stderr)
-        .with(files)
+        .with(layers)
         .try_init()
         .map_err(|e| io::Error::other(format!("logging already set up: {e}")))?;
     Ok(LogGuard { _guards: guards })

@@ -1,12 +1,12 @@
 //! The `herd` command: `serve` one server of the herd file, or bring the whole herd
 //! `up` in one process. The herd file is loaded and validated before any port is bound.
 
-use std::{path::PathBuf, process::ExitCode, sync::Arc};
+use std::{path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
 use herd::{
     config::{HerdConfig, ProviderKind},
-    logging,
+    logging::{self, LogFormat},
     places::{self, OfflineProvider},
     server::{self, Listeners},
 };
@@ -37,6 +37,15 @@ enum Command {
         #[command(flatten)]
         common: Common,
     },
+    /// Ask a server's gRPC health service whether it is SERVING (exit 0) or not (exit 1).
+    Health {
+        /// The server's peer address.
+        #[arg(long, default_value = "127.0.0.1:13001", value_name = "HOST:PORT")]
+        addr: String,
+        /// The service to ask about ("" for the whole server).
+        #[arg(long, default_value = "")]
+        service: String,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -47,6 +56,14 @@ struct Common {
     /// Where each server writes its log file, <NAME>.log (created if missing).
     #[arg(long, default_value = "logs", value_name = "DIR")]
     log_dir: PathBuf,
+    /// Log lines as `text` or `json` (one object per line), on stderr and in the files.
+    #[arg(
+        long,
+        env = "HERD_LOG_FORMAT",
+        default_value = "text",
+        value_name = "FORMAT"
+    )]
+    log_format: LogFormat,
 }
 
 fn main() -> ExitCode {
@@ -54,6 +71,7 @@ fn main() -> ExitCode {
     let (common, only) = match &cli.command {
         Command::Serve { name, common } => (common, Some(name.as_str())),
         Command::Up { common } => (common, None),
+        Command::Health { addr, service } => return health(addr, service),
     };
 
     let mut herd = match HerdConfig::load(common.config.as_deref()) {
@@ -81,10 +99,48 @@ fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(e) => return fail(1, &format!("cannot start the runtime: {e}")),
     };
-    runtime.block_on(run(Arc::new(herd), names, &common.log_dir))
+    runtime.block_on(run(Arc::new(herd), names, common))
 }
 
-async fn run(herd: Arc<HerdConfig>, names: Vec<Arc<str>>, log_dir: &std::path::Path) -> ExitCode {
+/// `herd health`: one Check call, for container health checks.
+fn health(addr: &str, service: &str) -> ExitCode {
+    use tonic_health::pb::{
+        HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+    };
+    let check = async {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+            .connect_timeout(Duration::from_secs(2))
+            .timeout(Duration::from_secs(2))
+            .connect()
+            .await?;
+        let reply = HealthClient::new(channel)
+            .check(HealthCheckRequest {
+                service: service.to_owned(),
+            })
+            .await?;
+        Ok::<_, Box<dyn std::error::Error>>(reply.into_inner().status())
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return fail(1, &format!("cannot start the runtime: {e}")),
+    };
+    match runtime.block_on(check) {
+        Ok(ServingStatus::Serving) => {
+            println!("SERVING");
+            ExitCode::SUCCESS
+        }
+        Ok(status) => {
+            println!("{}", status.as_str_name());
+            ExitCode::from(1)
+        }
+        Err(e) => fail(1, &format!("health check of {addr} failed: {e}")),
+    }
+}
+
+async fn run(herd: Arc<HerdConfig>, names: Vec<Arc<str>>, common: &Common) -> ExitCode {
     let offline = OfflineProvider::new();
     let places = match places::stack(&herd.places, offline.clone()) {
         Ok(p) => p,
@@ -102,7 +158,7 @@ async fn run(herd: Arc<HerdConfig>, names: Vec<Arc<str>>, log_dir: &std::path::P
         }
     }
 
-    let _guard = match logging::init(log_dir, &names) {
+    let _guard = match logging::init(&common.log_dir, &names, common.log_format) {
         Ok(g) => g,
         Err(e) => return fail(1, &e),
     };

@@ -1,11 +1,16 @@
 //! One server of the herd: its store, the flood decision, and the calls that the
 //! gateway (IAMAT, WHATSAT) and the peer links (updates, catch-up) make.
 
-use std::sync::Arc;
+use std::{
+    sync::Arc,
+    time::{Instant, SystemTime},
+};
 
+use tokio::sync::broadcast;
 use tower::ServiceExt as _;
 
 use crate::{
+    metrics::Metrics,
     peer::link::Links,
     places::{Places, PlacesRequest, PlacesService},
     proto,
@@ -51,6 +56,12 @@ pub fn plan<'a>(
     }
 }
 
+/// An update a server applied, for watchers.
+pub type Applied = proto::WatchEvent;
+
+/// How many applied updates a slow watcher may fall behind before it misses some.
+const WATCH_BUFFER: usize = 4096;
+
 /// One server: what the gateway and the peer links call.
 #[derive(Debug)]
 pub struct Node {
@@ -59,18 +70,57 @@ pub struct Node {
     store: Store,
     links: Links,
     places: PlacesService,
+    metrics: Arc<Metrics>,
+    applied: broadcast::Sender<Applied>,
 }
 
 impl Node {
     pub fn new(name: Arc<str>, neighbours: Vec<Arc<str>>, places: PlacesService) -> Node {
-        let links = Links::new(&name, &neighbours);
+        let metrics = Arc::new(Metrics::new(&name));
+        let links = Links::new(&name, &neighbours, metrics.clone());
         Node {
             name,
             neighbours,
             store: Store::new(),
             links,
             places,
+            metrics,
+            applied: broadcast::Sender::new(WATCH_BUFFER),
         }
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Every update this server applies from now on.
+    pub fn watch(&self) -> broadcast::Receiver<Applied> {
+        self.applied.subscribe()
+    }
+
+    fn announce(&self, record: &Record, from: &str, update: Option<&proto::Update>) {
+        if self.applied.receiver_count() == 0 {
+            return;
+        }
+        let applied_unix_ms = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let update = update
+            .cloned()
+            .unwrap_or_else(|| record.to_update(vec![self.name.to_string()]));
+        // No receiver left is fine: nobody is watching.
+        let _ = self.applied.send(Applied {
+            at_line: String::from_utf8_lossy(record.line()).into_owned(),
+            from: from.to_owned(),
+            update: Some(update),
+            applied_unix_ms,
+        });
+    }
+
+    /// Answers a line that is not a valid command (or asks about an unknown client).
+    pub fn reject(&self, line: &[u8], out: &mut Vec<u8>) {
+        self.metrics.questions.inc();
+        wire::write_question(line, out);
     }
 
     pub fn name(&self) -> &Arc<str> {
@@ -92,10 +142,15 @@ impl Node {
         let record = Record::from_iamat(&self.name, &diff, cmd);
         match self.store.offer_iamat(record.clone()) {
             Ok(()) => {
+                self.metrics.command("iamat", "applied");
                 out.extend_from_slice(record.line());
                 self.flood(&record, None, &[]);
+                self.announce(&record, "", None);
             }
-            Err(stored) => out.extend_from_slice(stored.line()),
+            Err(stored) => {
+                self.metrics.command("iamat", "stale");
+                out.extend_from_slice(stored.line());
+            }
         }
         out.push(b'\n');
     }
@@ -104,8 +159,11 @@ impl Node {
     /// unknown here (the caller answers `?`).
     pub async fn whatsat(&self, cmd: &wire::WhatsAt<'_>, out: &mut Vec<u8>) -> bool {
         let Some(record) = self.store.get(cmd.client_id) else {
+            self.metrics.command("whatsat", "unknown_client");
             return false;
         };
+        self.metrics.command("whatsat", "ok");
+        let started = Instant::now();
         let req = PlacesRequest {
             lat: record.lat,
             lon: record.lon,
@@ -119,6 +177,7 @@ impl Node {
                 Places::from_error(&e, std::time::Duration::ZERO)
             }
         };
+        self.metrics.places(&places.status, started.elapsed());
         out.extend_from_slice(record.line());
         out.push(b'\n');
         places.write_json(cmd.bound, out);
@@ -129,10 +188,13 @@ impl Node {
     /// Applies an update from neighbour `from`: stored and forwarded only when it is
     /// newer than what this server holds. Ok(true) when it was applied.
     pub fn apply_update(&self, update: &proto::Update, from: &str) -> Result<bool, BadUpdate> {
+        self.metrics.updates_received.inc();
         let record = Record::from_update(update)?;
         if !self.store.offer_update(record.clone()) {
+            self.metrics.updates_duplicate.inc();
             return Ok(false);
         }
+        self.metrics.updates_applied.inc();
         tracing::debug!(
             client = %record.client_id().escape_ascii(),
             origin = %update.origin,
@@ -140,6 +202,7 @@ impl Node {
             "update applied"
         );
         self.flood(&record, Some(from), &update.seen);
+        self.announce(&record, from, Some(update));
         Ok(true)
     }
 
@@ -152,7 +215,9 @@ impl Node {
         }
         let update = record.to_update(plan.seen);
         for target in plan.targets {
-            self.links.send(target, update.clone());
+            if self.links.send(target, update.clone()) {
+                self.metrics.updates_forwarded.inc();
+            }
         }
     }
 

@@ -11,10 +11,11 @@ use tracing::Instrument as _;
 
 use crate::{
     config::{HerdConfig, ServerConfig},
-    gateway,
+    gateway, inspect,
     node::Node,
     peer::{self, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, PeerService},
     places::PlacesService,
+    proto::peer_server::PeerServer,
 };
 
 /// How long tasks get to finish after shutdown is asked for.
@@ -113,13 +114,16 @@ async fn serve(
         })
     });
     let grpc_span = tracing::Span::current();
+    let (routes, health) = inspect::routes(node.clone(), shutdown.clone());
     let grpc = tonic::transport::Server::builder()
+        // HTTP/1.1 too, for Prometheus scraping /metrics.
+        .accept_http1(true)
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
         .trace_fn(
             move |req| tracing::info_span!(parent: &grpc_span, "grpc", path = %req.uri().path()),
         )
-        .add_service(PeerService::new(node.clone(), shutdown.clone()).into_server())
+        .add_routes(routes)
         .serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned());
     let grpc = tokio::spawn(grpc.in_current_span());
 
@@ -134,6 +138,11 @@ async fn serve(
         tasks.spawn(peer::dial::run(node.clone(), slot, uri, shutdown.clone()).in_current_span());
     }
 
+    // The gateway is accepting: say so to health checkers.
+    health.set_serving::<PeerServer<PeerService>>().await;
+    health
+        .set_service_status("", tonic_health::ServingStatus::Serving)
+        .await;
     tracing::info!(
         clients = ?client_addr,
         peers = ?peer_addr,
@@ -143,6 +152,10 @@ async fn serve(
 
     shutdown.cancelled().await;
     tracing::info!("shutting down");
+    health
+        .set_service_status("", tonic_health::ServingStatus::NotServing)
+        .await;
+    health.set_not_serving::<PeerServer<PeerService>>().await;
     node.links().close_all();
     tasks.close();
     let drained = tokio::time::timeout(GRACE, async {

@@ -22,7 +22,10 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 
-use crate::proto::{LinkMessage, Update};
+use crate::{
+    metrics::Metrics,
+    proto::{LinkMessage, Update},
+};
 
 /// Updates waiting for one neighbour. A link that falls this far behind is reset:
 /// the reconnect's catch-up brings the neighbour up to date without unbounded memory.
@@ -43,14 +46,20 @@ pub enum LinkState {
     Up,
 }
 
-impl fmt::Display for LinkState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
+impl LinkState {
+    pub fn as_str(self) -> &'static str {
+        match self {
             LinkState::Down => "down",
             LinkState::Connecting => "connecting",
             LinkState::Backoff => "backoff",
             LinkState::Up => "up",
-        })
+        }
+    }
+}
+
+impl fmt::Display for LinkState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -95,6 +104,7 @@ pub struct LinkSlot {
     state: watch::Sender<LinkState>,
     sent: AtomicU64,
     received: AtomicU64,
+    metrics: Option<Arc<Metrics>>,
 }
 
 /// A snapshot of one link, for operators.
@@ -108,7 +118,7 @@ pub struct LinkView {
 }
 
 impl LinkSlot {
-    fn new(me: Arc<str>, peer: Arc<str>) -> LinkSlot {
+    fn new(me: Arc<str>, peer: Arc<str>, metrics: Option<Arc<Metrics>>) -> LinkSlot {
         LinkSlot {
             me,
             peer,
@@ -121,6 +131,7 @@ impl LinkSlot {
             state: watch::Sender::new(LinkState::Down),
             sent: AtomicU64::new(0),
             received: AtomicU64::new(0),
+            metrics,
         }
     }
 
@@ -145,6 +156,9 @@ impl LinkSlot {
         });
         if changed {
             inner.since = SystemTime::now();
+            if let Some(m) = &self.metrics {
+                m.link_state(&self.peer, state.as_str());
+            }
         }
     }
 
@@ -279,11 +293,14 @@ pub struct Links {
 }
 
 impl Links {
-    pub fn new(me: &Arc<str>, neighbours: &[Arc<str>]) -> Links {
+    pub fn new(me: &Arc<str>, neighbours: &[Arc<str>], metrics: Arc<Metrics>) -> Links {
         Links {
             slots: neighbours
                 .iter()
-                .map(|n| (n.clone(), Arc::new(LinkSlot::new(me.clone(), n.clone()))))
+                .map(|n| {
+                    let slot = LinkSlot::new(me.clone(), n.clone(), Some(metrics.clone()));
+                    (n.clone(), Arc::new(slot))
+                })
                 .collect(),
         }
     }
@@ -331,7 +348,7 @@ mod tests {
     use super::*;
 
     fn slot(me: &str, peer: &str) -> LinkSlot {
-        LinkSlot::new(me.into(), peer.into())
+        LinkSlot::new(me.into(), peer.into(), None)
     }
 
     fn adopt(s: &LinkSlot, d: Dialer) -> (Result<u64, Superseded>, CancellationToken) {

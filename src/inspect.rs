@@ -1,0 +1,144 @@
+//! The operators' view of a server, all on its peer port: the `Inspect` gRPC
+//! service (Watch, Lookup, Links), the standard health service, server reflection
+//! (v1 and v1alpha, so any grpcurl works without a .proto file), and Prometheus
+//! metrics at `GET /metrics`.
+
+use std::{pin::Pin, sync::Arc, time::SystemTime};
+
+use futures_util::{Stream, StreamExt as _};
+use tokio_stream::wrappers::{BroadcastStream, errors::BroadcastStreamRecvError};
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status, service::Routes};
+use tonic_health::server::HealthReporter;
+
+use crate::{
+    node::Node,
+    peer::PeerService,
+    proto::{
+        self, LinkInfo, LinksReply, LinksRequest, LookupReply, LookupRequest, WatchEvent,
+        WatchRequest, inspect_server::InspectServer, peer_server::PeerServer,
+    },
+};
+
+/// The `Inspect` service of one server.
+#[derive(Debug, Clone)]
+pub struct InspectService {
+    node: Arc<Node>,
+    shutdown: CancellationToken,
+}
+
+type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchEvent, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl proto::inspect_server::Inspect for InspectService {
+    type WatchStream = WatchStream;
+
+    async fn watch(&self, req: Request<WatchRequest>) -> Result<Response<WatchStream>, Status> {
+        let only = req.into_inner().client;
+        let events = BroadcastStream::new(self.node.watch())
+            .filter_map(move |event| {
+                let keep = match event {
+                    Ok(e) => {
+                        let wanted = only.is_empty()
+                            || e.update
+                                .as_ref()
+                                .is_some_and(|u| u.client_id == only.as_bytes());
+                        wanted.then_some(Ok(e))
+                    }
+                    Err(BroadcastStreamRecvError::Lagged(n)) => Some(Err(Status::data_loss(
+                        format!("watcher fell behind and missed {n} updates"),
+                    ))),
+                };
+                std::future::ready(keep)
+            })
+            .take_until(self.shutdown.clone().cancelled_owned());
+        Ok(Response::new(Box::pin(events)))
+    }
+
+    async fn lookup(&self, req: Request<LookupRequest>) -> Result<Response<LookupReply>, Status> {
+        let req = req.into_inner();
+        let id: &[u8] = if req.client_id.is_empty() {
+            req.client.as_bytes()
+        } else {
+            &req.client_id
+        };
+        let reply = match self.node.store().get(id) {
+            Some(r) => LookupReply {
+                found: true,
+                at_line: String::from_utf8_lossy(r.line()).into_owned(),
+                record: Some(r.to_update(Vec::new())),
+            },
+            None => LookupReply::default(),
+        };
+        Ok(Response::new(reply))
+    }
+
+    async fn links(&self, _: Request<LinksRequest>) -> Result<Response<LinksReply>, Status> {
+        let links = self
+            .node
+            .links()
+            .iter()
+            .map(|slot| {
+                let v = slot.view();
+                LinkInfo {
+                    neighbour: v.peer.to_string(),
+                    state: v.state.as_str().to_owned(),
+                    since_unix_ms: v
+                        .since
+                        .duration_since(SystemTime::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_millis() as u64),
+                    updates_sent: v.sent,
+                    updates_received: v.received,
+                }
+            })
+            .collect();
+        Ok(Response::new(LinksReply {
+            server: self.node.name().to_string(),
+            links,
+        }))
+    }
+}
+
+/// Everything a server serves on its peer port, and the health reporter that says
+/// when it is SERVING.
+pub fn routes(node: Arc<Node>, shutdown: CancellationToken) -> (Routes, HealthReporter) {
+    let (reporter, health) = tonic_health::server::health_reporter();
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection()
+        .build_v1()
+        .expect("the compiled-in descriptor sets are valid");
+    let reflection_v1alpha = reflection()
+        .build_v1alpha()
+        .expect("the compiled-in descriptor sets are valid");
+    let metrics_node = node.clone();
+    let routes = Routes::new(PeerServer::new(PeerService::new(
+        node.clone(),
+        shutdown.clone(),
+    )))
+    .add_service(InspectServer::new(InspectService { node, shutdown }))
+    .add_service(health)
+    .add_service(reflection_v1)
+    .add_service(reflection_v1alpha)
+    .into_axum_router()
+    .route(
+        "/metrics",
+        axum::routing::get(move || {
+            let text = metrics_node.metrics().render();
+            async move {
+                (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        "text/plain; version=0.0.4; charset=utf-8",
+                    )],
+                    text,
+                )
+            }
+        }),
+    );
+    (Routes::from(routes), reporter)
+}

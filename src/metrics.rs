@@ -1,0 +1,200 @@
+//! One server's metrics, in Prometheus text format: clients, commands, updates,
+//! links and places. Served at `GET /metrics` on the server's peer port.
+
+use std::time::Duration;
+
+use prometheus_client::{
+    encoding::{EncodeLabelSet, text::encode},
+    metrics::{
+        counter::Counter,
+        family::Family,
+        gauge::Gauge,
+        histogram::{Histogram, exponential_buckets},
+    },
+    registry::Registry,
+};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CommandLabels {
+    /// `iamat`, `whatsat`, or `invalid`.
+    pub kind: &'static str,
+    /// `applied`, `stale`, `ok`, `unknown_client`, `rejected`.
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LinkLabels {
+    pub neighbour: String,
+    pub state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PlacesLabels {
+    /// The answer's status word (`OK`, `ZERO_RESULTS`, `UNKNOWN_ERROR`, ...).
+    pub status: String,
+}
+
+/// Every metric of one server. Cheap to clone: each metric is shared.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    pub connections_opened: Counter,
+    pub connections_open: Gauge,
+    pub commands: Family<CommandLabels, Counter>,
+    pub questions: Counter,
+    pub updates_received: Counter,
+    pub updates_applied: Counter,
+    pub updates_forwarded: Counter,
+    pub updates_duplicate: Counter,
+    pub link_changes: Family<LinkLabels, Counter>,
+    pub places_requests: Family<PlacesLabels, Counter>,
+    pub places_latency: Histogram,
+    pub places_cache_hits: Counter,
+}
+
+impl Metrics {
+    pub fn new(server: &str) -> Metrics {
+        let mut registry = Registry::with_prefix_and_labels(
+            "herd",
+            [("server".into(), server.to_owned().into())].into_iter(),
+        );
+        let m = Metrics {
+            registry: Registry::default(),
+            connections_opened: Counter::default(),
+            connections_open: Gauge::default(),
+            commands: Family::default(),
+            questions: Counter::default(),
+            updates_received: Counter::default(),
+            updates_applied: Counter::default(),
+            updates_forwarded: Counter::default(),
+            updates_duplicate: Counter::default(),
+            link_changes: Family::default(),
+            places_requests: Family::default(),
+            places_latency: Histogram::new(exponential_buckets(0.000_05, 2.0, 18)),
+            places_cache_hits: Counter::default(),
+        };
+        let r = &mut registry;
+        r.register(
+            "client_connections",
+            "Client connections accepted",
+            m.connections_opened.clone(),
+        );
+        r.register(
+            "client_connections_open",
+            "Client connections open now",
+            m.connections_open.clone(),
+        );
+        r.register(
+            "commands",
+            "Client commands by kind and outcome",
+            m.commands.clone(),
+        );
+        r.register(
+            "question_replies",
+            "Lines answered with '?'",
+            m.questions.clone(),
+        );
+        r.register(
+            "updates_received",
+            "Updates received from neighbours",
+            m.updates_received.clone(),
+        );
+        r.register(
+            "updates_applied",
+            "Updates from neighbours that were newer and applied",
+            m.updates_applied.clone(),
+        );
+        r.register(
+            "updates_forwarded",
+            "Updates queued to neighbours (own IAMATs and forwarded ones)",
+            m.updates_forwarded.clone(),
+        );
+        r.register(
+            "updates_duplicate",
+            "Updates from neighbours dropped as not newer",
+            m.updates_duplicate.clone(),
+        );
+        r.register(
+            "link_state_changes",
+            "Link state changes by neighbour and new state",
+            m.link_changes.clone(),
+        );
+        r.register(
+            "places_requests",
+            "Places lookups by answer status",
+            m.places_requests.clone(),
+        );
+        r.register(
+            "places_latency_seconds",
+            "Places lookup latency",
+            m.places_latency.clone(),
+        );
+        r.register(
+            "places_cache_hits",
+            "Places lookups answered from the cache",
+            m.places_cache_hits.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    pub fn command(&self, kind: &'static str, outcome: &'static str) {
+        self.commands
+            .get_or_create(&CommandLabels { kind, outcome })
+            .inc();
+    }
+
+    pub fn link_state(&self, neighbour: &str, state: &'static str) {
+        self.link_changes
+            .get_or_create(&LinkLabels {
+                neighbour: neighbour.to_owned(),
+                state,
+            })
+            .inc();
+    }
+
+    pub fn places(&self, status: &str, took: Duration) {
+        self.places_requests
+            .get_or_create(&PlacesLabels {
+                status: status.to_owned(),
+            })
+            .inc();
+        self.places_latency.observe(took.as_secs_f64());
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counters_with_server_label() {
+        let m = Metrics::new("Goloman");
+        m.command("iamat", "applied");
+        m.command("iamat", "applied");
+        m.questions.inc();
+        m.places("OK", Duration::from_millis(2));
+        let text = m.render();
+        assert!(
+            text.contains(
+                r#"herd_commands_total{server="Goloman",kind="iamat",outcome="applied"} 2"#
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"herd_question_replies_total{server="Goloman"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"herd_places_latency_seconds_count{server="Goloman"} 1"#),
+            "{text}"
+        );
+    }
+}

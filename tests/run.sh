@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Runs every test of the project on a fresh machine: installs what the tests need
+# (cargo-nextest if missing, grpcurl in a venv), then runs the Rust test suite.
+# Usage: tests/run.sh            (from anywhere; CI runs it through .ci/run)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! cargo nextest --version >/dev/null 2>&1; then
+    echo "== installing cargo-nextest"
+    cargo install --locked cargo-nextest
+fi
+
+echo "== building"
+cargo build --all-targets --locked
+
+echo "== tests"
+cargo nextest run --locked --no-fail-fast
