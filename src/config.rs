@@ -32,6 +32,8 @@ pub enum ConfigError {
         origin: String,
         known: String,
     },
+    #[error("{var}: {problem}")]
+    Env { var: &'static str, problem: String },
 }
 
 /// Which places provider answers WHATSAT.
@@ -57,12 +59,150 @@ impl std::str::FromStr for ProviderKind {
     }
 }
 
-/// The places settings of a herd.
+/// Which Google Places API the google provider speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GoogleApi {
+    /// Places API (New): `POST /v1/places:searchNearby`. The only one new Google projects can enable.
+    New,
+    /// The legacy Nearby Search: `GET /maps/api/place/nearbysearch/json`.
+    Legacy,
+}
+
+impl GoogleApi {
+    /// Google's own base URL for this API.
+    pub fn default_url(self) -> &'static str {
+        match self {
+            GoogleApi::New => "https://places.googleapis.com",
+            GoogleApi::Legacy => "https://maps.googleapis.com",
+        }
+    }
+}
+
+impl std::str::FromStr for GoogleApi {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "new" => Ok(GoogleApi::New),
+            "legacy" => Ok(GoogleApi::Legacy),
+            other => Err(format!(
+                "unknown Google Places API {other:?} (expected \"new\" or \"legacy\")"
+            )),
+        }
+    }
+}
+
+/// A Google API key. It comes from the environment only and is never printed:
+/// `Debug` redacts it, and there is no `Display`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ApiKey(Arc<str>);
+
+impl ApiKey {
+    /// None for an empty or blank key.
+    pub fn new(key: &str) -> Option<ApiKey> {
+        let key = key.trim();
+        (!key.is_empty()).then(|| ApiKey(key.into()))
+    }
+
+    /// The key itself, for the one place that sends it to Google.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ApiKey(<redacted>)")
+    }
+}
+
+/// The places settings of a herd: the herd file's `[places]` table, then the environment.
 #[derive(Clone, Debug)]
 pub struct PlacesConfig {
     pub provider: ProviderKind,
     /// The overall deadline of one lookup: past it, WHATSAT answers with a failure status.
     pub timeout: Duration,
+    /// How the google provider reaches Google, retries, and saves requests.
+    pub google: GoogleConfig,
+}
+
+/// The google provider's settings. Each field is a key of the `[places]` table
+/// (named in the comment), with the default that [`GoogleConfig::default`] gives.
+#[derive(Clone, Debug)]
+pub struct GoogleConfig {
+    /// `api`: which API to speak (`HERD_PLACES_API` wins). Default `new`.
+    pub api: GoogleApi,
+    /// `url`: the base URL Google's paths are appended to (`HERD_PLACES_URL` wins);
+    /// None means Google's own for `api`. Validated: http or https, no query.
+    pub url: Option<String>,
+    /// `GOOGLE_PLACES_API_KEY`, from the environment only.
+    pub key: Option<ApiKey>,
+    /// `attempt_timeout_ms`: the deadline of one HTTP attempt. Default 2000.
+    pub attempt_timeout: Duration,
+    /// `max_attempts`: attempts per lookup, the first included (1 = no retry). Default 3.
+    pub max_attempts: u32,
+    /// `backoff_min_ms`, `backoff_max_ms`: the first wait before a retry, and the most
+    /// any wait grows to (doubling each time). Defaults 100 and 1000.
+    pub backoff_min: Duration,
+    pub backoff_max: Duration,
+    /// `backoff_jitter`: up to this fraction of each wait is added at random, so
+    /// servers that failed together do not retry together. Default 0.5.
+    pub backoff_jitter: f64,
+    /// `max_concurrency`: requests in flight to Google at once, across the process. Default 8.
+    pub max_concurrency: usize,
+    /// `cache_entries`: answers kept (0 turns the cache off). Default 10000.
+    pub cache_entries: usize,
+    /// `cache_ttl_s`: how long an answer is kept. Default 300.
+    pub cache_ttl: Duration,
+    /// `cache_decimals`: lookups are rounded to this many decimals of a degree before
+    /// they are cached, coalesced and sent (4 is about 11 m). Default 4.
+    pub cache_decimals: u8,
+}
+
+impl Default for GoogleConfig {
+    fn default() -> GoogleConfig {
+        GoogleConfig {
+            api: GoogleApi::New,
+            url: None,
+            key: None,
+            attempt_timeout: Duration::from_millis(2_000),
+            max_attempts: 3,
+            backoff_min: Duration::from_millis(100),
+            backoff_max: Duration::from_millis(1_000),
+            backoff_jitter: 0.5,
+            max_concurrency: 8,
+            cache_entries: 10_000,
+            cache_ttl: Duration::from_secs(300),
+            cache_decimals: 4,
+        }
+    }
+}
+
+impl GoogleConfig {
+    /// The base URL in use: the configured one, else Google's for the API, without a trailing `/`.
+    pub fn base_url(&self) -> &str {
+        self.url
+            .as_deref()
+            .unwrap_or(self.api.default_url())
+            .trim_end_matches('/')
+    }
+}
+
+/// Checks a base URL: absolute, http or https, with a host and no query or fragment.
+fn check_url(url: &str) -> Result<String, String> {
+    let parsed = reqwest::Url::parse(url).map_err(|e| format!("{url:?} is not a URL: {e}"))?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(format!("{url:?} must start with http:// or https://"));
+    }
+    if !parsed.has_host() {
+        return Err(format!("{url:?} has no host"));
+    }
+    if parsed.query().is_some() || parsed.fragment().is_some() {
+        return Err(format!(
+            "{url:?} must not have a query or fragment (Google's paths are appended to it)"
+        ));
+    }
+    Ok(url.trim_end_matches('/').to_owned())
 }
 
 /// One server of the herd, validated.
@@ -118,6 +258,87 @@ struct RawHerd {
 struct RawPlaces {
     provider: Option<ProviderKind>,
     timeout_ms: Option<u64>,
+    api: Option<GoogleApi>,
+    url: Option<String>,
+    attempt_timeout_ms: Option<u64>,
+    max_attempts: Option<u32>,
+    backoff_min_ms: Option<u64>,
+    backoff_max_ms: Option<u64>,
+    backoff_jitter: Option<f64>,
+    max_concurrency: Option<usize>,
+    cache_entries: Option<usize>,
+    cache_ttl_s: Option<u64>,
+    cache_decimals: Option<u8>,
+}
+
+impl RawPlaces {
+    /// Fills in defaults and checks every figure; the error names the key.
+    fn validate(self) -> Result<PlacesConfig, String> {
+        let d = GoogleConfig::default();
+        let ms = |v: Option<u64>, default: Duration| v.map_or(default, Duration::from_millis);
+        let google = GoogleConfig {
+            api: self.api.unwrap_or(d.api),
+            url: self
+                .url
+                .map(|u| check_url(&u))
+                .transpose()
+                .map_err(|e| format!("places.url: {e}"))?,
+            key: None,
+            attempt_timeout: ms(self.attempt_timeout_ms, d.attempt_timeout),
+            max_attempts: self.max_attempts.unwrap_or(d.max_attempts),
+            backoff_min: ms(self.backoff_min_ms, d.backoff_min),
+            backoff_max: ms(self.backoff_max_ms, d.backoff_max),
+            backoff_jitter: self.backoff_jitter.unwrap_or(d.backoff_jitter),
+            max_concurrency: self.max_concurrency.unwrap_or(d.max_concurrency),
+            cache_entries: self.cache_entries.unwrap_or(d.cache_entries),
+            cache_ttl: self.cache_ttl_s.map_or(d.cache_ttl, Duration::from_secs),
+            cache_decimals: self.cache_decimals.unwrap_or(d.cache_decimals),
+        };
+        let places = PlacesConfig {
+            provider: self.provider.unwrap_or(ProviderKind::Offline),
+            timeout: ms(self.timeout_ms, Duration::from_millis(5_000)),
+            google,
+        };
+        let g = &places.google;
+        if places.timeout.is_zero() {
+            return Err("places.timeout_ms must be above 0".into());
+        }
+        if g.attempt_timeout.is_zero() {
+            return Err("places.attempt_timeout_ms must be above 0".into());
+        }
+        if !(1..=10).contains(&g.max_attempts) {
+            return Err(format!(
+                "places.max_attempts is {}; it must be 1 to 10",
+                g.max_attempts
+            ));
+        }
+        if g.backoff_max.is_zero() {
+            return Err("places.backoff_max_ms must be above 0".into());
+        }
+        if g.backoff_min > g.backoff_max {
+            return Err(format!(
+                "places.backoff_min_ms ({}) is above places.backoff_max_ms ({})",
+                g.backoff_min.as_millis(),
+                g.backoff_max.as_millis()
+            ));
+        }
+        if !(0.0..=1.0).contains(&g.backoff_jitter) {
+            return Err(format!(
+                "places.backoff_jitter is {}; it must be 0 to 1",
+                g.backoff_jitter
+            ));
+        }
+        if g.max_concurrency == 0 {
+            return Err("places.max_concurrency must be above 0".into());
+        }
+        if g.cache_decimals > 9 {
+            return Err(format!(
+                "places.cache_decimals is {}; it must be 0 to 9",
+                g.cache_decimals
+            ));
+        }
+        Ok(places)
+    }
 }
 
 #[derive(Deserialize)]
@@ -272,19 +493,42 @@ impl HerdConfig {
             }
         }
 
-        let places = PlacesConfig {
-            provider: raw.places.provider.unwrap_or(ProviderKind::Offline),
-            timeout: Duration::from_millis(raw.places.timeout_ms.unwrap_or(5_000)),
-        };
-        if places.timeout.is_zero() {
-            return Err(invalid("places.timeout_ms must be above 0".into()));
-        }
+        let places = raw.places.validate().map_err(invalid)?;
 
         Ok(HerdConfig {
             origin: origin.to_owned(),
             servers,
             places,
         })
+    }
+
+    /// Applies the environment, which wins over the herd file: `HERD_PLACES`,
+    /// `HERD_PLACES_API`, `HERD_PLACES_URL` and `GOOGLE_PLACES_API_KEY` (PROTOCOL.md's
+    /// operating contract). `get` reads a variable; an empty value counts as unset.
+    /// A google provider without a key is an error here, before any port is bound.
+    pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        let get = |var: &'static str| get(var).filter(|v| !v.trim().is_empty());
+        let env = |var: &'static str, problem: String| ConfigError::Env { var, problem };
+        let places = &mut self.places;
+        if let Some(v) = get("HERD_PLACES") {
+            places.provider = v.trim().parse().map_err(|e| env("HERD_PLACES", e))?;
+        }
+        if let Some(v) = get("HERD_PLACES_API") {
+            places.google.api = v.trim().parse().map_err(|e| env("HERD_PLACES_API", e))?;
+        }
+        if let Some(v) = get("HERD_PLACES_URL") {
+            places.google.url = Some(check_url(v.trim()).map_err(|e| env("HERD_PLACES_URL", e))?);
+        }
+        if let Some(v) = get("GOOGLE_PLACES_API_KEY") {
+            places.google.key = ApiKey::new(&v);
+        }
+        if places.provider == ProviderKind::Google && places.google.key.is_none() {
+            return Err(env(
+                "GOOGLE_PLACES_API_KEY",
+                "not set; the google places provider needs a Google API key (or use HERD_PLACES=offline)".into(),
+            ));
+        }
+        Ok(())
     }
 
     /// The server named `name`, or an error listing the herd's servers.
@@ -400,5 +644,139 @@ neighbours = ["A"]
             err(&text).contains("are both"),
             "a host name listens on 0.0.0.0"
         );
+    }
+
+    fn env<'a>(vars: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
+        move |name| {
+            vars.iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| (*v).to_owned())
+        }
+    }
+
+    #[test]
+    fn places_defaults_and_every_key() {
+        let herd = HerdConfig::parse(TWO, "t.toml").unwrap();
+        let g = &herd.places.google;
+        assert_eq!(herd.places.timeout, Duration::from_secs(5));
+        assert_eq!(g.api, GoogleApi::New);
+        assert_eq!(g.base_url(), "https://places.googleapis.com");
+        assert_eq!((g.max_attempts, g.max_concurrency), (3, 8));
+        assert_eq!((g.cache_entries, g.cache_decimals), (10_000, 4));
+
+        let text = format!(
+            r#"[places]
+provider = "google"
+timeout_ms = 900
+api = "legacy"
+url = "http://127.0.0.1:9/proxy/"
+attempt_timeout_ms = 300
+max_attempts = 5
+backoff_min_ms = 10
+backoff_max_ms = 80
+backoff_jitter = 0.25
+max_concurrency = 2
+cache_entries = 7
+cache_ttl_s = 60
+cache_decimals = 3
+{TWO}"#
+        );
+        let herd = HerdConfig::parse(&text, "t.toml").unwrap();
+        let (p, g) = (&herd.places, &herd.places.google);
+        assert_eq!(p.provider, ProviderKind::Google);
+        assert_eq!(p.timeout, Duration::from_millis(900));
+        assert_eq!(g.api, GoogleApi::Legacy);
+        assert_eq!(g.base_url(), "http://127.0.0.1:9/proxy");
+        assert_eq!(g.attempt_timeout, Duration::from_millis(300));
+        assert_eq!(g.max_attempts, 5);
+        assert_eq!(
+            (g.backoff_min, g.backoff_max),
+            (Duration::from_millis(10), Duration::from_millis(80))
+        );
+        assert_eq!(g.backoff_jitter, 0.25);
+        assert_eq!((g.max_concurrency, g.cache_entries), (2, 7));
+        assert_eq!(g.cache_ttl, Duration::from_secs(60));
+        assert_eq!(g.cache_decimals, 3);
+    }
+
+    #[test]
+    fn bad_places_figures_are_named() {
+        let bad = |line: &str| err(&format!("[places]\n{line}\n{TWO}"));
+        assert!(bad("timeout_ms = 0").contains("places.timeout_ms"));
+        assert!(bad("attempt_timeout_ms = 0").contains("places.attempt_timeout_ms"));
+        assert!(bad("max_attempts = 0").contains("places.max_attempts"));
+        assert!(bad("max_attempts = 11").contains("places.max_attempts"));
+        assert!(bad("backoff_max_ms = 0").contains("places.backoff_max_ms"));
+        assert!(
+            bad("backoff_min_ms = 500\nbackoff_max_ms = 100").contains("places.backoff_min_ms")
+        );
+        assert!(bad("backoff_jitter = 1.5").contains("places.backoff_jitter"));
+        assert!(bad("backoff_jitter = nan").contains("places.backoff_jitter"));
+        assert!(bad("max_concurrency = 0").contains("places.max_concurrency"));
+        assert!(bad("cache_decimals = 10").contains("places.cache_decimals"));
+        assert!(bad("url = \"ftp://x\"").contains("places.url"));
+        assert!(bad("url = \"http://x/?a=b\"").contains("places.url"));
+        assert!(bad("url = \"places\"").contains("places.url"));
+        assert!(bad("api = \"old\"").contains("old"));
+        assert!(
+            bad("api_key = \"k\"").contains("api_key"),
+            "no key in the file"
+        );
+        assert!(bad("max_attempts = -1").contains("malformed"));
+    }
+
+    #[test]
+    fn the_environment_wins_and_google_needs_a_key() {
+        let mut herd = HerdConfig::parse(TWO, "t.toml").unwrap();
+        herd.apply_env(env(&[("HERD_PLACES", ""), ("GOOGLE_PLACES_API_KEY", "")]))
+            .unwrap();
+        assert_eq!(herd.places.provider, ProviderKind::Offline);
+
+        let e = herd
+            .clone()
+            .apply_env(env(&[("HERD_PLACES", "google")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("GOOGLE_PLACES_API_KEY: not set"), "{e}");
+        let e = herd
+            .clone()
+            .apply_env(env(&[
+                ("HERD_PLACES", "google"),
+                ("GOOGLE_PLACES_API_KEY", "  "),
+            ]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("GOOGLE_PLACES_API_KEY"), "{e}");
+        for (var, value) in [
+            ("HERD_PLACES", "bing"),
+            ("HERD_PLACES_API", "v2"),
+            ("HERD_PLACES_URL", "localhost:80"),
+        ] {
+            let e = herd
+                .clone()
+                .apply_env(env(&[(var, value)]))
+                .unwrap_err()
+                .to_string();
+            assert!(e.starts_with(var), "{e}");
+        }
+
+        herd.apply_env(env(&[
+            ("HERD_PLACES", "google"),
+            ("HERD_PLACES_API", "legacy"),
+            ("HERD_PLACES_URL", "http://127.0.0.1:8080/"),
+            ("GOOGLE_PLACES_API_KEY", "s3cret-key"),
+        ]))
+        .unwrap();
+        let g = &herd.places.google;
+        assert_eq!(herd.places.provider, ProviderKind::Google);
+        assert_eq!(g.api, GoogleApi::Legacy);
+        assert_eq!(g.base_url(), "http://127.0.0.1:8080");
+        assert_eq!(g.key.as_ref().map(ApiKey::expose), Some("s3cret-key"));
+        let shown = format!("{herd:?}");
+        assert!(
+            !shown.contains("s3cret"),
+            "the key is never printed: {shown}"
+        );
+        assert!(shown.contains("redacted"));
     }
 }

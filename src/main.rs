@@ -78,11 +78,8 @@ fn main() -> ExitCode {
         Ok(herd) => herd,
         Err(e) => return fail(2, &e),
     };
-    if let Ok(provider) = std::env::var("HERD_PLACES") {
-        match provider.parse::<ProviderKind>() {
-            Ok(p) => herd.places.provider = p,
-            Err(e) => return fail(2, &format!("HERD_PLACES: {e}")),
-        }
+    if let Err(e) = herd.apply_env(|var| std::env::var(var).ok()) {
+        return fail(2, &e);
     }
     let names: Vec<Arc<str>> = match only {
         Some(name) => match herd.server(name) {

@@ -1,7 +1,11 @@
 //! Places for WHATSAT: the request and answer types, the tower stack around the
 //! providers (assembled in [`stack`] and nowhere else), and the Nearby Search JSON.
 
+pub mod cache;
+pub mod google;
+pub mod limit;
 pub mod offline;
+pub mod retry;
 
 use std::{
     sync::Arc,
@@ -13,7 +17,13 @@ use futures_util::future::BoxFuture;
 use tokio::sync::OnceCell;
 use tower::{BoxError, Service, ServiceBuilder, util::BoxCloneSyncService};
 
-use self::offline::OfflineIndex;
+use self::{
+    cache::{CacheLayer, CoalesceLayer},
+    google::{GoogleError, GoogleProvider},
+    limit::LimitLayer,
+    offline::OfflineIndex,
+    retry::RetryTransient,
+};
 use crate::config::{PlacesConfig, ProviderKind};
 
 /// The most results a WHATSAT may ask for.
@@ -64,16 +74,21 @@ impl Places {
         }
     }
 
-    /// The answer a client gets when the lookup failed with `err`.
+    /// The answer a client gets when the lookup failed with `err` (or with one of its
+    /// sources: a layer may wrap the failure it passes on).
     pub fn from_error(err: &BoxError, timeout: Duration) -> Places {
-        if err.is::<tower::timeout::error::Elapsed>() {
-            return Places::failed(
-                "UNKNOWN_ERROR",
-                format!("places lookup timed out after {} ms", timeout.as_millis()),
-            );
-        }
-        if let Some(e) = err.downcast_ref::<ProviderError>() {
-            return Places::failed(&e.status, e.message.clone());
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&**err);
+        while let Some(e) = cause {
+            if e.is::<tower::timeout::error::Elapsed>() {
+                return Places::failed(
+                    "UNKNOWN_ERROR",
+                    format!("places lookup timed out after {} ms", timeout.as_millis()),
+                );
+            }
+            if let Some(e) = e.downcast_ref::<ProviderError>() {
+                return Places::failed(&e.status, e.message.clone());
+            }
+            cause = e.source();
         }
         Places::failed("UNKNOWN_ERROR", format!("places lookup failed: {err}"))
     }
@@ -135,8 +150,48 @@ pub fn stack(config: &PlacesConfig, offline: OfflineProvider) -> Result<PlacesSe
                 .service(offline),
         )),
         ProviderKind::Google => {
-            Err("the Google places provider is not built yet; use HERD_PLACES=offline".into())
+            let g = &config.google;
+            let provider = GoogleProvider::new(g)?;
+            let policy =
+                RetryTransient::from_config(g).map_err(|e| format!("places backoff: {e}"))?;
+            let (decimals, attempt_timeout) = (g.cache_decimals, g.attempt_timeout);
+            Ok(BoxCloneSyncService::new(
+                ServiceBuilder::new()
+                    .map_result(answer)
+                    // The client's deadline covers everything below, waiting included.
+                    .timeout(timeout)
+                    // Cost control keys on the rounded lookup; the bound cuts the answer later.
+                    .map_request(move |req| cache::canonical(req, decimals))
+                    .layer(CoalesceLayer::new())
+                    .layer(CacheLayer::new(g.cache_entries, g.cache_ttl))
+                    // Below here failures are Google's or an attempt's; above, the client's words.
+                    .map_err(move |e| describe(e, attempt_timeout))
+                    .retry(policy)
+                    .layer(LimitLayer::new(g.max_concurrency))
+                    .timeout(attempt_timeout)
+                    .service(provider),
+            ))
         }
+    }
+}
+
+/// A failure that came out of the retry layer, as the failure the client is told about.
+fn describe(err: BoxError, attempt_timeout: Duration) -> BoxError {
+    if err.is::<tower::timeout::error::Elapsed>() {
+        return Box::new(ProviderError {
+            status: "UNKNOWN_ERROR".into(),
+            message: format!(
+                "Google did not answer within {} ms",
+                attempt_timeout.as_millis()
+            ),
+        });
+    }
+    match err.downcast::<GoogleError>() {
+        Ok(e) => Box::new(ProviderError {
+            status: e.status().to_owned(),
+            message: e.message(),
+        }),
+        Err(other) => other,
     }
 }
 
