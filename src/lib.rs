@@ -9,7 +9,8 @@
 //! - [`node`]: one server: its store, the flood decision, and the calls the gateway and peers make.
 //! - [`store`]: client records and "is this newer?".
 //! - [`peer`]: the gRPC backbone: the `Link` service, the dialer per neighbour, link states.
-//! - [`places`]: the tower stack around the places providers (the embedded offline dataset).
+//! - [`places`]: the tower stack around the places providers (the embedded offline dataset,
+//!   Google Places).
 //! - [`config`]: the herd file, validated before any port is bound.
 //! - [`server`]: one server's lifecycle: listeners, tasks, shutdown.
 //! - [`inspect`]: the operators' view: the `Inspect` gRPC service, health, reflection, metrics.

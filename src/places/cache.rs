@@ -83,22 +83,15 @@ impl std::error::Error for SharedError {
     }
 }
 
-type Lookup = Shared<BoxFuture<'static, Result<Places, SharedError>>>;
+type LookupFuture = BoxFuture<'static, Result<Places, SharedError>>;
+type Lookup = Shared<LookupFuture>;
 
 #[derive(Default)]
 struct InFlight {
     next_id: AtomicU64,
     /// Weak, so a lookup that every caller gave up on (each at its own deadline) is
-    /// dropped, not kept alive by the map.
-    lookups: Mutex<
-        HashMap<
-            Key,
-            (
-                u64,
-                WeakShared<BoxFuture<'static, Result<Places, SharedError>>>,
-            ),
-        >,
-    >,
+    /// dropped, not kept alive by the map. The id tells a lookup from its successor.
+    lookups: Mutex<HashMap<Key, (u64, WeakShared<LookupFuture>)>>,
 }
 
 /// Removes a lookup's entry when the lookup ends, whether it finished or was dropped.

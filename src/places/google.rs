@@ -14,7 +14,7 @@ use reqwest::{
     header::{CONTENT_TYPE, HeaderValue},
 };
 use serde::Deserialize;
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value, json, value::RawValue};
 use tower::{BoxError, Service};
 
 use super::{MAX_BOUND, Places, PlacesRequest};
@@ -391,17 +391,39 @@ pub fn parse_new(http: u16, body: &[u8]) -> Result<Places, GoogleError> {
 }
 
 #[derive(Deserialize)]
-struct LegacyAnswer {
+struct LegacyAnswer<'a> {
     status: String,
-    #[serde(default)]
-    results: Vec<Value>,
+    /// Each result as Google wrote it, so that it passes through untouched.
+    #[serde(default, borrow)]
+    results: Vec<&'a RawValue>,
     error_message: Option<String>,
+}
+
+/// JSON text without the whitespace between tokens: one line, every value as it was.
+fn compact(json: &str) -> String {
+    let mut out = String::with_capacity(json.len());
+    let (mut in_string, mut escaped) = (false, false);
+    for c in json.chars() {
+        if in_string {
+            out.push(c);
+            match (escaped, c) {
+                (true, _) => escaped = false,
+                (false, '\\') => escaped = true,
+                (false, '"') => in_string = false,
+                _ => {}
+            }
+        } else if !matches!(c, ' ' | '\t' | '\n' | '\r') {
+            in_string = c == '"';
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// Reads a legacy Nearby Search answer: its results pass through, one compact
 /// JSON object each; a status other than OK or ZERO_RESULTS is Google saying no.
 pub fn parse_legacy(http: u16, body: &[u8]) -> Result<Places, GoogleError> {
-    let answer = match serde_json::from_slice::<LegacyAnswer>(body) {
+    let answer = match serde_json::from_slice::<LegacyAnswer<'_>>(body) {
         Ok(answer) => answer,
         Err(_) if !(200..300).contains(&http) => {
             return Err(GoogleError::Refused {
@@ -422,7 +444,7 @@ pub fn parse_legacy(http: u16, body: &[u8]) -> Result<Places, GoogleError> {
             answer
                 .results
                 .iter()
-                .map(|r| Arc::from(r.to_string()))
+                .map(|r| Arc::from(compact(r.get())))
                 .collect(),
         )),
         _ => {
@@ -564,9 +586,15 @@ mod tests {
         assert_eq!(p.status, "OK");
         assert_eq!(
             &*p.results[0],
-            r#"{"geometry":{"location":{"lat":1.5,"lng":2}},"icon":"https://x/icon.png","name":"A","place_id":"p1","vicinity":"Here"}"#
+            r#"{"name":"A","place_id":"p1","geometry":{"location":{"lat":1.5,"lng":2}},"vicinity":"Here","icon":"https://x/icon.png"}"#
         );
         assert_eq!(&*p.results[1], r#"{"name":"B"}"#);
+        let odd = br#"{"status":"OK","results":[ {"n" : "a \" b\\", "x": [1.50, -118.44409999999999, 1e3] } ]}"#;
+        assert_eq!(
+            &*parse_legacy(200, odd).unwrap().results[0],
+            r#"{"n":"a \" b\\","x":[1.50,-118.44409999999999,1e3]}"#,
+            "strings and numbers exactly as Google wrote them"
+        );
         let z = parse_legacy(
             200,
             br#"{"html_attributions":[],"results":[],"status":"ZERO_RESULTS"}"#,

@@ -133,6 +133,12 @@ pub type PlacesService = BoxCloneSyncService<PlacesRequest, Places, BoxError>;
 
 /// Assembles the tower stack around the configured provider. The only place where
 /// layers are chosen: the gateway and node see a `Service` and nothing else.
+///
+/// Google's stack, outermost first: failures become answers; the overall deadline;
+/// the lookup rounded to its cache key; identical lookups in flight coalesced; the
+/// cache; Google's failures put in the client's words; retries of transient failures
+/// with backoff; the concurrency limit; the per-attempt deadline; the HTTP request.
+/// The bound is not applied here: the reply cuts the (cached) answer to it.
 pub fn stack(config: &PlacesConfig, offline: OfflineProvider) -> Result<PlacesService, BoxError> {
     let timeout = config.timeout;
     // Outermost: every failure becomes the failure answer PROTOCOL.md promises, and is logged.
