@@ -178,6 +178,9 @@ impl Node {
             }
         };
         self.metrics.places(&places.status, started.elapsed());
+        if places.cached {
+            self.metrics.places_cache_hits.inc();
+        }
         out.extend_from_slice(record.line());
         out.push(b'\n');
         places.write_json(cmd.bound, out);

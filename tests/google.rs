@@ -358,6 +358,7 @@ impl std::io::Write for Sink {
 
 struct TestHerd {
     client: SocketAddr,
+    peer: SocketAddr,
     google: Arc<Google>,
     shutdown: CancellationToken,
 }
@@ -392,6 +393,7 @@ async fn start(api: &str, otherwise: Act, places: &str) -> TestHerd {
         peer: TcpListener::bind("127.0.0.1:0").await.unwrap(),
     };
     let client = listeners.client.local_addr().unwrap();
+    let peer = listeners.peer.local_addr().unwrap();
     let shutdown = CancellationToken::new();
     let token = shutdown.clone();
     tokio::spawn(async move {
@@ -401,6 +403,7 @@ async fn start(api: &str, otherwise: Act, places: &str) -> TestHerd {
     });
     TestHerd {
         client,
+        peer,
         google,
         shutdown,
     }
@@ -754,6 +757,28 @@ async fn a_burst_of_identical_whatsats_makes_one_upstream_request() {
         task.await.unwrap();
     }
     assert_eq!(herd.google.requests(), 1);
+    // The metrics say so too: the last 50 at least were cache hits (so may be the
+    // stragglers of the first burst that arrived after its answer), the first was not.
+    let metrics = scrape_metrics(herd.peer).await;
+    let hits: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(r#"herd_places_cache_hits_total{server="Goloman"} "#))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no cache hit count in {metrics}"));
+    assert!((50..350).contains(&hits), "{hits} cache hits");
+    let ok = r#"herd_places_requests_total{server="Goloman",status="OK"} 350"#;
+    assert!(metrics.lines().any(|l| l == ok), "{metrics}");
+}
+
+/// The server's Prometheus metrics, over HTTP/1.1 on its peer port.
+async fn scrape_metrics(peer: SocketAddr) -> String {
+    let mut s = TcpStream::connect(peer).await.unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out
 }
 
 #[tokio::test]
@@ -814,6 +839,7 @@ async fn a_transport_failure_is_answered_and_the_key_never_reaches_the_logs() {
     let (google, _) = Google::start(Act::Zero).await;
     let herd = TestHerd {
         client: listeners.client.local_addr().unwrap(),
+        peer: listeners.peer.local_addr().unwrap(),
         google,
         shutdown: CancellationToken::new(),
     };

@@ -293,7 +293,8 @@ where
 
     fn call(&mut self, req: PlacesRequest) -> Self::Future {
         let key = Key::of(&req);
-        if let Some(places) = lock(&self.store).get(&key, Instant::now()) {
+        if let Some(mut places) = lock(&self.store).get(&key, Instant::now()) {
+            places.cached = true;
             return Box::pin(std::future::ready(Ok(places)));
         }
         let inner = self.inner.clone();
@@ -436,10 +437,19 @@ mod tests {
         let r = req(1.0, 2.0, 300.0, 20);
         let first = svc.clone().oneshot(r).await.unwrap();
         tokio::time::advance(Duration::from_secs(59)).await;
-        assert_eq!(svc.clone().oneshot(r).await.unwrap(), first);
+        let second = svc.clone().oneshot(r).await.unwrap();
+        assert!(second.cached && !first.cached);
+        assert_eq!(
+            Places {
+                cached: false,
+                ..second
+            },
+            first
+        );
         assert_eq!(calls.load(Ordering::SeqCst), 1);
         tokio::time::advance(Duration::from_secs(1)).await;
         let third = svc.clone().oneshot(r).await.unwrap();
+        assert!(!third.cached);
         assert_ne!(third, first, "expired");
         assert_eq!(calls.load(Ordering::SeqCst), 2);
     }

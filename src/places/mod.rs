@@ -48,6 +48,8 @@ pub struct Places {
     /// Each result a compact JSON object in Nearby Search's result format, nearest first.
     pub results: Vec<Arc<str>>,
     pub error_message: Option<String>,
+    /// Answered from the cache rather than by the provider (for metrics).
+    pub cached: bool,
 }
 
 impl Places {
@@ -62,6 +64,7 @@ impl Places {
             status: status.to_owned(),
             results,
             error_message: None,
+            cached: false,
         }
     }
 
@@ -71,6 +74,7 @@ impl Places {
             status: status.to_owned(),
             results: Vec::new(),
             error_message: Some(message.into()),
+            cached: false,
         }
     }
 
