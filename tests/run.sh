@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test of the project on a fresh machine: installs what the tests need
-# (cargo-nextest if missing, grpcurl in a venv), then runs the Rust test suite.
+# (cargo-nextest if missing, grpcurl in a venv), then runs the Rust test suite and
+# the docker compose deployment test.
 # Usage: tests/run.sh            (from anywhere; CI runs it through .ci/run)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,3 +26,15 @@ cargo build --all-targets --locked
 
 echo "== tests"
 cargo nextest run --locked --no-fail-fast
+
+# The five-container deployment, on the machine's real Docker Engine. Required in CI;
+# elsewhere it runs when a Docker daemon answers.
+if docker info >/dev/null 2>&1; then
+    echo "== deploy/test.sh (docker compose)"
+    bash deploy/test.sh
+elif [ "${CI:-}" = "true" ]; then
+    echo "Docker Engine is not reachable: deploy/test.sh cannot run" >&2
+    exit 1
+else
+    echo "== deploy/test.sh SKIPPED: no Docker daemon reachable here"
+fi
