@@ -7,8 +7,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{
-    Client, TestHerd, assert_bytes, at_fields, check_at, diff_nanos, iamat, now_nanos, question, show,
-    time_field,
+    Client, TestHerd, assert_bytes, at_fields, check_at, diff_nanos, iamat, now_nanos, question,
+    show, time_field,
 };
 use serde_json::Value;
 use tokio::io::AsyncWriteExt as _;
@@ -43,8 +43,8 @@ fn split_whatsat(reply: &[u8]) -> (Vec<u8>, Value) {
         show(json)
     );
     assert!(at.starts_with(b"AT "), "{:?}", show(reply));
-    let value: Value = serde_json::from_slice(json)
-        .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", show(json)));
+    let value: Value =
+        serde_json::from_slice(json).unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", show(json)));
     (at.to_vec(), value)
 }
 
@@ -58,7 +58,10 @@ fn check_places(value: &Value, status: &str) -> Vec<Value> {
     assert_eq!(keys, ["html_attributions", "results", "status"], "{value}");
     assert_eq!(obj["html_attributions"], serde_json::json!([]));
     assert_eq!(obj["status"], status, "{value}");
-    let results = obj["results"].as_array().expect("results is an array").clone();
+    let results = obj["results"]
+        .as_array()
+        .expect("results is an array")
+        .clone();
     for r in &results {
         assert!(r["name"].is_string(), "name: {r}");
         assert!(r["place_id"].is_string(), "place_id: {r}");
@@ -130,7 +133,13 @@ async fn iamat_from_the_future_has_a_minus_sign() {
     let time = time_field(t);
     let reply = c.ask(iamat(b"future", UCLA, &time)).await;
     let after = now_nanos();
-    let diff = diff_nanos(&check_at(&reply, "Goloman", b"future", UCLA.as_bytes(), time.as_bytes()));
+    let diff = diff_nanos(&check_at(
+        &reply,
+        "Goloman",
+        b"future",
+        UCLA.as_bytes(),
+        time.as_bytes(),
+    ));
     assert_eq!(at_fields(&reply)[2][0], b'-', "{:?}", show(&reply));
     assert!(
         diff >= before - t - SECOND && diff <= after - t + SECOND,
@@ -139,10 +148,27 @@ async fn iamat_from_the_future_has_a_minus_sign() {
     );
     // Far future, and the epoch itself.
     let reply = c.ask(iamat(b"far", UCLA, "99999999999.5")).await;
-    assert!(diff_nanos(&check_at(&reply, "Goloman", b"far", UCLA.as_bytes(), b"99999999999.5")) < 0);
+    assert!(
+        diff_nanos(&check_at(
+            &reply,
+            "Goloman",
+            b"far",
+            UCLA.as_bytes(),
+            b"99999999999.5"
+        )) < 0
+    );
     let reply = c.ask(iamat(b"epoch", UCLA, "0")).await;
-    let diff = diff_nanos(&check_at(&reply, "Goloman", b"epoch", UCLA.as_bytes(), b"0"));
-    assert!(diff > 0 && (diff - now_nanos()).abs() < 5 * SECOND, "{diff}");
+    let diff = diff_nanos(&check_at(
+        &reply,
+        "Goloman",
+        b"epoch",
+        UCLA.as_bytes(),
+        b"0",
+    ));
+    assert!(
+        diff > 0 && (diff - now_nanos()).abs() < 5 * SECOND,
+        "{diff}"
+    );
 }
 
 /// Decimal digits `a - b` for digit strings a >= b (any length).
@@ -179,7 +205,11 @@ async fn huge_client_times_are_differenced_exactly() {
     let herd = TestHerd::single("Goloman").await;
     let mut c = herd.client("Goloman").await;
     for (id, time, nanos) in [
-        (&b"big20"[..], "12345678901234567890.000000001", "12345678901234567890000000001"),
+        (
+            &b"big20"[..],
+            "12345678901234567890.000000001",
+            "12345678901234567890000000001",
+        ),
         (
             b"big50",
             "99999999999999999999999999999999999999999999999999.123456789999",
@@ -211,15 +241,27 @@ async fn iamat_fields_are_echoed_verbatim() {
     let herd = TestHerd::single("Goloman").await;
     let mut c = herd.client("Goloman").await;
     let cases: &[(&[u8], &str, &str)] = &[
-        (b"kiwi.cs.ucla.edu", "+34.068930-118.445127", "1520023934.918963997"),
-        (b"zeros", "+0034.0689300-0118.4451270", "0001520023934.9189639970"),
+        (
+            b"kiwi.cs.ucla.edu",
+            "+34.068930-118.445127",
+            "1520023934.918963997",
+        ),
+        (
+            b"zeros",
+            "+0034.0689300-0118.4451270",
+            "0001520023934.9189639970",
+        ),
         (
             b"fraction",
             "+34.06893000000000000000000001-118.44512700000000000000000001",
             "1520023934.918963997123456789123456789",
         ),
         (b"integers", "+34-118", "1520023934"),
-        ("caf\u{e9}-\u{1f95d}-\u{4e2d}\u{6587}".as_bytes(), "-33.8688+151.2093", "1520023935.5"),
+        (
+            "caf\u{e9}-\u{1f95d}-\u{4e2d}\u{6587}".as_bytes(),
+            "-33.8688+151.2093",
+            "1520023935.5",
+        ),
         (b"\xff\xfe\x80\xc3(invalid-utf8", "+1+1", "1.000000000"),
         ("no\u{a0}break\u{2003}space".as_bytes(), "+1+1", "2"),
         (b"nul\x00and\x7fdel", "+1+1", "3"),
@@ -278,7 +320,10 @@ async fn whatsat_reply_is_the_at_line_then_nearby_json_then_an_empty_line() {
     assert_eq!(results.len(), 5, "{json}");
     // The same question on another connection gets the same bytes.
     let mut other = herd.client("Goloman").await;
-    assert_bytes(&other.whatsat("WHATSAT kiwi.cs.ucla.edu 10 5\n").await, &reply);
+    assert_bytes(
+        &other.whatsat("WHATSAT kiwi.cs.ucla.edu 10 5\n").await,
+        &reply,
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -295,9 +340,15 @@ async fn whatsat_gives_at_most_bound_places_nearest_first_within_the_radius() {
     let distances: Vec<f64> = all.iter().map(|r| result_distance(r, lat, lon)).collect();
     for pair in distances.windows(2) {
         // A metre of slack for the server's chord arithmetic.
-        assert!(pair[0] <= pair[1] + 0.001, "not nearest first: {distances:?}");
+        assert!(
+            pair[0] <= pair[1] + 0.001,
+            "not nearest first: {distances:?}"
+        );
     }
-    assert!(distances.iter().all(|&d| d <= 50.0 * 1.001), "{distances:?}");
+    assert!(
+        distances.iter().all(|&d| d <= 50.0 * 1.001),
+        "{distances:?}"
+    );
 
     // A smaller bound cuts the same list.
     for bound in [1usize, 3, 19] {
@@ -309,9 +360,14 @@ async fn whatsat_gives_at_most_bound_places_nearest_first_within_the_radius() {
     // A smaller radius keeps only places within it, still nearest first.
     let reply = c.whatsat("WHATSAT kiwi 3 20\n").await;
     let near = check_places(&split_whatsat(&reply).1, "OK");
-    assert!(!near.is_empty() && near.len() < 20, "{} places within 3 km", near.len());
     assert!(
-        near.iter().all(|r| result_distance(r, lat, lon) <= 3.0 * 1.001),
+        !near.is_empty() && near.len() < 20,
+        "{} places within 3 km",
+        near.len()
+    );
+    assert!(
+        near.iter()
+            .all(|r| result_distance(r, lat, lon) <= 3.0 * 1.001),
         "{near:?}"
     );
     assert_eq!(near, all[..near.len()]);
@@ -376,7 +432,11 @@ async fn whatsat_edges_of_radius_and_bound_are_accepted() {
         ("50", "20", 20),
         ("50.000000000", "5", 5),
         ("050", "020", 20),
-        ("000000000000000000000000050", "0000000000000000000000000007", 7),
+        (
+            "000000000000000000000000050",
+            "0000000000000000000000000007",
+            7,
+        ),
         ("0.001", "0", 0),
         ("0.0000000000000001", "1", 1),
         ("1", "00", 0),
@@ -589,7 +649,10 @@ async fn coordinates_on_the_bounds_are_accepted() {
         // The stored record is the accepted one, and WHATSAT can look around it.
         let reply = c.whatsat("WHATSAT edge 50 1\n").await;
         let (_, json) = split_whatsat(&reply);
-        assert!(json["status"] == "OK" || json["status"] == "ZERO_RESULTS", "{json}");
+        assert!(
+            json["status"] == "OK" || json["status"] == "ZERO_RESULTS",
+            "{json}"
+        );
     }
 }
 
@@ -608,7 +671,13 @@ async fn tabs_vertical_tabs_and_form_feeds_separate_fields() {
     .enumerate()
     {
         let reply = c.ask(line).await;
-        check_at(&reply, "Goloman", b"kiwi", b"+1+1", (i + 1).to_string().as_bytes());
+        check_at(
+            &reply,
+            "Goloman",
+            b"kiwi",
+            b"+1+1",
+            (i + 1).to_string().as_bytes(),
+        );
     }
     let reply = c.whatsat("\x0bWHATSAT\tkiwi\x0c10\x0b0\t\n").await;
     let (line, _) = split_whatsat(&reply);
@@ -645,7 +714,10 @@ async fn crlf_line_ends_are_not_echoed() {
     let reply = c.ask("IAMAT kiwi +1+1 1\r\n").await;
     check_at(&reply, "Goloman", b"kiwi", b"+1+1", b"1");
     assert_bytes(&c.ask("FOO bar\r\n").await, b"? FOO bar\n");
-    assert_bytes(&c.ask("WHATSAT kiwi 10 21\r\n").await, b"? WHATSAT kiwi 10 21\n");
+    assert_bytes(
+        &c.ask("WHATSAT kiwi 10 21\r\n").await,
+        b"? WHATSAT kiwi 10 21\n",
+    );
     // Only the CR just before the LF belongs to the line end.
     assert_bytes(&c.ask("FOO\r\r\n").await, b"? FOO\r\n");
     assert_bytes(&c.ask("FOO\rBAR\r\n").await, b"? FOO\rBAR\n");
@@ -695,9 +767,16 @@ async fn half_close_without_a_final_newline_is_answered_before_the_close() {
     let herd = TestHerd::single("Goloman").await;
 
     let mut c = herd.client("Goloman").await;
-    c.send("IAMAT kiwi +34.068930-118.445127 1520023934.918963997").await;
+    c.send("IAMAT kiwi +34.068930-118.445127 1520023934.918963997")
+        .await;
     let all = c.finish().await;
-    check_at(&all, "Goloman", b"kiwi", UCLA.as_bytes(), b"1520023934.918963997");
+    check_at(
+        &all,
+        "Goloman",
+        b"kiwi",
+        UCLA.as_bytes(),
+        b"1520023934.918963997",
+    );
 
     let mut c = herd.client("Goloman").await;
     c.send("FOO i am client 10 32").await;
@@ -738,7 +817,13 @@ async fn pipelined_commands_are_answered_in_order() {
     c.send(&batch).await;
     for (i, id) in ids.iter().enumerate() {
         let reply = c.line().await;
-        check_at(&reply, "Goloman", id, b"+1+1", format!("{}", 1000 + i).as_bytes());
+        check_at(
+            &reply,
+            "Goloman",
+            id,
+            b"+1+1",
+            format!("{}", 1000 + i).as_bytes(),
+        );
         assert_bytes(&c.whatsat_reply().await, &whatsat);
         assert_bytes(&c.line().await, format!("? BAD {i}\n").as_bytes());
         assert_bytes(&c.line().await, &at);
@@ -758,7 +843,13 @@ async fn the_connection_stays_usable_after_bad_lines() {
             assert_bytes(&c.ask(&sent).await, &question(&sent));
         }
         let reply = c.ask(iamat(b"kiwi", UCLA, &i.to_string())).await;
-        check_at(&reply, "Goloman", b"kiwi", UCLA.as_bytes(), i.to_string().as_bytes());
+        check_at(
+            &reply,
+            "Goloman",
+            b"kiwi",
+            UCLA.as_bytes(),
+            i.to_string().as_bytes(),
+        );
         let (line, _) = split_whatsat(&c.whatsat("WHATSAT kiwi 5 2\n").await);
         assert_bytes(&line, &reply);
     }
@@ -778,7 +869,13 @@ async fn a_line_sent_byte_by_byte_is_reassembled() {
         }
     }
     let reply = c.line().await;
-    check_at(&reply, "Goloman", b"kiwi", UCLA.as_bytes(), b"1520023934.918963997");
+    check_at(
+        &reply,
+        "Goloman",
+        b"kiwi",
+        UCLA.as_bytes(),
+        b"1520023934.918963997",
+    );
     // CR and LF split across writes, and a `?` line in fragments.
     for part in [&b"FO"[..], b"O ", b"b\xff", b"ar\r"] {
         c.send(part).await;
@@ -965,7 +1062,17 @@ async fn replies_are_flushed_while_the_connection_stays_open() {
     let started = Instant::now();
     for i in 0..20 {
         let reply = c.ask(iamat(b"kiwi", "+1+1", &i.to_string())).await;
-        check_at(&reply, "Goloman", b"kiwi", b"+1+1", i.to_string().as_bytes());
+        check_at(
+            &reply,
+            "Goloman",
+            b"kiwi",
+            b"+1+1",
+            i.to_string().as_bytes(),
+        );
     }
-    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
 }

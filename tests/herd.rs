@@ -7,8 +7,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{
-    FAIR_CHANCE, NAMES, SPREAD, TestHerd, assert_bytes, at_fields, check_at, iamat, now_nanos, show,
-    time_field, unique_id, wait_for,
+    FAIR_CHANCE, NAMES, SPREAD, TestHerd, assert_bytes, at_fields, check_at, iamat, now_nanos,
+    show, time_field, unique_id, wait_for,
 };
 
 const UCLA: &str = "+34.068930-118.445127";
@@ -23,7 +23,13 @@ async fn iamat_at(herd: &TestHerd, server: &str, id: &[u8], location: &str, time
 }
 
 /// An IAMAT at `server`; returns its reply, whatever it is, without the newline.
-async fn raw_iamat(herd: &TestHerd, server: &str, id: &[u8], location: &str, time: &str) -> Vec<u8> {
+async fn raw_iamat(
+    herd: &TestHerd,
+    server: &str,
+    id: &[u8],
+    location: &str,
+    time: &str,
+) -> Vec<u8> {
     let mut c = herd.client(server).await;
     let mut reply = c.ask(iamat(id, location, time)).await;
     reply.pop();
@@ -85,7 +91,11 @@ async fn updates_from_every_server_reach_every_other() {
 async fn equal_times_at_two_servers_converge_on_one_line() {
     let herd = TestHerd::default_topology().await;
     // Several clients, each sending one time to two far-apart servers at once.
-    let pairs = [("Welsh", "Hands"), ("Goloman", "Wilkes"), ("Hands", "Holiday")];
+    let pairs = [
+        ("Welsh", "Hands"),
+        ("Goloman", "Wilkes"),
+        ("Hands", "Holiday"),
+    ];
     let mut cases = Vec::new();
     for (a, b) in pairs {
         for _ in 0..3 {
@@ -113,7 +123,10 @@ async fn equal_times_at_two_servers_converge_on_one_line() {
             for name in NAMES {
                 lines.push(herd.known(name, id).await?);
             }
-            lines.windows(2).all(|w| w[0] == w[1]).then(|| lines[0].clone())
+            lines
+                .windows(2)
+                .all(|w| w[0] == w[1])
+                .then(|| lines[0].clone())
         })
         .await;
         assert!(
@@ -182,6 +195,14 @@ async fn a_restarted_server_rejoins_and_catches_up() {
         herd.wait_known(name, &before, &at_before).await;
     }
 
+    // A record Hands made itself: it loses it with its store, and gets it back.
+    let own = unique_id("own");
+    let own_time = recent();
+    let at_own = iamat_at(&herd, "Hands", &own, "-1-1", &own_time).await;
+    for name in NAMES {
+        herd.wait_known(name, &own, &at_own).await;
+    }
+
     herd.stop("Hands").await;
     // Missed while Hands was down: a new client, and a newer record of a known one.
     let missed = unique_id("missed");
@@ -196,6 +217,12 @@ async fn a_restarted_server_rejoins_and_catches_up() {
     // Nothing else is done: Hands dials its neighbours, and they send what it missed.
     herd.wait_known("Hands", &missed, &at_missed).await;
     herd.wait_known("Hands", &before, &at_before2).await;
+    herd.wait_known("Hands", &own, &at_own).await;
+    // Its restored record makes a repeat of that IAMAT stale.
+    let mut c = herd.client("Hands").await;
+    let mut want = at_own.clone();
+    want.push(b'\n');
+    assert_bytes(&c.ask(iamat(&own, "+45+45", &own_time)).await, &want);
 
     // New updates reach it, and its own reach the others.
     let after = unique_id("after");

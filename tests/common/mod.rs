@@ -619,6 +619,11 @@ impl TempDir {
 
 impl Drop for TempDir {
     fn drop(&mut self) {
+        // HERD_TEST_KEEP=1 keeps the directories (herd files, logs) for a post-mortem.
+        if std::env::var_os("HERD_TEST_KEEP").is_some() {
+            eprintln!("kept {}", self.0.display());
+            return;
+        }
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
