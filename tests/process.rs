@@ -35,8 +35,14 @@ fn reserve_ports(n: usize) -> Vec<u16> {
         .collect()
 }
 
-fn port_is_free(port: u16) -> bool {
-    StdListener::bind(("127.0.0.1", port)).is_ok()
+/// Whether nothing listens on `port`. (Not "can we bind it": once a port is released,
+/// any process on the machine may use it as the source port of a connection.)
+fn nobody_listens(port: u16) -> bool {
+    let addr = ([127, 0, 0, 1], port).into();
+    match std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)) {
+        Ok(_) => false,
+        Err(e) => e.kind() == std::io::ErrorKind::ConnectionRefused,
+    }
 }
 
 /// A herd file for `topology` on the given ports (client, peer pairs in order).
@@ -193,7 +199,7 @@ async fn assert_rejected(args: &[&str], config: &str, ports: &[u16], needle: &st
     assert_eq!(herd.stdout(), "", "nothing on stdout");
     drop(held);
     for &p in ports {
-        assert!(port_is_free(p), "port {p} is still bound");
+        assert!(nobody_listens(p), "something listens on port {p}");
     }
 }
 
@@ -363,7 +369,10 @@ async fn stops_cleanly_on(signal: &str) {
         assert!(text.contains(needle), "the log lacks {needle:?}:\n{text}");
     }
     for p in ports {
-        assert!(port_is_free(p), "port {p} still bound after the exit");
+        assert!(
+            nobody_listens(p),
+            "something still listens on port {p} after the exit"
+        );
     }
 }
 
