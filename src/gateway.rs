@@ -16,8 +16,10 @@ use crate::{
     wire::{self, Command, Timestamp},
 };
 
-/// The longest line held in memory. A longer one is still answered byte for byte:
-/// its `? ` reply is streamed out as the line arrives.
+/// The longest line (line end excluded) the server reads as a command, like Redis's
+/// inline-command limit: it bounds what one connection can make the server hold.
+/// A longer line, whatever it holds, is answered `? ` and its bytes, streamed out as
+/// they arrive, so memory stays bounded and the reply still echoes every byte.
 pub const MAX_LINE: usize = 64 * 1024;
 
 /// Accepts clients until `shutdown`, each on its own task in `tasks`.
@@ -76,36 +78,43 @@ async fn serve(
     let mut out = Vec::with_capacity(4096);
     // Inside a line too long to hold: its "? " and start are already written.
     let mut overlong = false;
+    // How much of `buf` is known to hold no LF (a long line is scanned once).
+    let mut scanned = 0;
     loop {
         let n = tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
             n = socket.read_buf(&mut buf) => n?,
         };
         let mut start = 0;
-        while let Some(pos) = buf[start..].iter().position(|&b| b == b'\n') {
-            let end = start + pos + 1;
+        while let Some(pos) = buf[scanned..].iter().position(|&b| b == b'\n') {
+            let end = scanned + pos + 1;
             let line = wire::strip_line_end(&buf[start..end]);
             if overlong {
                 overlong = false;
                 out.extend_from_slice(line);
                 out.push(b'\n');
-                tracing::debug!(tail = %line.escape_ascii(), "overlong line ended");
+            } else if line.len() > MAX_LINE {
+                // Held whole this time, but past the limit: answered as if streamed, so
+                // the reply does not depend on how TCP split the line.
+                too_long(node, line, &mut out);
             } else {
                 answer(node, line, &mut out).await;
             }
             start = end;
+            scanned = end;
         }
         buf.advance(start);
+        scanned = buf.len();
 
         if n == 0 {
-            if !buf.is_empty() {
-                let line = wire::strip_line_end(&buf);
-                if overlong {
-                    out.extend_from_slice(line);
-                    out.push(b'\n');
-                } else {
-                    answer(node, line, &mut out).await;
-                }
+            let line = wire::strip_line_end(&buf);
+            if overlong {
+                out.extend_from_slice(line);
+                out.push(b'\n');
+            } else if line.len() > MAX_LINE {
+                too_long(node, line, &mut out);
+            } else if !buf.is_empty() {
+                answer(node, line, &mut out).await;
             }
             if !out.is_empty() {
                 socket.write_all(&out).await?;
@@ -114,16 +123,18 @@ async fn serve(
             return Ok(());
         }
 
-        if buf.len() > MAX_LINE {
+        // A trailing CR may belong to the line end: it stays until the next read.
+        let pending_cr = usize::from(buf.last() == Some(&b'\r'));
+        let held = buf.len() - pending_cr;
+        if held > MAX_LINE || (overlong && held > 0) {
             if !overlong {
                 overlong = true;
                 out.extend_from_slice(b"? ");
-                tracing::debug!(head = %buf[..80].escape_ascii(), "overlong line");
+                count_too_long(node, &buf[..held]);
             }
-            // A trailing CR may belong to the line end: keep it until the next read.
-            let keep = usize::from(buf.last() == Some(&b'\r'));
-            out.extend_from_slice(&buf[..buf.len() - keep]);
-            buf.advance(buf.len() - keep);
+            out.extend_from_slice(&buf[..held]);
+            buf.advance(held);
+            scanned = buf.len();
         }
 
         if !out.is_empty() {
@@ -131,6 +142,23 @@ async fn serve(
             out.clear();
         }
     }
+}
+
+/// Answers a line longer than [`MAX_LINE`] that happens to be held whole.
+fn too_long(node: &Node, line: &[u8], out: &mut Vec<u8>) {
+    count_too_long(node, line);
+    out.extend_from_slice(b"? ");
+    out.extend_from_slice(line);
+    out.push(b'\n');
+}
+
+fn count_too_long(node: &Node, head: &[u8]) {
+    tracing::debug!(
+        head = %head[..head.len().min(80)].escape_ascii(),
+        "received a line longer than {MAX_LINE} bytes; answering ?"
+    );
+    node.metrics().command("invalid", "too_long");
+    node.metrics().questions.inc();
 }
 
 /// Answers one line (without its line end), appending the reply to `out`.

@@ -97,7 +97,11 @@ fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(e) => return fail(1, &format!("cannot start the runtime: {e}")),
     };
-    runtime.block_on(run(Arc::new(herd), names, common))
+    let code = runtime.block_on(run(Arc::new(herd), names, common));
+    // Do not wait for blocking work still running (the places index may be loading
+    // when a signal comes early): the servers have stopped and the logs are flushed.
+    runtime.shutdown_background();
+    code
 }
 
 /// `herd health`: one Check call, for container health checks.

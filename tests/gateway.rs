@@ -10,6 +10,7 @@ use common::{
     Client, TestHerd, assert_bytes, at_fields, check_at, diff_nanos, iamat, now_nanos, question,
     show, time_field,
 };
+use herd::gateway::MAX_LINE;
 use serde_json::Value;
 use tokio::io::AsyncWriteExt as _;
 
@@ -911,6 +912,7 @@ fn garbage(len: usize) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_overlong_garbage_line_is_echoed_in_full() {
+    const { assert!(200 * 1024 > MAX_LINE && 150 * 1024 > MAX_LINE && 90 * 1024 > MAX_LINE) };
     let herd = TestHerd::single("Goloman").await;
     let mut c = herd.client("Goloman").await;
     let mut line = garbage(200 * 1024);
@@ -941,32 +943,32 @@ async fn an_overlong_garbage_line_is_echoed_in_full() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_valid_iamat_longer_than_64_kib_gets_the_same_reply_however_tcp_splits_it() {
-    // PROTOCOL.md sets no length limit on a client ID ("any run of non-whitespace
-    // bytes"), so a 100 KiB ID makes a valid IAMAT. Whatever the server decides, the
-    // same bytes must get the same reply whether they arrive in one read or several.
+async fn a_line_past_the_limit_gets_the_same_reply_however_tcp_splits_it() {
+    // The server reads at most MAX_LINE bytes as a command (README): a longer line,
+    // even a would-be valid IAMAT with a huge client ID, is answered `?` with its
+    // bytes, and the same bytes get the same reply in one read or several.
     let herd = TestHerd::single("Goloman").await;
-    let id = garbage(100 * 1024);
+    let id = garbage(MAX_LINE + 1024);
     let line = iamat(&id, "+1+1", "1");
     let mut c = herd.client("Goloman").await;
     c.send(&line).await;
     let whole = c.line().await;
-    // Same line again (a stale IAMAT: the stored line is the reply), in two pieces
-    // with a pause between them.
     let mut c = herd.client("Goloman").await;
-    c.send(&line[..80 * 1024]).await;
+    c.send(&line[..MAX_LINE / 2]).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
-    c.send(&line[80 * 1024..]).await;
+    c.send(&line[MAX_LINE / 2..]).await;
     let split = c.line().await;
-    assert_eq!(
-        (whole.starts_with(b"AT "), split.starts_with(b"AT ")),
-        (true, true),
-        "in one write: {:?}; in two: {:?}",
-        show(&whole[..40.min(whole.len())]),
-        show(&split[..40.min(split.len())])
-    );
-    check_at(&whole, "Goloman", &id, b"+1+1", b"1");
+    assert_bytes(&whole, &question(&line));
     assert_bytes(&split, &whole);
+    // One byte under the limit, the same ID makes a valid IAMAT, however it arrives.
+    let id = garbage(MAX_LINE - "IAMAT  +1+1 1".len());
+    let line = iamat(&id, "+1+1", "1");
+    assert_eq!(line.len(), MAX_LINE + 1, "the line and its LF");
+    let mut c = herd.client("Goloman").await;
+    c.send(&line[..1000]).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    c.send(&line[1000..]).await;
+    check_at(&c.line().await, "Goloman", &id, b"+1+1", b"1");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1013,29 +1015,31 @@ async fn an_overlong_line_ended_by_eof_gets_a_whole_reply_line() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_overlong_whitespace_only_line_gets_no_reply() {
-    // PROTOCOL.md: "A line with only whitespace gets no reply", whatever its length.
+async fn whitespace_only_lines_up_to_the_limit_get_no_reply() {
+    // PROTOCOL.md: "A line with only whitespace gets no reply"; past MAX_LINE the
+    // server does not hold the line, so it answers `?` and echoes it like any other.
     let herd = TestHerd::single("Goloman").await;
     let mut c = herd.client("Goloman").await;
-    let mut blank: Vec<u8> = b" \t\x0b\x0c\r".repeat(30 * 1024);
+    let mut blank: Vec<u8> = b" \t\x0b\x0c\r".repeat(MAX_LINE / 5);
+    blank.truncate(MAX_LINE);
     blank.push(b'\n');
     c.send(&blank).await;
     let reply = c.ask(iamat(b"kiwi", "+1+1", "1")).await;
-    assert!(
-        !reply.starts_with(b"? "),
-        "a {} byte whitespace-only line was answered with a `? ` reply",
-        blank.len()
-    );
     check_at(&reply, "Goloman", b"kiwi", b"+1+1", b"1");
+
+    let mut over = vec![b' '; MAX_LINE + 1];
+    over.push(b'\n');
+    c.send(&over).await;
+    assert_bytes(&c.line().await, &question(&over));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_iamat_padded_with_whitespace_past_64_kib_is_answered() {
-    // PROTOCOL.md: leading and trailing whitespace is ignored, and fields are separated
-    // by one or more whitespace bytes; no line length limit is part of the contract.
+async fn an_iamat_padded_with_whitespace_up_to_the_limit_is_answered() {
+    // Leading, trailing and separating whitespace is ignored, up to the line limit.
     let herd = TestHerd::single("Goloman").await;
     let mut c = herd.client("Goloman").await;
-    let pad = vec![b' '; 100 * 1024];
+    let core_len = "IAMAT kiwi +1+1 1".len();
+    let pad = vec![b' '; (MAX_LINE - core_len) / 3];
     let mut line = Vec::new();
     line.extend_from_slice(&pad);
     line.extend_from_slice(b"IAMAT kiwi");
@@ -1043,15 +1047,9 @@ async fn an_iamat_padded_with_whitespace_past_64_kib_is_answered() {
     line.extend_from_slice(b"+1+1 1");
     line.extend_from_slice(&pad);
     line.push(b'\n');
+    assert!(line.len() <= MAX_LINE + 1);
     c.send(&line).await;
-    let reply = c.line().await;
-    assert!(
-        !reply.starts_with(b"? "),
-        "a whitespace-padded IAMAT of {} bytes was answered with `?` ({} bytes)",
-        line.len(),
-        reply.len()
-    );
-    check_at(&reply, "Goloman", b"kiwi", b"+1+1", b"1");
+    check_at(&c.line().await, "Goloman", b"kiwi", b"+1+1", b"1");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
