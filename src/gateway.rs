@@ -5,8 +5,9 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use bytes::{Buf as _, BytesMut};
 use tokio::{
-    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    io::AsyncWriteExt as _,
     net::{TcpListener, TcpStream},
+    sync::Semaphore,
 };
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::Instrument as _;
@@ -22,6 +23,11 @@ use crate::{
 /// they arrive, so memory stays bounded and the reply still echoes every byte.
 pub const MAX_LINE: usize = 64 * 1024;
 
+/// The most client connections one server holds at once; more wait in the kernel's
+/// accept queue. Keeps clients from taking every file descriptor (the peer port
+/// needs some too).
+pub const MAX_CLIENTS: usize = 50_000;
+
 /// Accepts clients until `shutdown`, each on its own task in `tasks`.
 pub async fn run(
     listener: TcpListener,
@@ -29,20 +35,38 @@ pub async fn run(
     shutdown: CancellationToken,
     tasks: TaskTracker,
 ) {
+    let slots = Arc::new(Semaphore::new(MAX_CLIENTS));
     loop {
         let accepted = tokio::select! {
             _ = shutdown.cancelled() => return,
-            a = listener.accept() => a,
+            a = async {
+                let permit = slots.clone().acquire_owned().await;
+                (permit, accept(&listener).await)
+            } => a,
         };
-        match accepted {
-            Ok((socket, addr)) => {
-                let span = tracing::info_span!("client", peer = %addr);
-                tasks.spawn(
-                    connection(socket, addr, node.clone(), shutdown.clone()).instrument(span),
-                );
+        let (Ok(permit), (socket, addr)) = accepted else {
+            return;
+        };
+        let span = tracing::info_span!("client", peer = %addr);
+        let node = node.clone();
+        let shutdown = shutdown.clone();
+        tasks.spawn(
+            async move {
+                connection(socket, addr, node, shutdown).await;
+                drop(permit);
             }
+            .instrument(span),
+        );
+    }
+}
+
+/// Accepts one connection, waiting out errors (out of file descriptors, most
+/// likely) rather than spinning on them.
+pub async fn accept(listener: &TcpListener) -> (TcpStream, SocketAddr) {
+    loop {
+        match listener.accept().await {
+            Ok(accepted) => return accepted,
             Err(e) => {
-                // Out of file descriptors, most likely: wait rather than spin.
                 tracing::warn!(error = %e, "accept failed");
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
@@ -74,8 +98,10 @@ async fn serve(
     shutdown: &CancellationToken,
 ) -> std::io::Result<()> {
     socket.set_nodelay(true)?;
-    let mut buf = BytesMut::with_capacity(4096);
-    let mut out = Vec::with_capacity(4096);
+    // Both buffers are allocated when data comes and given back when drained, so an
+    // idle connection holds no buffer at all.
+    let mut buf = BytesMut::new();
+    let mut out = Vec::new();
     // Inside a line too long to hold: its "? " and start are already written.
     let mut overlong = false;
     // How much of `buf` is known to hold no LF (a long line is scanned once).
@@ -83,8 +109,10 @@ async fn serve(
     loop {
         let n = tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
-            n = socket.read_buf(&mut buf) => n?,
+            n = read(&mut socket, &mut buf) => n?,
         };
+        // Every line of this read was received now, whatever the lines before it cost.
+        let received = Timestamp::now();
         let mut start = 0;
         while let Some(pos) = buf[scanned..].iter().position(|&b| b == b'\n') {
             let end = scanned + pos + 1;
@@ -98,7 +126,7 @@ async fn serve(
                 // the reply does not depend on how TCP split the line.
                 too_long(node, line, &mut out);
             } else {
-                answer(node, line, &mut out).await;
+                answer(node, line, received, &mut out).await;
             }
             start = end;
             scanned = end;
@@ -114,7 +142,7 @@ async fn serve(
             } else if line.len() > MAX_LINE {
                 too_long(node, line, &mut out);
             } else if !buf.is_empty() {
-                answer(node, line, &mut out).await;
+                answer(node, line, received, &mut out).await;
             }
             if !out.is_empty() {
                 socket.write_all(&out).await?;
@@ -139,10 +167,29 @@ async fn serve(
 
         if !out.is_empty() {
             socket.write_all(&out).await?;
-            out.clear();
+            out = Vec::new();
+        }
+        if buf.is_empty() {
+            buf = BytesMut::new();
         }
     }
 }
+
+/// Reads what the socket has, allocating room only once it is readable.
+async fn read(socket: &mut TcpStream, buf: &mut BytesMut) -> std::io::Result<usize> {
+    loop {
+        socket.readable().await?;
+        buf.reserve(READ_SIZE);
+        match socket.try_read_buf(buf) {
+            Ok(n) => return Ok(n),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// How much room a read makes in the buffer.
+const READ_SIZE: usize = 16 * 1024;
 
 /// Answers a line longer than [`MAX_LINE`] that happens to be held whole.
 fn too_long(node: &Node, line: &[u8], out: &mut Vec<u8>) {
@@ -162,12 +209,12 @@ fn count_too_long(node: &Node, head: &[u8]) {
 }
 
 /// Answers one line (without its line end), appending the reply to `out`.
-async fn answer(node: &Node, line: &[u8], out: &mut Vec<u8>) {
+async fn answer(node: &Node, line: &[u8], received: Timestamp, out: &mut Vec<u8>) {
     let start = out.len();
     tracing::debug!(line = %line.escape_ascii(), "received");
     match wire::parse(line) {
         Ok(Command::Blank) => return,
-        Ok(Command::IAmAt(cmd)) => node.iamat(&cmd, Timestamp::now(), out),
+        Ok(Command::IAmAt(cmd)) => node.iamat(&cmd, received, out),
         Ok(Command::WhatsAt(cmd)) => {
             if !node.whatsat(&cmd, out).await {
                 tracing::debug!("WHATSAT for an unknown client");

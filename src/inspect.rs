@@ -7,7 +7,7 @@ use std::{pin::Pin, sync::Arc, time::SystemTime};
 
 use futures_util::{Stream, StreamExt as _};
 use tokio_stream::wrappers::{BroadcastStream, errors::BroadcastStreamRecvError};
-use tokio_util::sync::CancellationToken;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic::{Request, Response, Status, service::Routes};
 use tonic_health::server::HealthReporter;
 
@@ -16,7 +16,7 @@ use crate::{
     peer::PeerService,
     proto::{
         self, LinkInfo, LinksReply, LinksRequest, LookupReply, LookupRequest, WatchEvent,
-        WatchRequest, inspect_server::InspectServer, peer_server::PeerServer,
+        WatchRequest, inspect_server::InspectServer,
     },
 };
 
@@ -101,7 +101,11 @@ impl proto::inspect_server::Inspect for InspectService {
 
 /// Everything a server serves on its peer port, and the health reporter that says
 /// when it is SERVING.
-pub fn routes(node: Arc<Node>, shutdown: CancellationToken) -> (Routes, HealthReporter) {
+pub fn routes(
+    node: Arc<Node>,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+) -> (Routes, HealthReporter) {
     let (reporter, health) = tonic_health::server::health_reporter();
     let reflection = || {
         tonic_reflection::server::Builder::configure()
@@ -116,29 +120,26 @@ pub fn routes(node: Arc<Node>, shutdown: CancellationToken) -> (Routes, HealthRe
         .build_v1alpha()
         .expect("the compiled-in descriptor sets are valid");
     let metrics_node = node.clone();
-    let routes = Routes::new(PeerServer::new(PeerService::new(
-        node.clone(),
-        shutdown.clone(),
-    )))
-    .add_service(InspectServer::new(InspectService { node, shutdown }))
-    .add_service(health)
-    .add_service(reflection_v1)
-    .add_service(reflection_v1alpha)
-    .into_axum_router()
-    .route(
-        "/metrics",
-        axum::routing::get(move || {
-            let text = metrics_node.metrics().render();
-            async move {
-                (
-                    [(
-                        axum::http::header::CONTENT_TYPE,
-                        "text/plain; version=0.0.4; charset=utf-8",
-                    )],
-                    text,
-                )
-            }
-        }),
-    );
+    let routes = Routes::new(PeerService::new(node.clone(), shutdown.clone(), tasks).into_server())
+        .add_service(InspectServer::new(InspectService { node, shutdown }))
+        .add_service(health)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .into_axum_router()
+        .route(
+            "/metrics",
+            axum::routing::get(move || {
+                let text = metrics_node.metrics().render();
+                async move {
+                    (
+                        [(
+                            axum::http::header::CONTENT_TYPE,
+                            "text/plain; version=0.0.4; charset=utf-8",
+                        )],
+                        text,
+                    )
+                }
+            }),
+        );
     (Routes::from(routes), reporter)
 }

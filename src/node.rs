@@ -11,7 +11,7 @@ use tower::ServiceExt as _;
 
 use crate::{
     metrics::Metrics,
-    peer::link::Links,
+    peer::link::{CatchUp, Links},
     places::{Places, PlacesRequest, PlacesService},
     proto,
     store::{BadUpdate, Record, Store},
@@ -170,11 +170,12 @@ impl Node {
             radius_m: cmd.radius_km * 1000.0,
             bound: cmd.bound,
         };
+        // The stack answers every failure itself; only a broken stack errs here.
         let places = match self.places.clone().oneshot(req).await {
             Ok(places) => places,
             Err(e) => {
-                tracing::warn!(error = %e, "places lookup failed");
-                Places::from_error(&e, std::time::Duration::ZERO)
+                tracing::error!(error = %e, "places service failed");
+                Places::failed("UNKNOWN_ERROR", format!("places service failed: {e}"))
             }
         };
         self.metrics.places(&places.status, started.elapsed());
@@ -224,14 +225,17 @@ impl Node {
         }
     }
 
-    /// Every record as an update from this server, for a neighbour's catch-up.
-    pub fn snapshot_updates(&self) -> Vec<proto::Update> {
-        let seen = vec![self.name.to_string()];
-        self.store
-            .snapshot()
-            .iter()
-            .map(|r| r.to_update(seen.clone()))
-            .collect()
+    /// Every record as an update from this server, part by part, for a neighbour's
+    /// catch-up. The list names this server only: the neighbour forwards what is new
+    /// to it to all its other neighbours.
+    pub fn catch_up(self: &Arc<Node>) -> CatchUp {
+        let node = Arc::downgrade(self);
+        Arc::new(move |part| {
+            let node = node.upgrade()?;
+            let seen = vec![node.name.to_string()];
+            let records = node.store.snapshot_part(part)?;
+            Some(records.iter().map(|r| r.to_update(seen.clone())).collect())
+        })
     }
 }
 

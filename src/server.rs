@@ -3,9 +3,7 @@
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
-use futures_util::StreamExt as _;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::Instrument as _;
 
@@ -107,14 +105,14 @@ async fn serve(
         .in_current_span(),
     );
 
-    let incoming = TcpListenerStream::new(listeners.peer).map(|conn| {
-        conn.inspect(|s| {
-            // Latency over throughput: updates are small.
-            let _ = s.set_nodelay(true);
-        })
+    let incoming = futures_util::stream::unfold(listeners.peer, |listener| async move {
+        let (socket, _) = gateway::accept(&listener).await;
+        // Latency over throughput: updates are small.
+        let _ = socket.set_nodelay(true);
+        Some((Ok::<_, std::io::Error>(socket), listener))
     });
     let grpc_span = tracing::Span::current();
-    let (routes, health) = inspect::routes(node.clone(), shutdown.clone());
+    let (routes, health) = inspect::routes(node.clone(), shutdown.clone(), tasks.clone());
     let grpc = tonic::transport::Server::builder()
         // HTTP/1.1 too, for Prometheus scraping /metrics.
         .accept_http1(true)

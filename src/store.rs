@@ -242,7 +242,15 @@ impl Store {
         self.lock(client_id).get(client_id).cloned()
     }
 
-    /// Every record, for a neighbour's catch-up.
+    /// The records of shard `i`, None past the last shard: a neighbour's catch-up
+    /// goes shard by shard, so it never copies the whole store at once.
+    pub fn snapshot_part(&self, i: usize) -> Option<Vec<Record>> {
+        let shard = self.shards.get(i)?;
+        let shard = shard.lock().unwrap_or_else(|p| p.into_inner());
+        Some(shard.values().cloned().collect())
+    }
+
+    /// Every record.
     pub fn snapshot(&self) -> Vec<Record> {
         let mut out = Vec::with_capacity(self.len());
         for shard in self.shards.iter() {

@@ -4,45 +4,19 @@
 use std::{sync::Arc, time::Duration};
 
 use futures_util::FutureExt as _;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, metadata::MetadataValue, transport::Endpoint};
+use tower::{
+    retry::backoff::{Backoff as _, ExponentialBackoffMaker, MakeBackoff as _},
+    util::rng::HasherRng,
+};
 
 use super::{
-    FROM_HEADER, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, TO_HEADER, drive,
-    link::{Dialer, LinkSlot, LinkState, QUEUE, outbound},
+    FROM_HEADER, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, MAX_MESSAGE, TO_HEADER, drive,
+    link::{Dialer, LinkSlot, LinkState, outbound},
 };
 use crate::{node::Node, proto::peer_client::PeerClient};
-
-/// Capped exponential backoff with jitter: each wait is drawn from the upper half
-/// of the current step, so a herd that restarts together does not redial in lockstep.
-#[derive(Debug, Clone)]
-pub struct Backoff {
-    min: Duration,
-    max: Duration,
-    step: Duration,
-}
-
-impl Backoff {
-    pub fn new(min: Duration, max: Duration) -> Backoff {
-        Backoff {
-            min,
-            max,
-            step: min,
-        }
-    }
-
-    /// The next wait; the step doubles up to the cap.
-    pub fn next_delay(&mut self) -> Duration {
-        let step = self.step;
-        self.step = (self.step * 2).min(self.max);
-        step.mul_f64(0.5 + fastrand::f64() * 0.5)
-    }
-
-    pub fn reset(&mut self) {
-        self.step = self.min;
-    }
-}
 
 /// Why one dial attempt ended without a live stream.
 #[derive(Debug, thiserror::Error)]
@@ -57,9 +31,17 @@ pub enum DialError {
     Superseded(#[from] super::link::Superseded),
 }
 
+/// The first wait before redialling, and the cap the waits double up to.
+pub const BACKOFF_MIN: Duration = Duration::from_millis(100);
+pub const BACKOFF_MAX: Duration = Duration::from_secs(2);
+
 /// Keeps the link to `slot`'s neighbour at `uri` up until `shutdown`.
 pub async fn run(node: Arc<Node>, slot: Arc<LinkSlot>, uri: String, shutdown: CancellationToken) {
-    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
+    // Jittered, so a herd that restarts together does not redial in lockstep.
+    let mut maker =
+        ExponentialBackoffMaker::new(BACKOFF_MIN, BACKOFF_MAX, 0.5, HasherRng::default())
+            .expect("the backoff figures are valid");
+    let mut backoff = maker.make_backoff();
     let mut state = slot.watch();
     loop {
         // Rest while a stream is live (perhaps one the neighbour dialled).
@@ -77,21 +59,31 @@ pub async fn run(node: Arc<Node>, slot: Arc<LinkSlot>, uri: String, shutdown: Ca
             // A stream that was live for a while has ended: dial again at once. One
             // that ended at once (a neighbour that accepts and drops) waits its turn.
             Ok(lasted) if lasted >= Duration::from_secs(5) => {
-                backoff.reset();
+                backoff = maker.make_backoff();
                 continue;
             }
             Ok(_) => {}
             Err(DialError::Superseded(e)) => tracing::debug!(peer = %slot.peer(), "{e}"),
+            // The neighbour says the herd files disagree: worth an operator's eye.
+            Err(DialError::Refused(status))
+                if matches!(
+                    status.code(),
+                    tonic::Code::PermissionDenied
+                        | tonic::Code::FailedPrecondition
+                        | tonic::Code::InvalidArgument
+                ) =>
+            {
+                tracing::warn!(peer = %slot.peer(), reason = status.message(), "neighbour refused the link");
+            }
             Err(e) => tracing::debug!(peer = %slot.peer(), error = %e, "dial failed"),
         }
         if shutdown.is_cancelled() {
             return;
         }
         slot.set_dialing(LinkState::Backoff);
-        let wait = backoff.next_delay();
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(wait) => {}
+            _ = backoff.next_backoff() => {}
             // The neighbour dialled us meanwhile.
             _ = state.wait_for(|s| *s == LinkState::Up) => {}
         }
@@ -118,12 +110,11 @@ async fn once(
         _ = shutdown.cancelled() => return Ok(Duration::ZERO),
     };
 
-    let (tx, rx) = mpsc::channel(QUEUE);
-    let (catch_up_tx, catch_up_rx) = oneshot::channel();
+    let (adopted_tx, adopted_rx) = oneshot::channel();
     let cancel = shutdown.child_token();
-    let out = outbound(
-        catch_up_rx.map(Result::unwrap_or_default),
-        rx,
+    let (sender, out) = outbound(
+        node.catch_up(),
+        adopted_rx.map(|adopted| adopted.unwrap_or(false)),
         cancel.clone(),
     );
     let mut req = Request::new(out);
@@ -132,12 +123,12 @@ async fn once(
     req.metadata_mut().insert(FROM_HEADER, me);
     req.metadata_mut().insert(TO_HEADER, to);
 
-    let mut client = PeerClient::new(channel);
+    let mut client = PeerClient::new(channel).max_decoding_message_size(MAX_MESSAGE);
     let response = tokio::select! {
         r = client.link(req) => r?,
         _ = shutdown.cancelled() => return Ok(Duration::ZERO),
     };
-    let id = match slot.adopt(Dialer::Me, tx, cancel.clone()) {
+    let id = match slot.adopt(Dialer::Me, sender, cancel.clone()) {
         Ok(id) => id,
         Err(e) => {
             cancel.cancel();
@@ -145,7 +136,7 @@ async fn once(
         }
     };
     // The receiver is gone only if the stream already ended; drive() sees that too.
-    let _ = catch_up_tx.send(node.snapshot_updates());
+    let _ = adopted_tx.send(true);
     let started = std::time::Instant::now();
     drive(
         node.clone(),
@@ -156,22 +147,4 @@ async fn once(
     )
     .await;
     Ok(started.elapsed())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_doubles_to_the_cap_with_jitter() {
-        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
-        let waits: Vec<Duration> = (0..8).map(|_| b.next_delay()).collect();
-        let steps = [100, 200, 400, 800, 1600, 2000, 2000, 2000];
-        for (w, s) in waits.iter().zip(steps) {
-            let s = Duration::from_millis(s);
-            assert!(*w >= s / 2 && *w <= s, "{w:?} not in [{:?}, {s:?}]", s / 2);
-        }
-        b.reset();
-        assert!(b.next_delay() <= Duration::from_millis(100));
-    }
 }

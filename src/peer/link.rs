@@ -12,14 +12,13 @@ use std::{
     fmt,
     sync::{
         Arc, Mutex, MutexGuard,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::SystemTime,
 };
 
-use futures_util::{Stream, StreamExt as _, stream};
+use futures_util::{Stream, StreamExt as _, future::BoxFuture, stream};
 use tokio::sync::{mpsc, watch};
-use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -27,8 +26,9 @@ use crate::{
     proto::{LinkMessage, Update},
 };
 
-/// Updates waiting for one neighbour. A link that falls this far behind is reset:
-/// the reconnect's catch-up brings the neighbour up to date without unbounded memory.
+/// Updates waiting for one neighbour. When a neighbour falls this far behind, new
+/// updates are dropped and the stream sends a fresh catch-up instead (memory stays
+/// bounded and nothing is lost).
 pub const QUEUE: usize = 65_536;
 /// Updates per message on the wire.
 pub const BATCH: usize = 256;
@@ -78,11 +78,19 @@ pub struct Superseded {
     pub kept: Arc<str>,
 }
 
+/// The sending half of one stream: what the slot queues updates into.
+#[derive(Debug, Clone)]
+pub struct Sender {
+    tx: mpsc::Sender<Update>,
+    /// Set when an update could not be queued: the stream owes a full catch-up.
+    resync: Arc<AtomicBool>,
+}
+
 #[derive(Debug)]
 struct Active {
     id: u64,
     dialer: Dialer,
-    tx: mpsc::Sender<Update>,
+    sender: Sender,
     cancel: CancellationToken,
 }
 
@@ -167,7 +175,7 @@ impl LinkSlot {
     pub fn adopt(
         &self,
         dialer: Dialer,
-        tx: mpsc::Sender<Update>,
+        sender: Sender,
         cancel: CancellationToken,
     ) -> Result<u64, Superseded> {
         let mut inner = self.lock();
@@ -195,7 +203,7 @@ impl LinkSlot {
         inner.active = Some(Active {
             id,
             dialer,
-            tx,
+            sender,
             cancel,
         });
         self.publish(&mut inner);
@@ -231,29 +239,32 @@ impl LinkSlot {
         self.state.subscribe()
     }
 
-    /// Queues an update for the neighbour, never waiting. A neighbour that has
-    /// fallen a whole queue behind has its link reset (it catches up on reconnect).
+    /// Queues an update for the neighbour, never waiting. When the neighbour has
+    /// fallen a whole queue behind, the update is dropped and the stream owes it a
+    /// fresh catch-up, which carries the dropped update's record too.
     pub fn send(&self, update: Update) -> bool {
         let mut inner = self.lock();
         let Some(active) = &inner.active else {
             return false;
         };
-        match active.tx.try_send(update) {
+        match active.sender.tx.try_send(update) {
             Ok(()) => {
                 self.sent.fetch_add(1, Ordering::Relaxed);
                 true
             }
-            Err(e) => {
-                let reason = match e {
-                    mpsc::error::TrySendError::Full(_) => "neighbour fell a whole queue behind",
-                    mpsc::error::TrySendError::Closed(_) => "stream closed",
-                };
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                if !active.sender.resync.swap(true, Ordering::AcqRel) {
+                    tracing::warn!(peer = %self.peer, link = active.id, "neighbour fell a whole queue behind; a fresh catch-up will follow");
+                }
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
                 let id = active.id;
                 if let Some(old) = inner.active.take() {
                     old.cancel.cancel();
                 }
                 self.publish(&mut inner);
-                tracing::warn!(peer = %self.peer, link = id, reason, "link down");
+                tracing::info!(peer = %self.peer, link = id, reason = "stream closed", "link down");
                 false
             }
         }
@@ -328,19 +339,91 @@ impl Links {
     }
 }
 
-/// What one end sends on a stream: first the catch-up (every record it holds, once
-/// `first` yields them), then every update queued for the neighbour, batched;
-/// it ends when `cancel` fires.
+/// The records one end sends a neighbour to catch it up, in parts: `part(i)` is
+/// the i-th part (one store shard, as updates), None past the last.
+pub type CatchUp = Arc<dyn Fn(usize) -> Option<Vec<Update>> + Send + Sync>;
+
+/// Makes one stream's two halves: the [`Sender`] to adopt into the slot, and what
+/// this end sends on the wire. Once `start` fires (the stream was adopted; dropping
+/// it ends the stream unsent) it sends a catch-up, every record it holds part by
+/// part, then every queued update, batched, and another whole catch-up whenever
+/// updates had to be dropped. It ends when `cancel` fires.
 pub fn outbound(
-    first: impl Future<Output = Vec<Update>> + Send + 'static,
-    rx: mpsc::Receiver<Update>,
+    catch_up: CatchUp,
+    start: impl Future<Output = bool> + Send + 'static,
     cancel: CancellationToken,
-) -> impl Stream<Item = LinkMessage> + Send + 'static {
-    let catch_up = stream::once(first).flat_map(|all| stream::iter(all).ready_chunks(BATCH));
-    catch_up
-        .chain(ReceiverStream::new(rx).ready_chunks(BATCH))
-        .map(|updates| LinkMessage { updates })
-        .take_until(cancel.cancelled_owned())
+) -> (Sender, impl Stream<Item = LinkMessage> + Send + 'static) {
+    let (tx, rx) = mpsc::channel(QUEUE);
+    let resync = Arc::new(AtomicBool::new(false));
+    let sender = Sender {
+        tx,
+        resync: resync.clone(),
+    };
+    let out = Outgoing {
+        start: Some(Box::pin(start)),
+        catch_up,
+        next_part: Some(0),
+        pending: Vec::new().into_iter(),
+        rx,
+        resync,
+    };
+    let stream = stream::unfold(out, |mut out| async move {
+        let batch = out.next_batch().await?;
+        Some((LinkMessage { updates: batch }, out))
+    })
+    .take_until(cancel.cancelled_owned());
+    (sender, stream)
+}
+
+struct Outgoing {
+    /// Resolves once the stream's fate is known: true when it was adopted.
+    start: Option<BoxFuture<'static, bool>>,
+    catch_up: CatchUp,
+    /// The next catch-up part to send, while catching up.
+    next_part: Option<usize>,
+    pending: std::vec::IntoIter<Update>,
+    rx: mpsc::Receiver<Update>,
+    resync: Arc<AtomicBool>,
+}
+
+impl Outgoing {
+    async fn next_batch(&mut self) -> Option<Vec<Update>> {
+        if let Some(start) = self.start.take()
+            && !start.await
+        {
+            return None;
+        }
+        loop {
+            if let Some(part) = self.next_part {
+                if self.pending.len() > 0 {
+                    return Some(self.pending.by_ref().take(BATCH).collect());
+                }
+                match (self.catch_up)(part) {
+                    Some(updates) => {
+                        self.pending = updates.into_iter();
+                        self.next_part = Some(part + 1);
+                    }
+                    None => self.next_part = None,
+                }
+                continue;
+            }
+            // Only between catch-ups, so that each one finishes even under overload.
+            if self.resync.swap(false, Ordering::AcqRel) {
+                self.next_part = Some(0);
+                continue;
+            }
+            let first = self.rx.recv().await?;
+            let mut batch = Vec::with_capacity(BATCH.min(self.rx.len() + 1));
+            batch.push(first);
+            while batch.len() < BATCH {
+                match self.rx.try_recv() {
+                    Ok(u) => batch.push(u),
+                    Err(_) => break,
+                }
+            }
+            return Some(batch);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -351,10 +434,15 @@ mod tests {
         LinkSlot::new(me.into(), peer.into(), None)
     }
 
+    fn sender(capacity: usize) -> (Sender, mpsc::Receiver<Update>) {
+        let (tx, rx) = mpsc::channel(capacity);
+        let resync = Arc::new(AtomicBool::new(false));
+        (Sender { tx, resync }, rx)
+    }
+
     fn adopt(s: &LinkSlot, d: Dialer) -> (Result<u64, Superseded>, CancellationToken) {
-        let (tx, _rx) = mpsc::channel(1);
         let c = CancellationToken::new();
-        (s.adopt(d, tx, c.clone()), c)
+        (s.adopt(d, sender(1).0, c.clone()), c)
     }
 
     #[test]
@@ -404,14 +492,68 @@ mod tests {
     }
 
     #[test]
-    fn a_full_queue_resets_the_link() {
+    fn a_full_queue_drops_the_update_and_asks_for_a_catch_up() {
         let g = slot("Goloman", "Hands");
-        let (tx, _rx) = mpsc::channel(1);
+        let (sender, _rx) = sender(1);
         let cancel = CancellationToken::new();
-        g.adopt(Dialer::Me, tx, cancel.clone()).unwrap();
+        g.adopt(Dialer::Me, sender.clone(), cancel.clone()).unwrap();
         assert!(g.send(Update::default()));
         assert!(!g.send(Update::default()));
-        assert!(cancel.is_cancelled() && !g.is_up());
+        assert!(sender.resync.load(Ordering::Acquire), "a catch-up is owed");
+        assert!(!cancel.is_cancelled() && g.is_up(), "the link stays up");
         assert_eq!(g.view().sent, 1);
+    }
+
+    fn update(id: &str) -> Update {
+        Update {
+            client_id: bytes::Bytes::copy_from_slice(id.as_bytes()),
+            ..Update::default()
+        }
+    }
+
+    fn ids(m: &LinkMessage) -> Vec<String> {
+        m.updates
+            .iter()
+            .map(|u| String::from_utf8_lossy(&u.client_id).into_owned())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn the_stream_catches_up_part_by_part_then_sends_the_queue() {
+        let parts = [vec!["a", "b"], vec![], vec!["c"]];
+        let catch_up: CatchUp = Arc::new(move |i| {
+            parts
+                .get(i)
+                .map(|p| p.iter().map(|id| update(id)).collect())
+        });
+        let cancel = CancellationToken::new();
+        let (start_tx, start_rx) = tokio::sync::oneshot::channel();
+        let (sender, out) = outbound(
+            catch_up,
+            async move { start_rx.await.unwrap_or(false) },
+            cancel.clone(),
+        );
+        let mut out = Box::pin(out);
+        sender.tx.try_send(update("live")).unwrap();
+        start_tx.send(true).unwrap();
+        assert_eq!(ids(&out.next().await.unwrap()), ["a", "b"]);
+        assert_eq!(ids(&out.next().await.unwrap()), ["c"]);
+        assert_eq!(ids(&out.next().await.unwrap()), ["live"]);
+        // Dropped updates: a whole catch-up again, then the queue.
+        sender.resync.store(true, Ordering::Release);
+        sender.tx.try_send(update("later")).unwrap();
+        assert_eq!(ids(&out.next().await.unwrap()), ["a", "b"]);
+        assert_eq!(ids(&out.next().await.unwrap()), ["c"]);
+        assert_eq!(ids(&out.next().await.unwrap()), ["later"]);
+        cancel.cancel();
+        assert!(out.next().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_stream_that_is_not_adopted_sends_nothing() {
+        let catch_up: CatchUp = Arc::new(|i| (i == 0).then(|| vec![update("a")]));
+        let (sender, out) = outbound(catch_up, async { false }, CancellationToken::new());
+        sender.tx.try_send(update("x")).unwrap();
+        assert_eq!(Box::pin(out).next().await.map(|m| ids(&m)), None);
     }
 }

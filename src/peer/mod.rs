@@ -7,12 +7,11 @@ pub mod link;
 use std::{pin::Pin, sync::Arc, time::Duration};
 
 use futures_util::{Stream, StreamExt as _, future};
-use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument as _;
 
-use self::link::{Dialer, LinkSlot, QUEUE, outbound};
+use self::link::{Dialer, LinkSlot, outbound};
 use crate::{
     node::Node,
     proto::{self, LinkMessage, peer_server::PeerServer},
@@ -22,6 +21,10 @@ use crate::{
 pub const FROM_HEADER: &str = "herd-from";
 /// Request metadata naming the server the dialer believes it calls.
 pub const TO_HEADER: &str = "herd-to";
+
+/// The largest message a server accepts from a neighbour: a batch of updates whose
+/// fields are each bounded by the gateway's line limit fits with room to spare.
+pub const MAX_MESSAGE: usize = 64 * 1024 * 1024;
 
 /// How often an idle link is pinged, and how long a ping may go unanswered
 /// before the link counts as dead (a cut network sends no FIN).
@@ -66,15 +69,20 @@ pub async fn drive(
 pub struct PeerService {
     node: Arc<Node>,
     shutdown: CancellationToken,
+    tasks: TaskTracker,
 }
 
 impl PeerService {
-    pub fn new(node: Arc<Node>, shutdown: CancellationToken) -> PeerService {
-        PeerService { node, shutdown }
+    pub fn new(node: Arc<Node>, shutdown: CancellationToken, tasks: TaskTracker) -> PeerService {
+        PeerService {
+            node,
+            shutdown,
+            tasks,
+        }
     }
 
     pub fn into_server(self) -> PeerServer<PeerService> {
-        PeerServer::new(self)
+        PeerServer::new(self).max_decoding_message_size(MAX_MESSAGE)
     }
 }
 
@@ -110,15 +118,14 @@ impl proto::peer_server::Peer for PeerService {
                 "{from} is not a neighbour of {me}"
             )));
         };
-        let (tx, rx) = mpsc::channel(QUEUE);
         let cancel = self.shutdown.child_token();
+        let (sender, out) = outbound(self.node.catch_up(), future::ready(true), cancel.clone());
         let id = slot
-            .adopt(Dialer::Peer, tx, cancel.clone())
+            .adopt(Dialer::Peer, sender, cancel.clone())
             .map_err(|e| Status::already_exists(e.to_string()))?;
-        let catch_up = self.node.snapshot_updates();
         let inbound = req.into_inner();
-        tokio::spawn(drive(self.node.clone(), slot, id, inbound, cancel.clone()).in_current_span());
-        let out = outbound(future::ready(catch_up), rx, cancel).map(Ok);
-        Ok(Response::new(Box::pin(out)))
+        self.tasks
+            .spawn(drive(self.node.clone(), slot, id, inbound, cancel).in_current_span());
+        Ok(Response::new(Box::pin(out.map(Ok))))
     }
 }
