@@ -231,6 +231,9 @@ for name, title, quant, limit in [
     l = p["latency_us"]
     bg = p["background"]
     extra = f' (bg {bg["achieved_rate"]:,.0f}/s)' if bg["target_rate"] else ""
+    extra += f', {p["seen"]:,} probes'
+    if p.get("watch_fallbacks"):
+        extra += f' ({p["watch_fallbacks"]:,} via Lookup)'
     row(title, f'p50 {l["p50"]:,} p99 {l["p99"]:,}{extra}{errs(p)}', "n/a", "",
         f"{quant} < {limit:,} us", check(l[quant] < limit and p["errors"]["total"] == 0))
 
@@ -247,7 +250,9 @@ h, r = load("records-herd"), load("records-redis")
 def rss(c):
     if c is None or c.get("rss_kb_after") is None:
         return "failed"
-    return f'{c["rss_kb_after"] / 1024:,.0f} MB RSS ({c["requests"]:,} records)'
+    grew = (c["rss_kb_after"] - c["rss_kb_before"]) * 1024 / max(c["requests"], 1)
+    return (f'{c["rss_kb_after"] / 1024:,.0f} MB RSS, {c["requests"]:,} records'
+            f' ({grew:,.0f} B each){errs(c)}')
 row("client records, memory", rss(h), rss(r),
     "" if not (h and r and h.get("rss_kb_after") and r.get("rss_kb_after"))
     else f'{h["rss_kb_after"] / r["rss_kb_after"]:.2f}',

@@ -25,7 +25,7 @@ use super::{
     report::{Errors, Latency, Table, histogram, micros, thousands},
     workload::{ClientClock, Codec, Op, Point, Verdict, Wire, run_prefix},
 };
-use crate::proto::{WatchRequest, inspect_client::InspectClient};
+use crate::proto::{LookupRequest, WatchRequest, inspect_client::InspectClient};
 
 /// Where probes are placed: open ocean, so a poll's places lookup finds nothing and costs little.
 const PROBE_AT: &str = "+0.000000-150.000000";
@@ -75,6 +75,9 @@ pub(crate) struct PropagationReport {
     pub(crate) background: Background,
     /// How long the first probe took to get through (links coming up), in seconds.
     pub(crate) ready_s: f64,
+    /// Watch only: probes whose stream broke, seen through Lookup polling instead.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) watch_fallbacks: Option<u64>,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -127,6 +130,12 @@ impl PropagationReport {
                 "none (idle)".to_owned()
             },
         );
+        if let Some(n) = self.watch_fallbacks.filter(|&n| n > 0) {
+            t.row(
+                "watch",
+                format!("{n} probes seen through Lookup polling (their Watch stream fell behind)"),
+            );
+        }
         t.row(
             "errors",
             format!(
@@ -144,7 +153,11 @@ impl PropagationReport {
 /// Watches one probe's client at the far server, or polls for it.
 enum Observer {
     Poll(Conn),
-    Watch(InspectClient<tonic::transport::Channel>),
+    Watch {
+        client: InspectClient<tonic::transport::Channel>,
+        /// Probes seen through `Lookup` because their Watch stream broke.
+        fallbacks: u64,
+    },
 }
 
 /// A probe that was written and is being looked for.
@@ -181,7 +194,12 @@ impl Observer {
                     .tcp_nodelay(true);
                 loop {
                     match endpoint.connect().await {
-                        Ok(channel) => return Ok(Observer::Watch(InspectClient::new(channel))),
+                        Ok(channel) => {
+                            return Ok(Observer::Watch {
+                                client: InspectClient::new(channel),
+                                fallbacks: 0,
+                            });
+                        }
                         Err(_) if Instant::now() < until => {
                             tokio::time::sleep(Duration::from_millis(50)).await;
                         }
@@ -198,7 +216,7 @@ impl Observer {
     async fn prepare(&mut self, id: &str, deadline: Instant) -> Result<Pending, String> {
         match self {
             Observer::Poll(_) => Ok(Pending::Poll),
-            Observer::Watch(client) => {
+            Observer::Watch { client, .. } => {
                 let call = client.watch(WatchRequest {
                     client: id.to_owned(),
                 });
@@ -249,23 +267,45 @@ impl Observer {
                     }
                 }
             }
-            (Observer::Watch(_), Pending::Watch(mut events)) => loop {
-                match timeout_at(deadline, events.message()).await {
-                    Err(_) => return Ok(None),
-                    Ok(Ok(Some(event))) => {
-                        let seen = Instant::now();
-                        let ours = event
-                            .update
-                            .as_ref()
-                            .is_some_and(|u| u.client_id == id.as_bytes());
-                        if ours {
-                            return Ok(Some(seen));
+            (Observer::Watch { client, fallbacks }, Pending::Watch(mut events)) => {
+                let broke = loop {
+                    match timeout_at(deadline, events.message()).await {
+                        Err(_) => return Ok(None),
+                        Ok(Ok(Some(event))) => {
+                            let seen = Instant::now();
+                            let ours = event
+                                .update
+                                .as_ref()
+                                .is_some_and(|u| u.client_id == id.as_bytes());
+                            if ours {
+                                return Ok(Some(seen));
+                            }
                         }
+                        Ok(Ok(None)) => break "Watch stream ended".to_owned(),
+                        Ok(Err(status)) => break format!("Watch: {}", status.message()),
                     }
-                    Ok(Ok(None)) => return Err("Watch stream ended".to_owned()),
-                    Ok(Err(status)) => return Err(format!("Watch: {status}")),
+                };
+                // The stream broke (a watcher that falls behind a busy server is cut off): the
+                // probe may still be on its way, so ask for it with Lookup until it shows.
+                if *fallbacks == 0 {
+                    eprintln!(
+                        "herd bench: {broke}; falling back to Lookup polling for such probes"
+                    );
                 }
-            },
+                *fallbacks += 1;
+                loop {
+                    let ask = client.lookup(LookupRequest {
+                        client: id.to_owned(),
+                        client_id: Default::default(),
+                    });
+                    match timeout_at(deadline, ask).await {
+                        Err(_) => return Ok(None),
+                        Ok(Ok(r)) if r.get_ref().found => return Ok(Some(Instant::now())),
+                        Ok(Ok(_)) => {}
+                        Ok(Err(status)) => return Err(format!("Lookup: {status}")),
+                    }
+                }
+            }
             _ => Err("observer and probe disagree".to_owned()),
         }
     }
@@ -400,7 +440,7 @@ pub(crate) async fn run(plan: &PropagationPlan) -> Result<PropagationReport, Ben
             }
             Ok(None) => errors.missing += 1,
             Err(e) => {
-                // A Watch that fell behind, say: this probe is lost, the next one gets a new stream.
+                // This probe is lost; the next one gets a new stream.
                 if errors.missing == 0 {
                     eprintln!("herd bench: {e}");
                 }
@@ -480,6 +520,10 @@ pub(crate) async fn run(plan: &PropagationPlan) -> Result<PropagationReport, Ben
         errors: total,
         background: bg,
         ready_s,
+        watch_fallbacks: match observer {
+            Observer::Watch { fallbacks, .. } => Some(fallbacks),
+            Observer::Poll(_) => None,
+        },
     })
 }
 
