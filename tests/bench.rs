@@ -1,142 +1,16 @@
-//! `herd bench` over real sockets: against `herd serve` and `herd up` on ports the OS chose,
-//! and against tiny fake servers whose wrong answers must be counted as errors.
+//! `herd bench` (the real binary) over real sockets: against in-process herds of the shared
+//! harness, and against tiny fake servers whose wrong answers must be counted as errors.
+
+mod common;
 
 use std::{
     io::{BufRead as _, BufReader, Write as _},
-    net::{TcpListener, TcpStream},
-    path::PathBuf,
-    process::{Child, Command, Stdio},
-    time::{Duration, Instant, SystemTime},
+    net::TcpListener,
+    process::Command,
 };
 
+use common::TestHerd;
 use serde_json::Value;
-
-const NAMES: [&str; 5] = ["Goloman", "Hands", "Holiday", "Welsh", "Wilkes"];
-const LINKS: [(&str, &str); 6] = [
-    ("Goloman", "Hands"),
-    ("Goloman", "Holiday"),
-    ("Goloman", "Wilkes"),
-    ("Hands", "Wilkes"),
-    ("Holiday", "Welsh"),
-    ("Holiday", "Wilkes"),
-];
-
-/// `n` ports the OS chose (reserved by binding port 0, released just before use: a tiny race).
-fn free_ports(n: usize) -> Vec<u16> {
-    let held: Vec<TcpListener> = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
-        .collect();
-    held.iter()
-        .map(|l| l.local_addr().unwrap().port())
-        .collect()
-}
-
-fn scratch_dir(tag: &str) -> PathBuf {
-    let nanos = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    let dir = std::env::temp_dir().join(format!("herd-bench-{tag}-{}-{nanos}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-fn wait_until(within: Duration, what: &str, mut ready: impl FnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !ready() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// A herd process (`serve` or `up`), killed on drop.
-struct Herd {
-    child: Child,
-    dir: PathBuf,
-    client: Vec<u16>,
-    peer: Vec<u16>,
-}
-
-impl Herd {
-    /// Goloman alone, no neighbours.
-    fn one() -> Herd {
-        Herd::start(&["Goloman"], &[], Some("Goloman"))
-    }
-
-    /// The default five-server herd in one process.
-    fn five() -> Herd {
-        Herd::start(&NAMES, &LINKS, None)
-    }
-
-    fn start(names: &[&str], links: &[(&str, &str)], serve: Option<&str>) -> Herd {
-        let ports = free_ports(names.len() * 2);
-        let (client, peer) = (ports[..names.len()].to_vec(), ports[names.len()..].to_vec());
-        let mut toml = String::new();
-        for (i, name) in names.iter().enumerate() {
-            let neighbours: Vec<String> = links
-                .iter()
-                .filter_map(|(a, b)| match (a == name, b == name) {
-                    (true, _) => Some(format!("\"{b}\"")),
-                    (_, true) => Some(format!("\"{a}\"")),
-                    _ => None,
-                })
-                .collect();
-            toml += &format!(
-                "[[server]]\nname = \"{name}\"\nhost = \"127.0.0.1\"\nclient_port = {}\npeer_port = {}\nneighbours = [{}]\n\n",
-                client[i],
-                peer[i],
-                neighbours.join(", ")
-            );
-        }
-        let dir = scratch_dir("herd");
-        std::fs::write(dir.join("herd.toml"), toml).unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_herd"));
-        match serve {
-            Some(name) => cmd.args(["serve", name]),
-            None => cmd.arg("up"),
-        };
-        let child = cmd
-            .arg("--config")
-            .arg(dir.join("herd.toml"))
-            .arg("--log-dir")
-            .arg(dir.join("logs"))
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let herd = Herd {
-            child,
-            dir,
-            client,
-            peer,
-        };
-        for port in &herd.client {
-            wait_until(Duration::from_secs(20), "the client port", || {
-                TcpStream::connect(("127.0.0.1", *port)).is_ok()
-            });
-        }
-        herd
-    }
-
-    fn client_addr(&self, name: &str) -> String {
-        let i = NAMES.iter().position(|n| *n == name).unwrap();
-        format!("127.0.0.1:{}", self.client[i.min(self.client.len() - 1)])
-    }
-
-    fn peer_addr(&self, name: &str) -> String {
-        let i = NAMES.iter().position(|n| *n == name).unwrap();
-        format!("127.0.0.1:{}", self.peer[i])
-    }
-}
-
-impl Drop for Herd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
 
 /// A server that answers every line with `reply(line)`, one thread per connection.
 fn fake_server(reply: fn(&[u8]) -> Vec<u8>) -> String {
@@ -162,14 +36,25 @@ fn fake_server(reply: fn(&[u8]) -> Vec<u8>) -> String {
     addr
 }
 
+/// Runs `herd bench ARGS` (off the runtime: the servers under test share it).
+async fn run_bench(args: &[&str]) -> std::process::Output {
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_herd"))
+            .arg("bench")
+            .args(&args)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap()
+}
+
 /// Runs `herd bench ARGS --json` and returns its exit code and report.
-fn bench(args: &[&str]) -> (i32, Value) {
-    let out = Command::new(env!("CARGO_BIN_EXE_herd"))
-        .arg("bench")
-        .args(args)
-        .arg("--json")
-        .output()
-        .unwrap();
+async fn bench(args: &[&str]) -> (i32, Value) {
+    let mut all = args.to_vec();
+    all.push("--json");
+    let out = run_bench(&all).await;
     let stdout = String::from_utf8_lossy(&out.stdout);
     let report: Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
         panic!(
@@ -192,10 +77,10 @@ fn assert_clean_run(code: i32, r: &Value) {
 
 const SHORT: [&str; 4] = ["--duration", "1s", "--warmup", "200ms"];
 
-#[test]
-fn iamat_against_herd() {
-    let herd = Herd::one();
-    let addr = herd.client_addr("Goloman");
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn iamat_against_herd() {
+    let herd = TestHerd::single("Goloman").await;
+    let addr = herd.client_addr("Goloman").to_string();
     for (clients, depth) in [("distinct", "1"), ("repeated", "8"), ("stale", "4")] {
         let mut args = vec![
             "iamat",
@@ -209,7 +94,7 @@ fn iamat_against_herd() {
             clients,
         ];
         args.extend(SHORT);
-        let (code, r) = bench(&args);
+        let (code, r) = bench(&args).await;
         assert_clean_run(code, &r);
         assert_eq!(r["scenario"], "iamat");
         assert_eq!(r["target"], "herd");
@@ -229,29 +114,31 @@ fn iamat_against_herd() {
         "1000",
         "--warmup",
         "0s",
-    ]);
+    ])
+    .await;
     assert_clean_run(code, &r);
     assert_eq!(r["requests"], 1000);
 }
 
-#[test]
-fn whatsat_against_herd() {
-    let herd = Herd::one();
-    let addr = herd.client_addr("Goloman");
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whatsat_against_herd() {
+    let herd = TestHerd::single("Goloman").await;
+    let addr = herd.client_addr("Goloman").to_string();
     // The first WHATSAT waits for the places index (seconds in a debug build): not in the figures.
-    let mut s = TcpStream::connect(&addr).unwrap();
-    s.write_all(b"IAMAT warm +34-118 1\nWHATSAT warm 1 1\n")
-        .unwrap();
-    let mut replies = BufReader::new(s);
-    let mut text = String::new();
-    while replies.read_line(&mut text).unwrap() > 0 && !text.ends_with("\n\n") {}
-    assert!(text.starts_with("AT "), "{text}");
+    let mut c = herd.client("Goloman").await;
+    c.ask(b"IAMAT warm +34-118 1\n").await;
+    let reply = c.whatsat(b"WHATSAT warm 1 1\n").await;
+    assert!(
+        reply.starts_with(b"AT "),
+        "{}",
+        String::from_utf8_lossy(&reply)
+    );
 
     let mut args = vec![
         "whatsat", "--addr", &addr, "-c", "2", "-d", "2", "--points", "50",
     ];
     args.extend(SHORT);
-    let (code, r) = bench(&args);
+    let (code, r) = bench(&args).await;
     assert_clean_run(code, &r);
     assert_eq!(r["scenario"], "whatsat");
     assert_eq!(
@@ -262,12 +149,12 @@ fn whatsat_against_herd() {
     assert!(r["results_per_reply"].as_f64().unwrap() > 1.0, "{r}");
 }
 
-#[test]
-fn question_marks_are_errors() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn question_marks_are_errors() {
     let addr = fake_server(|line| [b"? ", line, b"\n"].concat());
     let mut args = vec!["iamat", "--addr", &addr, "-c", "2", "-d", "4"];
     args.extend(SHORT);
-    let (code, r) = bench(&args);
+    let (code, r) = bench(&args).await;
     assert_eq!(code, 3, "{r}");
     assert_eq!(r["requests"], 0, "{r}");
     assert!(r["errors"]["rejected"].as_u64().unwrap() > 0, "{r}");
@@ -276,11 +163,7 @@ fn question_marks_are_errors() {
     // WHATSAT first seeds its clients: a server that rejects those IAMATs stops the run.
     let mut args = vec!["whatsat", "--addr", &addr];
     args.extend(SHORT);
-    let out = Command::new(env!("CARGO_BIN_EXE_herd"))
-        .arg("bench")
-        .args(&args)
-        .output()
-        .unwrap();
+    let out = run_bench(&args).await;
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("seeding clients"));
 
@@ -291,15 +174,15 @@ fn question_marks_are_errors() {
     });
     let mut args = vec!["whatsat", "--addr", &addr, "-c", "2", "-d", "4"];
     args.extend(SHORT);
-    let (code, r) = bench(&args);
+    let (code, r) = bench(&args).await;
     assert_eq!(code, 3, "{r}");
     assert_eq!(r["requests"], 0, "{r}");
     assert!(r["errors"]["rejected"].as_u64().unwrap() > 0, "{r}");
     assert_eq!(r["errors"]["total"], r["errors"]["rejected"], "{r}");
 }
 
-#[test]
-fn wrong_answers_are_errors() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_answers_are_errors() {
     // Answers IAMAT with someone else's AT line, and WHATSAT with a lone `?`.
     let addr = fake_server(|line| {
         if line.starts_with(b"IAMAT") {
@@ -310,7 +193,7 @@ fn wrong_answers_are_errors() {
     });
     let mut args = vec!["iamat", "--addr", &addr, "-c", "2"];
     args.extend(SHORT);
-    let (code, r) = bench(&args);
+    let (code, r) = bench(&args).await;
     assert_eq!(code, 3);
     assert_eq!(r["requests"], 0);
     assert!(r["errors"]["malformed"].as_u64().unwrap() > 0, "{r}");
@@ -332,7 +215,8 @@ fn wrong_answers_are_errors() {
         "0s",
         "--timeout",
         "500ms",
-    ]);
+    ])
+    .await;
     assert_eq!(code, 3);
     assert_eq!(r["errors"]["missing"], 6, "{r}");
 
@@ -348,16 +232,18 @@ fn wrong_answers_are_errors() {
         "100ms",
         "--warmup",
         "0s",
-    ]);
+    ])
+    .await;
     assert_eq!(code, 3);
     assert_eq!(r["errors"]["connect"], 3, "{r}");
 }
 
-#[test]
-fn records_and_connections_report_memory() {
-    let herd = Herd::one();
-    let addr = herd.client_addr("Goloman");
-    let pid = herd.child.id().to_string();
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_and_connections_report_memory() {
+    let herd = TestHerd::single("Goloman").await;
+    let addr = herd.client_addr("Goloman").to_string();
+    // The servers run in this process.
+    let pid = std::process::id().to_string();
     let (code, r) = bench(&[
         "records",
         "--addr",
@@ -366,7 +252,8 @@ fn records_and_connections_report_memory() {
         "5000",
         "--server-pid",
         &pid,
-    ]);
+    ])
+    .await;
     assert_eq!(code, 0, "{r}");
     assert_eq!(r["scenario"], "records");
     assert_eq!(r["requests"], 5000);
@@ -382,7 +269,8 @@ fn records_and_connections_report_memory() {
         "100ms",
         "--server-pid",
         &pid,
-    ]);
+    ])
+    .await;
     assert_eq!(code, 0, "{r}");
     assert_eq!(
         (r["opened"].as_u64(), r["answered"].as_u64()),
@@ -392,12 +280,12 @@ fn records_and_connections_report_memory() {
     assert!(r["rss_kb_idle"].as_u64().unwrap() > 0, "{r}");
 }
 
-#[test]
-fn propagation_across_the_herd() {
-    let herd = Herd::five();
-    let at = herd.client_addr("Welsh");
-    let seen = herd.client_addr("Hands");
-    let watch = herd.peer_addr("Hands");
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn propagation_across_the_herd() {
+    let herd = TestHerd::default_topology().await;
+    let at = herd.client_addr("Welsh").to_string();
+    let seen = herd.client_addr("Hands").to_string();
+    let watch = herd.peer_addr("Hands").to_string();
     let (code, r) = bench(&[
         "propagation",
         "--at",
@@ -408,7 +296,8 @@ fn propagation_across_the_herd() {
         "20",
         "--warmup",
         "0s",
-    ]);
+    ])
+    .await;
     assert_eq!(code, 0, "{r}");
     assert_eq!(
         (
@@ -435,7 +324,8 @@ fn propagation_across_the_herd() {
         "500",
         "--background-connections",
         "2",
-    ]);
+    ])
+    .await;
     assert_eq!(code, 0, "{r}");
     assert_eq!(
         (r["method"].as_str(), r["seen"].as_u64()),
