@@ -74,7 +74,10 @@ fn main() -> ExitCode {
         Command::Serve { name, common } => (common, Some(name.as_str())),
         Command::Up { common } => (common, None),
         Command::Health { addr, service } => return health(addr, service),
-        Command::Bench(args) => return herd::bench::run(args),
+        Command::Bench(args) => {
+            raise_open_file_limit();
+            return herd::bench::run(args);
+        }
     };
 
     let mut herd = match HerdConfig::load(common.config.as_deref()) {

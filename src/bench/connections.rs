@@ -106,30 +106,16 @@ fn fd_limits(pid: &str) -> Option<(u64, Option<u64>)> {
     Some((soft, parse(fields.next())))
 }
 
-/// Raises this process's soft open-file limit to `needed` when it can (with util-linux's
-/// `prlimit`, up to the hard limit), and says how to raise it otherwise.
+/// Checks that this process may open `needed` files (`herd` lifts its soft limit to the hard
+/// one at start), and says how to raise the limit otherwise.
 pub(crate) fn ensure_fd_limit(needed: u64) -> Result<(), BenchError> {
-    let Some((soft, hard)) = fd_limits("self") else {
-        return Ok(());
-    };
-    if soft >= needed {
-        return Ok(());
-    }
-    let target = hard.map_or(needed, |h| h.min(needed));
-    let _ = std::process::Command::new("prlimit")
-        .arg(format!("--pid={}", std::process::id()))
-        .arg(format!("--nofile={target}:"))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status();
     match fd_limits("self") {
-        Some((soft, _)) if soft >= needed => Ok(()),
-        Some((soft, hard)) => Err(BenchError::Run(format!(
-            "{needed} connections need {needed} open files but the limit is {soft} (hard {}); \
+        Some((soft, hard)) if soft < needed => Err(BenchError::Run(format!(
+            "this run needs {needed} open files but the limit is {soft} (hard {}); \
              raise it first, e.g. `ulimit -n {needed}`",
             hard.map_or("unlimited".to_owned(), |h| h.to_string())
         ))),
-        None => Ok(()),
+        _ => Ok(()),
     }
 }
 
