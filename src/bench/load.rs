@@ -424,8 +424,7 @@ async fn seed_clients(
         op: Op::Iamat,
     };
     let mut c = Conn::new(stream, codec);
-    for chunk in points.chunks(256).enumerate().collect::<Vec<_>>() {
-        let (n, chunk) = chunk;
+    for (n, chunk) in points.chunks(256).enumerate() {
         let mut out = Vec::with_capacity(chunk.len() * 64);
         let mut keys = Vec::with_capacity(chunk.len());
         for (j, p) in chunk.iter().enumerate() {
