@@ -16,7 +16,9 @@
 //! - [`inspect`]: the operators' view: the `Inspect` gRPC service, health, reflection, metrics.
 //! - [`metrics`]: one server's Prometheus metrics.
 //! - [`logging`]: tracing to stderr and to one file per server.
+//! - [`bench`]: `herd bench`, the load generator (and its Redis comparison mode).
 
+pub mod bench;
 pub mod config;
 pub mod gateway;
 pub mod inspect;

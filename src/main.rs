@@ -46,6 +46,8 @@ enum Command {
         #[arg(long, default_value = "")]
         service: String,
     },
+    /// Load-test a server (or Redis, for comparison): throughput, latency, propagation, memory.
+    Bench(herd::bench::BenchArgs),
 }
 
 #[derive(Args, Debug)]
@@ -72,6 +74,10 @@ fn main() -> ExitCode {
         Command::Serve { name, common } => (common, Some(name.as_str())),
         Command::Up { common } => (common, None),
         Command::Health { addr, service } => return health(addr, service),
+        Command::Bench(args) => {
+            raise_open_file_limit();
+            return herd::bench::run(args);
+        }
     };
 
     let mut herd = match HerdConfig::load(common.config.as_deref()) {

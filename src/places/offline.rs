@@ -40,15 +40,7 @@ pub enum OfflineError {
 impl OfflineIndex {
     /// Parses the embedded dataset and bulk-loads the index.
     pub fn load() -> Result<OfflineIndex, OfflineError> {
-        // The gzip trailer ends with the uncompressed size (mod 2^32): one allocation, no regrowth.
-        let size_hint = DATASET
-            .last_chunk::<4>()
-            .map_or(0, |n| u32::from_le_bytes(*n) as usize);
-        let mut tsv = String::with_capacity(size_hint);
-        GzDecoder::new(DATASET)
-            .read_to_string(&mut tsv)
-            .map_err(OfflineError::Decompress)?;
-        Self::from_tsv(&tsv)
+        Self::from_tsv(&dataset_text()?)
     }
 
     /// Parses TSV text in the format of `data/places.tsv.gz` and bulk-loads the index.
@@ -90,6 +82,49 @@ impl OfflineIndex {
             .map(|(place, _)| Arc::clone(&place.data))
             .collect()
     }
+}
+
+/// The embedded dataset, decompressed.
+fn dataset_text() -> Result<String, OfflineError> {
+    // The gzip trailer ends with the uncompressed size (mod 2^32): one allocation, no regrowth.
+    let size_hint = DATASET
+        .last_chunk::<4>()
+        .map_or(0, |n| u32::from_le_bytes(*n) as usize);
+    let mut tsv = String::with_capacity(size_hint);
+    GzDecoder::new(DATASET)
+        .read_to_string(&mut tsv)
+        .map_err(OfflineError::Decompress)?;
+    Ok(tsv)
+}
+
+/// One place of the embedded dataset, as plain values.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RawPlace {
+    pub geonameid: u64,
+    pub name: String,
+    pub lat: f64,
+    pub lon: f64,
+}
+
+/// Every place of the embedded dataset, in file order: for tools that load the same points
+/// elsewhere (`herd bench load-redis-places`).
+pub fn raw_places() -> Result<Vec<RawPlace>, OfflineError> {
+    dataset_text()?
+        .lines()
+        .enumerate()
+        .map(|(i, line)| {
+            let row = Row::parse(line).map_err(|reason| OfflineError::BadRow {
+                line: i + 1,
+                reason,
+            })?;
+            Ok(RawPlace {
+                geonameid: row.id,
+                name: row.name.to_owned(),
+                lat: row.lat,
+                lon: row.lon,
+            })
+        })
+        .collect()
 }
 
 impl fmt::Debug for OfflineIndex {
@@ -481,6 +516,20 @@ mod tests {
         assert_eq!(
             &*found[0],
             r#"{"geometry":{"location":{"lat":34.05223,"lng":-118.24368}},"name":"Los Angeles","place_id":"geonames:5368361","types":["locality","political"],"vicinity":"California, United States"}"#
+        );
+    }
+
+    #[test]
+    fn raw_places_are_the_indexed_ones() {
+        let raw = raw_places().expect("embedded dataset parses");
+        assert_eq!(raw.len(), embedded().len());
+        let la = raw
+            .iter()
+            .find(|p| p.geonameid == 5368361)
+            .expect("Los Angeles");
+        assert_eq!(
+            (la.name.as_str(), la.lat, la.lon),
+            ("Los Angeles", 34.05223, -118.24368)
         );
     }
 

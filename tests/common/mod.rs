@@ -214,6 +214,14 @@ impl TestHerd {
             .client
     }
 
+    /// Server `name`'s peer (gRPC) address.
+    pub fn peer_addr(&self, name: &str) -> SocketAddr {
+        self.slots
+            .get(name)
+            .unwrap_or_else(|| panic!("no server {name} in this test herd"))
+            .peer
+    }
+
     /// A new client connection to server `name`.
     pub async fn client(&self, name: &str) -> Client {
         Client::connect(self.client_addr(name)).await

@@ -1,0 +1,266 @@
+#!/usr/bin/env bash
+# herd against Redis, side by side, in one run (issue 6's scenarios and targets).
+#
+# Installs redis-server from Debian's packages if missing, starts it on loopback with
+# persistence off, builds herd in release, and runs every scenario with the same client code
+# (`herd bench`) against both; then prints a table of figures, ratios and targets.
+# Everything it starts runs on 127.0.0.1, on free ports, and is stopped on exit, even on failure.
+#
+# Usage: bench/compare.sh
+# Environment:
+#   DURATION=10s          measured time of each throughput/propagation scenario
+#   WARMUP=1s             warm-up before each, excluded from the figures
+#   CONNECTIONS=10000     idle connections for the connections scenario
+#   RECORDS=1000000       client records for the memory scenario
+#   HERD_BENCH_THREADS=1  threads of the load generator (the same for herd and Redis)
+#   OUT=DIR               where the JSON reports and logs go (default target/bench/DATE)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DURATION=${DURATION:-10s}
+WARMUP=${WARMUP:-1s}
+CONNECTIONS=${CONNECTIONS:-10000}
+RECORDS=${RECORDS:-1000000}
+export HERD_BENCH_THREADS=${HERD_BENCH_THREADS:-1}
+export RUST_LOG=${RUST_LOG:-warn}
+OUT=${OUT:-target/bench/$(date +%Y%m%d-%H%M%S)}
+mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
+
+started=()
+stop() {
+    local pid=$1
+    kill -TERM "$pid" 2>/dev/null || return 0
+    for _ in $(seq 50); do
+        kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null || true; return 0; }
+        sleep 0.1
+    done
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+}
+cleanup() {
+    local pid
+    for pid in "${started[@]}"; do stop "$pid"; done
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+say() { printf '\n== %s\n' "$*" >&2; }
+
+# Free loopback ports, chosen by the OS (released just before use: a tiny race).
+free_ports() {
+    python3 -c '
+import socket, sys
+held = []
+for _ in range(int(sys.argv[1])):
+    s = socket.socket(); s.bind(("127.0.0.1", 0)); held.append(s)
+print(" ".join(str(s.getsockname()[1]) for s in held))' "$1"
+}
+
+wait_port() {
+    local port=$1 i
+    for i in $(seq 300); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && return 0
+        sleep 0.1
+    done
+    echo "nothing listens on 127.0.0.1:$port after 30 s" >&2
+    return 1
+}
+
+# Herd files: Goloman alone, and the default five-server herd, on free ports.
+herd_file() {
+    local file=$1; shift
+    python3 - "$file" "$@" <<'EOF'
+import sys
+path, names, ports = sys.argv[1], sys.argv[2].split(","), [int(p) for p in sys.argv[3:]]
+links = [("Goloman", "Hands"), ("Goloman", "Holiday"), ("Goloman", "Wilkes"),
+         ("Hands", "Wilkes"), ("Holiday", "Welsh"), ("Holiday", "Wilkes")]
+with open(path, "w") as f:
+    for i, name in enumerate(names):
+        nb = [b if a == name else a for a, b in links if name in (a, b) and a in names and b in names]
+        f.write(f'[[server]]\nname = "{name}"\nhost = "127.0.0.1"\n'
+                f'client_port = {ports[2 * i]}\npeer_port = {ports[2 * i + 1]}\n'
+                f'neighbours = [{", ".join(chr(34) + n + chr(34) for n in nb)}]\n\n')
+EOF
+}
+
+# The servers and the load generator each need an open file per connection.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt $((CONNECTIONS + 100)) ]; then
+    echo "warning: open-file limit $(ulimit -n) is below $CONNECTIONS connections" >&2
+fi
+
+if ! command -v redis-server >/dev/null 2>&1; then
+    say "installing redis-server"
+    apt-get install -y redis-server >"$OUT/apt.log" 2>&1 ||
+        { apt-get update >>"$OUT/apt.log" 2>&1 && apt-get install -y redis-server >>"$OUT/apt.log" 2>&1; }
+fi
+
+say "building herd (release)"
+cargo build --release --locked --bin herd
+HERD=$PWD/target/release/herd
+
+start_redis() {
+    REDIS_PORT=$(free_ports 1)
+    redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save "" --appendonly no \
+        --maxclients $((CONNECTIONS + 1000)) --daemonize no --logfile "$OUT/redis.log" &
+    REDIS_PID=$!
+    started+=("$REDIS_PID")
+    wait_port "$REDIS_PORT"
+    REDIS=127.0.0.1:$REDIS_PORT
+}
+
+start_one() {
+    local ports
+    read -r -a ports <<<"$(free_ports 2)"
+    herd_file "$OUT/one.toml" Goloman "${ports[@]}"
+    "$HERD" serve Goloman --config "$OUT/one.toml" --log-dir "$OUT/logs" 2>>"$OUT/herd-serve.log" &
+    HERD_PID=$!
+    started+=("$HERD_PID")
+    wait_port "${ports[0]}"
+    ONE=127.0.0.1:${ports[0]}
+}
+
+# `bench NAME ARGS...`: runs `herd bench ARGS --json` into $OUT/NAME.json. A run with errors
+# (exit 3) still has its report; one that could not run leaves its reason in NAME.err.
+bench() {
+    local name=$1 rc=0; shift
+    say "$name: herd bench $*"
+    "$HERD" bench "$@" --json >"$OUT/$name.json" 2>"$OUT/$name.err" || rc=$?
+    [ -s "$OUT/$name.err" ] && sed 's/^/   /' "$OUT/$name.err" >&2
+    case $rc in
+        0) ;;
+        3) echo "   (completed with errors; see the report)" >&2 ;;
+        *) echo "   failed (exit $rc)" >&2; rm -f "$OUT/$name.json" ;;
+    esac
+    return 0
+}
+
+LOAD=(--duration "$DURATION" --warmup "$WARMUP")
+
+start_redis
+bench redis-places load-redis-places --addr "$REDIS"
+start_one
+
+bench iamat-d1-herd iamat --addr "$ONE" -c 50 -d 1 "${LOAD[@]}"
+bench iamat-d1-redis iamat --redis --addr "$REDIS" -c 50 -d 1 "${LOAD[@]}"
+bench iamat-d16-herd iamat --addr "$ONE" -c 50 -d 16 "${LOAD[@]}"
+bench iamat-d16-redis iamat --redis --addr "$REDIS" -c 50 -d 16 "${LOAD[@]}"
+bench whatsat-herd whatsat --addr "$ONE" -c 50 -d 1 --radius 10 --bound 20 "${LOAD[@]}"
+bench whatsat-redis whatsat --redis --addr "$REDIS" -c 50 -d 1 --radius 10 --bound 20 "${LOAD[@]}"
+bench connections-herd connections --addr "$ONE" --count "$CONNECTIONS" --server-pid "$HERD_PID"
+bench connections-redis connections --redis --addr "$REDIS" --count "$CONNECTIONS" --server-pid "$REDIS_PID"
+
+# Memory per record on fresh servers.
+stop "$HERD_PID"
+stop "$REDIS_PID"
+start_one
+start_redis
+bench records-herd records --addr "$ONE" --records "$RECORDS" --server-pid "$HERD_PID"
+bench records-redis records --redis --addr "$REDIS" --records "$RECORDS" --server-pid "$REDIS_PID"
+stop "$HERD_PID"
+stop "$REDIS_PID"
+
+# The whole herd in one process: Welsh -> Holiday -> Goloman|Wilkes -> Hands.
+read -r -a ports <<<"$(free_ports 10)"
+herd_file "$OUT/herd.toml" Goloman,Hands,Holiday,Welsh,Wilkes "${ports[@]}"
+"$HERD" up --config "$OUT/herd.toml" --log-dir "$OUT/logs" 2>>"$OUT/herd-up.log" &
+started+=("$!")
+WELSH=127.0.0.1:${ports[6]}
+HANDS=127.0.0.1:${ports[2]}
+HANDS_PEER=127.0.0.1:${ports[3]}
+wait_port "${ports[6]}"
+bench propagation-idle-watch propagation --at "$WELSH" --watch "$HANDS_PEER" "${LOAD[@]}"
+bench propagation-idle-poll propagation --at "$WELSH" --seen "$HANDS" "${LOAD[@]}"
+bench propagation-20k-watch propagation --at "$WELSH" --watch "$HANDS_PEER" --background-rate 20000 "${LOAD[@]}"
+
+say "results (JSON reports in $OUT)"
+python3 - "$OUT" <<'EOF'
+import json, os, sys
+out = sys.argv[1]
+
+def load(name):
+    try:
+        with open(os.path.join(out, name + ".json")) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+def n(v):
+    return "-" if v is None else f"{v:,.0f}"
+
+def errs(r):
+    return "" if r is None or r["errors"]["total"] == 0 else f' ({r["errors"]["total"]:,} errors)'
+
+rows = []
+def row(what, herd, redis, ratio, target, verdict):
+    rows.append((what, herd, redis, ratio, target, verdict))
+
+def check(ok):
+    return "-" if ok is None else ("met" if ok else "NOT met")
+
+for name, title, goal in [
+    ("iamat-d1", "IAMAT 50 conns x 1 (ops/s)", 1.2),
+    ("iamat-d16", "IAMAT 50 conns x 16 (ops/s)", 1.0),
+    ("whatsat", "WHATSAT 10 km, 20, LA (ops/s)", 1.0),
+]:
+    h, r = load(name + "-herd"), load(name + "-redis")
+    ht = h and h["throughput_ops_s"]
+    rt = r and r["throughput_ops_s"]
+    ratio = ht / rt if ht and rt else None
+    row(title, n(ht) + errs(h), n(rt) + errs(r),
+        "-" if ratio is None else f"{ratio:.2f}", f">= {goal} x Redis",
+        check(None if ratio is None else ratio >= goal))
+    for q, label in [("p50", "p50"), ("p99", "p99"), ("p999", "p99.9")]:
+        row(f"  latency {label} (us)", n(h and h["latency_us"][q]), n(r and r["latency_us"][q]),
+            "", "", "")
+h, r = load("whatsat-herd"), load("whatsat-redis")
+if h and r:
+    row("  places per reply (sampled)", f'{h.get("results_per_reply", 0):.1f}',
+        f'{r.get("results_per_reply", 0):.1f}', "", "", "")
+
+for name, title, quant, limit in [
+    ("propagation-idle-watch", "Welsh->Hands idle, Watch (us)", "p50", 1000),
+    ("propagation-idle-poll", "Welsh->Hands idle, polling (us)", "p50", 1000),
+    ("propagation-20k-watch", "Welsh->Hands at 20k IAMAT/s (us)", "p99", 5000),
+]:
+    p = load(name)
+    if p is None:
+        row(title, "failed", "", "", f"{quant} < {limit:,} us", "-")
+        continue
+    l = p["latency_us"]
+    bg = p["background"]
+    extra = f' (bg {bg["achieved_rate"]:,.0f}/s)' if bg["target_rate"] else ""
+    extra += f', {p["seen"]:,} probes'
+    if p.get("watch_fallbacks"):
+        extra += f' ({p["watch_fallbacks"]:,} via Lookup)'
+    row(title, f'p50 {l["p50"]:,} p99 {l["p99"]:,}{extra}{errs(p)}', "n/a", "",
+        f"{quant} < {limit:,} us", check(l[quant] < limit and p["errors"]["total"] == 0))
+
+h, r = load("connections-herd"), load("connections-redis")
+def conns(c):
+    if c is None:
+        return "failed"
+    per = c.get("bytes_per_connection")
+    return f'{c["answered"]:,}/{c["count"]:,} answer' + (f", {per:,} B each" if per is not None else "")
+row("idle connections", conns(h), conns(r), "", f"{h and h['count'] or 10000:,} held",
+    check(None if h is None else h["answered"] == h["count"]))
+
+h, r = load("records-herd"), load("records-redis")
+def rss(c):
+    if c is None or c.get("rss_kb_after") is None:
+        return "failed"
+    grew = (c["rss_kb_after"] - c["rss_kb_before"]) * 1024 / max(c["requests"], 1)
+    return (f'{c["rss_kb_after"] / 1024:,.0f} MB RSS, {c["requests"]:,} records'
+            f' ({grew:,.0f} B each){errs(c)}')
+row("client records, memory", rss(h), rss(r),
+    "" if not (h and r and h.get("rss_kb_after") and r.get("rss_kb_after"))
+    else f'{h["rss_kb_after"] / r["rss_kb_after"]:.2f}',
+    "< 300 MB", check(None if h is None or h.get("rss_kb_after") is None
+                      else h["rss_kb_after"] < 300 * 1024 and h["requests"] >= 1_000_000))
+
+widths = [max(len(str(r[i])) for r in rows + [("scenario", "herd", "redis", "herd/redis", "target", "")]) for i in range(6)]
+head = ("scenario", "herd", "redis", "herd/redis", "target", "")
+for r in [head] + rows:
+    print("  ".join(str(c).ljust(widths[i]) for i, c in enumerate(r)).rstrip())
+EOF

@@ -1,0 +1,530 @@
+//! `herd bench`: a load generator for the herd line protocol, usable against any server that
+//! speaks it, with a `--redis` mode that sends the equivalent Redis geo commands through the
+//! same connection and pipelining code.
+//!
+//! - [`load`]: the closed-loop engine (N connections × D in flight) and the `iamat`,
+//!   `whatsat` and `records` scenarios.
+//! - [`propagation`]: the time an IAMAT at one server takes to be visible at another.
+//! - [`connections`]: many idle connections, and the server's memory.
+//! - [`redis`]: loading the offline dataset into Redis for `whatsat --redis`.
+//! - [`workload`]: what is sent and how replies are judged, for both wires.
+//! - [`resp`]: the RESP encoder and reply parser.
+//! - [`report`]: histograms, figures, the table and the JSON.
+//!
+//! Every loop is bounded in time (`--timeout`, `--time-limit`) and every address is one the
+//! user gave (the defaults are loopback).
+
+mod conn;
+mod connections;
+mod load;
+mod propagation;
+mod redis;
+mod report;
+mod resp;
+mod workload;
+
+use std::{process::ExitCode, time::Duration};
+
+use clap::{Args, Subcommand};
+
+use workload::{Clients, Point};
+
+/// Where a herd server's client port is by default (Goloman of the default herd).
+pub(crate) const DEFAULT_HERD_ADDR: &str = "127.0.0.1:12001";
+/// Where Redis listens by default.
+pub(crate) const DEFAULT_REDIS_ADDR: &str = "127.0.0.1:6379";
+
+/// Load-test a herd server, or Redis for comparison.
+#[derive(Args, Debug)]
+#[command(
+    after_help = "Each scenario prints a table, or one JSON object with --json. Latencies are in \
+microseconds (HDR histogram); the warm-up is excluded from every figure.\n\
+Exit status: 0 when every request got the reply it deserves, 3 when the run completed with \
+errors (counted in the report), 1 when it could not run, 2 for bad arguments.\n\nExamples:\n  herd bench iamat --connections 50 --depth 1 --duration 10s\n  herd bench iamat --redis --addr 127.0.0.1:6379 --depth 16\n  herd bench whatsat --radius 10 --bound 20\n  herd bench propagation --at 127.0.0.1:12004 --seen 127.0.0.1:12002 --watch 127.0.0.1:13002 --background-rate 20000\n  herd bench connections --count 10000 --server-pid $(pgrep -n herd)\n  herd bench records --records 1000000 --server-pid $(pgrep -n herd)"
+)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Subcommand, Debug)]
+enum Scenario {
+    /// IAMAT throughput and latency (GEOADD with --redis).
+    Iamat {
+        #[command(flatten)]
+        target: Target,
+        #[command(flatten)]
+        load: LoadArgs,
+        /// Which client IDs the IAMATs carry.
+        #[arg(long, value_enum, default_value_t = Clients::Distinct)]
+        clients: Clients,
+        #[command(flatten)]
+        output: Output,
+    },
+    /// WHATSAT throughput and latency in a dense area (GEOSEARCH with --redis).
+    ///
+    /// With herd, first seeds --points clients with IAMATs around --lat/--lon, then asks
+    /// WHATSAT about random ones. With --redis, GEOSEARCHes herd:places at the same points
+    /// (load it first with `herd bench load-redis-places`).
+    Whatsat {
+        #[command(flatten)]
+        target: Target,
+        #[command(flatten)]
+        load: LoadArgs,
+        /// Search radius, in km.
+        #[arg(long, default_value_t = 10.0)]
+        radius: f64,
+        /// Most places per reply.
+        #[arg(long, default_value_t = 20)]
+        bound: u32,
+        /// Centre of the area (default: Los Angeles).
+        #[arg(long, default_value_t = 34.0522, allow_negative_numbers = true)]
+        lat: f64,
+        #[arg(long, default_value_t = -118.2437, allow_negative_numbers = true)]
+        lon: f64,
+        /// Clients are spread uniformly over a disc this wide around the centre, in km.
+        #[arg(long, default_value_t = 15.0)]
+        spread: f64,
+        /// How many client locations (herd: seeded clients) the queries pick from.
+        #[arg(long, default_value_t = 1000)]
+        points: usize,
+        #[command(flatten)]
+        output: Output,
+    },
+    /// The time an IAMAT at one server takes to be visible at another.
+    ///
+    /// Probes (one at a time, --probe-rate per second) are IAMATs of new clients at --at; each
+    /// is timed from its write until it is visible at the far server: through that server's
+    /// Inspect Watch stream with --watch (precise, no polling load), else by polling `WHATSAT
+    /// id 1 0` at --seen back to back (any server of the protocol; the figure includes up to
+    /// one poll round trip). --background-rate adds IAMATs per second at --at, open loop.
+    Propagation {
+        /// Client address of the server that receives the IAMATs (default: Welsh).
+        #[arg(long, default_value = "127.0.0.1:12004", value_name = "HOST:PORT")]
+        at: String,
+        /// Client address of the server polled for them (default: Hands).
+        #[arg(long, default_value = "127.0.0.1:12002", value_name = "HOST:PORT")]
+        seen: String,
+        /// Peer (gRPC) address of the far server: watch its Inspect stream instead of polling.
+        #[arg(long, value_name = "HOST:PEERPORT")]
+        watch: Option<String>,
+        /// Probes per second (one in flight at a time).
+        #[arg(long, default_value_t = 100.0)]
+        probe_rate: f64,
+        /// Send this many probes instead of probing for --duration.
+        #[arg(long)]
+        probes: Option<u64>,
+        #[arg(long, default_value = "10s", value_parser = parse_duration)]
+        duration: Duration,
+        #[arg(long, default_value = "1s", value_parser = parse_duration)]
+        warmup: Duration,
+        /// Background IAMATs per second at --at (open loop: sent whatever the replies).
+        #[arg(long, default_value_t = 0.0)]
+        background_rate: f64,
+        /// Connections carrying the background load.
+        #[arg(long, default_value_t = 4)]
+        background_connections: usize,
+        /// A probe not seen within this long counts as an error.
+        #[arg(long, default_value = "5s", value_parser = parse_duration)]
+        timeout: Duration,
+        /// How long the first probe may take to get through (links coming up).
+        #[arg(long, default_value = "30s", value_parser = parse_duration)]
+        ready_timeout: Duration,
+        #[arg(long, default_value = "10m", value_parser = parse_duration)]
+        time_limit: Duration,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        #[command(flatten)]
+        output: Output,
+    },
+    /// Open many idle connections, check each still answers, report the server's memory.
+    Connections {
+        #[command(flatten)]
+        target: Target,
+        /// Connections to open and hold.
+        #[arg(long, default_value_t = 10_000)]
+        count: usize,
+        /// The server's process id: its resident memory (VmRSS) is read before and after.
+        #[arg(long, value_name = "PID")]
+        server_pid: Option<u32>,
+        /// How long the connections stay idle before the check.
+        #[arg(long, default_value = "1s", value_parser = parse_duration)]
+        hold: Duration,
+        /// Connections opened (and checked) at once.
+        #[arg(long, default_value_t = 256)]
+        concurrency: usize,
+        #[arg(long, default_value = "10s", value_parser = parse_duration)]
+        timeout: Duration,
+        #[command(flatten)]
+        output: Output,
+    },
+    /// Create N distinct client records (pipelined IAMATs) and report the server's memory.
+    Records {
+        #[command(flatten)]
+        target: Target,
+        /// Client records to create.
+        #[arg(long, default_value_t = 1_000_000)]
+        records: u64,
+        /// The server's process id: its resident memory (VmRSS) is read before and after.
+        #[arg(long, value_name = "PID")]
+        server_pid: Option<u32>,
+        #[arg(short = 'c', long, default_value_t = 8)]
+        connections: usize,
+        #[arg(short = 'd', long, default_value_t = 64)]
+        depth: usize,
+        #[arg(long, default_value = "5s", value_parser = parse_duration)]
+        timeout: Duration,
+        #[arg(long, default_value = "10m", value_parser = parse_duration)]
+        time_limit: Duration,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        #[command(flatten)]
+        output: Output,
+    },
+    /// Load the offline dataset's places into Redis (herd:places) for `whatsat --redis`.
+    LoadRedisPlaces {
+        /// The Redis server.
+        #[arg(long, default_value = DEFAULT_REDIS_ADDR, value_name = "HOST:PORT")]
+        addr: String,
+        /// Places per GEOADD.
+        #[arg(long, default_value_t = 1000)]
+        batch: usize,
+        /// GEOADDs in flight.
+        #[arg(long, default_value_t = 16)]
+        depth: usize,
+        #[arg(long, default_value = "10s", value_parser = parse_duration)]
+        timeout: Duration,
+        #[command(flatten)]
+        output: Output,
+    },
+}
+
+/// The server under load.
+#[derive(Args, Debug, Clone)]
+pub(crate) struct Target {
+    /// The server (default: 127.0.0.1:12001, or 127.0.0.1:6379 with --redis).
+    #[arg(long, value_name = "HOST:PORT")]
+    addr: Option<String>,
+    /// Speak RESP to Redis: GEOADD herd:clients for IAMAT, GEOSEARCH herd:places for WHATSAT.
+    #[arg(long)]
+    redis: bool,
+}
+
+/// The closed loop: connections, requests in flight, how long.
+#[derive(Args, Debug, Clone)]
+pub(crate) struct LoadArgs {
+    /// Concurrent connections.
+    #[arg(short = 'c', long, default_value_t = 50)]
+    connections: usize,
+    /// Requests in flight per connection: 1 is request/response, more is pipelined.
+    #[arg(short = 'd', long, default_value_t = 1)]
+    depth: usize,
+    /// How long to measure, after the warm-up (e.g. 10s, 500ms, 2m).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Measure this many requests instead of a fixed duration.
+    #[arg(long, conflicts_with = "duration")]
+    requests: Option<u64>,
+    /// Load sent before measuring; excluded from every figure.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    warmup: Duration,
+    /// Seed of the random locations and choices: one seed, one sequence of requests.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// A connection silent this long with requests in flight is given up (they count as missing).
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    timeout: Duration,
+    /// Nothing runs longer than this, whatever else is asked.
+    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    time_limit: Duration,
+}
+
+/// How results are printed, and the generator's own resources.
+#[derive(Args, Debug, Clone)]
+pub(crate) struct Output {
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Worker threads of the load generator (1: everything on one thread).
+    #[arg(long, default_value_t = 1, env = "HERD_BENCH_THREADS")]
+    threads: usize,
+}
+
+/// Why a bench could not run.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum BenchError {
+    #[error("{0}")]
+    Usage(String),
+    #[error("{0}")]
+    Run(String),
+}
+
+/// Runs `herd bench ...` to completion and says how it went.
+pub fn run(args: &BenchArgs) -> ExitCode {
+    let output = match &args.scenario {
+        Scenario::Iamat { output, .. }
+        | Scenario::Whatsat { output, .. }
+        | Scenario::Propagation { output, .. }
+        | Scenario::Connections { output, .. }
+        | Scenario::Records { output, .. }
+        | Scenario::LoadRedisPlaces { output, .. } => output.clone(),
+    };
+    let runtime = if output.threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(output.threads)
+            .enable_all()
+            .build()
+    };
+    let runtime = match runtime {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("herd bench: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(scenario(&args.scenario, output.json)) {
+        Ok(0) => ExitCode::SUCCESS,
+        Ok(_) => ExitCode::from(3),
+        Err(e) => {
+            eprintln!("herd bench: {e}");
+            ExitCode::from(match e {
+                BenchError::Usage(_) => 2,
+                BenchError::Run(_) => 1,
+            })
+        }
+    }
+}
+
+/// A run that measured nothing says so, rather than passing for a clean one.
+fn measured_something(r: &report::LoadReport) -> Result<u64, BenchError> {
+    if r.requests == 0 && r.errors.total == 0 {
+        return Err(BenchError::Run(
+            "nothing was measured: no request sent after the warm-up was answered in time; \
+             lengthen --warmup or --duration"
+                .into(),
+        ));
+    }
+    Ok(r.errors.total)
+}
+
+/// Runs one scenario, prints its report, and returns its error count.
+async fn scenario(s: &Scenario, json: bool) -> Result<u64, BenchError> {
+    match s {
+        Scenario::Iamat {
+            target,
+            load,
+            clients,
+            ..
+        } => {
+            let r = load::iamat(target, load, *clients).await?;
+            report::emit(&r, json, report::LoadReport::table);
+            measured_something(&r)
+        }
+        Scenario::Whatsat {
+            target,
+            load,
+            radius,
+            bound,
+            lat,
+            lon,
+            spread,
+            points,
+            ..
+        } => {
+            let area = load::Area {
+                centre: Point {
+                    lat: *lat,
+                    lon: *lon,
+                },
+                spread_km: *spread,
+                points: *points,
+                radius_km: *radius,
+                bound: *bound,
+            };
+            let r = load::whatsat(target, load, area).await?;
+            report::emit(&r, json, report::LoadReport::table);
+            measured_something(&r)
+        }
+        Scenario::Propagation {
+            at,
+            seen,
+            watch,
+            probe_rate,
+            probes,
+            duration,
+            warmup,
+            background_rate,
+            background_connections,
+            timeout,
+            ready_timeout,
+            time_limit,
+            seed,
+            ..
+        } => {
+            let observe = match watch {
+                Some(w) => propagation::Observe::Watch(load::resolve(Some(w), w).await?),
+                None => propagation::Observe::Poll(load::resolve(Some(seen), seen).await?),
+            };
+            let plan = propagation::PropagationPlan {
+                at: load::resolve(Some(at), at).await?,
+                observe,
+                probe_rate: *probe_rate,
+                probes: *probes,
+                duration: *duration,
+                warmup: *warmup,
+                background_rate: *background_rate,
+                background_connections: *background_connections,
+                timeout: *timeout,
+                ready_timeout: *ready_timeout,
+                time_limit: *time_limit,
+                seed: *seed,
+            };
+            let r = propagation::run(&plan).await?;
+            report::emit(&r, json, propagation::PropagationReport::table);
+            Ok(r.errors.total + r.background.rejected + r.background.malformed)
+        }
+        Scenario::Connections {
+            target,
+            count,
+            server_pid,
+            hold,
+            concurrency,
+            timeout,
+            ..
+        } => {
+            let (wire, addr) = load::target_addr(target).await?;
+            let plan = connections::ConnectionsPlan {
+                addr,
+                wire,
+                count: *count,
+                concurrency: *concurrency,
+                hold: *hold,
+                timeout: *timeout,
+                server_pid: *server_pid,
+            };
+            let r = connections::run(&plan).await?;
+            report::emit(&r, json, connections::ConnectionsReport::table);
+            Ok((r.open_failures + r.check_failures) as u64)
+        }
+        Scenario::Records {
+            target,
+            records,
+            server_pid,
+            connections,
+            depth,
+            timeout,
+            time_limit,
+            seed,
+            ..
+        } => {
+            let load = LoadArgs {
+                connections: *connections,
+                depth: *depth,
+                duration: Duration::ZERO,
+                requests: Some(*records),
+                warmup: Duration::ZERO,
+                seed: *seed,
+                timeout: *timeout,
+                time_limit: *time_limit,
+            };
+            let r = load::records(target, *records, &load, *server_pid).await?;
+            report::emit(&r, json, report::LoadReport::table);
+            measured_something(&r)
+        }
+        Scenario::LoadRedisPlaces {
+            addr,
+            batch,
+            depth,
+            timeout,
+            ..
+        } => {
+            let addr = load::resolve(Some(addr), addr).await?;
+            let r = redis::load_places(addr, *batch, *depth, *timeout).await?;
+            report::emit(&r, json, redis::PlacesReport::table);
+            Ok(0)
+        }
+    }
+}
+
+/// A server's resident memory in kB, from `/proc/PID/status` (VmRSS).
+pub(crate) fn server_rss_kb(pid: u32) -> Result<u64, BenchError> {
+    let path = format!("/proc/{pid}/status");
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| BenchError::Run(format!("cannot read {path}: {e}")))?;
+    rss_from_status(&text).ok_or_else(|| BenchError::Run(format!("no VmRSS line in {path}")))
+}
+
+fn rss_from_status(status: &str) -> Option<u64> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().strip_suffix("kB"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// `10s`, `1.5s`, `500ms`, `250us`, `2m`, `1h`, or a bare number of seconds.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration (try 10s, 500ms, 2m)"))?;
+    let seconds = match unit {
+        "" | "s" => value,
+        "ms" => value / 1e3,
+        "us" | "µs" => value / 1e6,
+        "m" | "min" => value * 60.0,
+        "h" => value * 3600.0,
+        _ => {
+            return Err(format!(
+                "{text:?}: unknown unit {unit:?} (use us, ms, s, m or h)"
+            ));
+        }
+    };
+    Duration::try_from_secs_f64(seconds).map_err(|e| format!("{text:?}: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("10"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("250us"), Ok(Duration::from_micros(250)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        for bad in ["", "s", "ten", "10x", "-1s", "1e3s"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn rss_line() {
+        let status = "Name:\therd\nVmPeak:\t  123 kB\nVmRSS:\t   45678 kB\nThreads:\t3\n";
+        assert_eq!(rss_from_status(status), Some(45678));
+        assert_eq!(rss_from_status("Name:\tx\n"), None);
+        assert!(server_rss_kb(std::process::id()).unwrap() > 0);
+    }
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        use clap::CommandFactory as _;
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            bench: BenchArgs,
+        }
+        Cli::command().debug_assert();
+    }
+}
