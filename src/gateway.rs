@@ -13,6 +13,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::Instrument as _;
 
 use crate::{
+    logging::Escaped,
     node::Node,
     wire::{self, Command, Timestamp},
 };
@@ -201,8 +202,8 @@ fn too_long(node: &Node, line: &[u8], out: &mut Vec<u8>) {
 
 fn count_too_long(node: &Node, head: &[u8]) {
     tracing::debug!(
-        head = %head[..head.len().min(80)].escape_ascii(),
-        "received a line longer than {MAX_LINE} bytes; answering ?"
+        head = %Escaped(&head[..head.len().min(80)]),
+        "received a line longer than {MAX_LINE} bytes; answering ? and its bytes"
     );
     node.metrics().command("invalid", "too_long");
     node.metrics().questions.inc();
@@ -210,22 +211,27 @@ fn count_too_long(node: &Node, head: &[u8]) {
 
 /// Answers one line (without its line end), appending the reply to `out`.
 async fn answer(node: &Node, line: &[u8], received: Timestamp, out: &mut Vec<u8>) {
+    // One event per line: the line received and the reply sent, together.
     let start = out.len();
-    tracing::debug!(line = %line.escape_ascii(), "received");
     match wire::parse(line) {
-        Ok(Command::Blank) => return,
+        Ok(Command::Blank) => {}
         Ok(Command::IAmAt(cmd)) => node.iamat(&cmd, received, out),
         Ok(Command::WhatsAt(cmd)) => {
             if !node.whatsat(&cmd, out).await {
-                tracing::debug!("WHATSAT for an unknown client");
                 node.reject(line, out);
+                let reply = Escaped(&out[start..]);
+                tracing::debug!(line = %Escaped(line), %reply, reason = "unknown client", "answered");
+                return;
             }
         }
         Err(e) => {
-            tracing::debug!(reason = %e, "invalid line");
             node.metrics().command("invalid", "rejected");
             node.reject(line, out);
+            let reply = Escaped(&out[start..]);
+            tracing::debug!(line = %Escaped(line), %reply, reason = %e, "answered");
+            return;
         }
     }
-    tracing::debug!(reply = %out[start..].escape_ascii(), "sent");
+    let reply = Escaped(&out[start..]);
+    tracing::debug!(line = %Escaped(line), %reply, "answered");
 }

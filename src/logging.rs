@@ -4,9 +4,12 @@
 //! `herd up` (every server in one process) still gets one file per server.
 
 use std::{
-    io::{self, IsTerminal as _},
+    collections::HashMap,
+    fs::File,
+    io::{self, BufWriter, IsTerminal as _, Write as _},
     path::Path,
-    sync::Arc,
+    sync::{Arc, Condvar, Mutex, MutexGuard},
+    time::Duration,
 };
 
 use tracing::{
@@ -15,22 +18,156 @@ use tracing::{
     level_filters::LevelFilter,
     span,
 };
-use tracing_appender::non_blocking::WorkerGuard;
 use tracing_subscriber::{
     EnvFilter, Layer,
     field::MakeExt as _,
-    filter::{FilterExt as _, Targets, dynamic_filter_fn},
-    fmt::format::debug_fn,
+    filter::Targets,
+    fmt::{MakeWriter, format::debug_fn, writer::EitherWriter},
     layer::{Context, SubscriberExt as _},
     registry::{LookupSpan, Registry},
     util::SubscriberInitExt as _,
 };
 
-/// Keeps the file writers alive; dropping it flushes them.
-#[must_use = "dropping the guard stops the log files"]
+/// Keeps the log files flushed; dropping it writes out what is buffered.
+#[must_use = "dropping the guard stops flushing the log files"]
 #[derive(Debug)]
 pub struct LogGuard {
-    _guards: Vec<WorkerGuard>,
+    flusher: Flusher,
+}
+
+impl Drop for LogGuard {
+    fn drop(&mut self) {
+        self.flusher.stop();
+    }
+}
+
+/// How often buffered log lines reach the files.
+const FLUSH_EVERY: Duration = Duration::from_millis(100);
+
+/// One server's log file. Events are formatted straight into a large in-memory
+/// buffer under a short lock, and written out by the flusher (or when the buffer
+/// fills): no allocation, no channel and no thread wake-up per event, and nothing
+/// is ever dropped.
+#[derive(Clone, Debug)]
+struct Sink(Arc<Mutex<BufWriter<File>>>);
+
+impl Sink {
+    fn new(file: File) -> Sink {
+        Sink(Arc::new(Mutex::new(BufWriter::with_capacity(
+            1 << 20,
+            file,
+        ))))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, BufWriter<File>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn flush(&self) {
+        if let Err(e) = self.lock().flush() {
+            eprintln!("herd: cannot write a log file: {e}");
+        }
+    }
+}
+
+/// Writes one event into a sink.
+struct SinkWriter<'a>(MutexGuard<'a, BufWriter<File>>);
+
+impl io::Write for SinkWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.write(buf)
+    }
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        self.0.write_all(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Sends each event to the file of the server whose span it happens in (events
+/// outside any server's span go to no file).
+struct Router {
+    /// The one sink when the process runs one server: no lookup needed.
+    only: Option<Sink>,
+    sinks: HashMap<Arc<str>, Sink>,
+}
+
+impl Router {
+    fn sink(&self) -> Option<&Sink> {
+        if let Some(only) = &self.only {
+            return Some(only);
+        }
+        let name = tracing::Span::current().with_subscriber(|(id, dispatch)| {
+            let registry = dispatch.downcast_ref::<Registry>()?;
+            registry
+                .span(id)?
+                .scope()
+                .find_map(|s| s.extensions().get::<ServerTag>().map(|t| t.0.clone()))
+        })??;
+        self.sinks.get(&name)
+    }
+}
+
+impl<'a> MakeWriter<'a> for Router {
+    type Writer = EitherWriter<SinkWriter<'a>, io::Sink>;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        EitherWriter::B(io::sink())
+    }
+
+    fn make_writer_for(&'a self, _: &tracing::Metadata<'_>) -> Self::Writer {
+        match self.sink() {
+            Some(sink) => EitherWriter::A(SinkWriter(sink.lock())),
+            None => EitherWriter::B(io::sink()),
+        }
+    }
+}
+
+/// The thread that writes buffered log lines out every [`FLUSH_EVERY`].
+#[derive(Debug)]
+struct Flusher {
+    sinks: Vec<Sink>,
+    stop: Arc<(Mutex<bool>, Condvar)>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Flusher {
+    fn start(sinks: Vec<Sink>) -> Flusher {
+        let stop = Arc::new((Mutex::new(false), Condvar::new()));
+        let thread = {
+            let (sinks, stop) = (sinks.clone(), stop.clone());
+            std::thread::Builder::new()
+                .name("herd-log-flush".into())
+                .spawn(move || {
+                    let (lock, wake) = &*stop;
+                    let mut stopped = lock.lock().unwrap_or_else(|p| p.into_inner());
+                    while !*stopped {
+                        stopped = wake
+                            .wait_timeout(stopped, FLUSH_EVERY)
+                            .unwrap_or_else(|p| p.into_inner())
+                            .0;
+                        sinks.iter().for_each(Sink::flush);
+                    }
+                })
+                .ok()
+        };
+        Flusher {
+            sinks,
+            stop,
+            thread,
+        }
+    }
+
+    fn stop(&mut self) {
+        let (lock, wake) = &*self.stop;
+        *lock.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        wake.notify_all();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        self.sinks.iter().for_each(Sink::flush);
+    }
 }
 
 /// The name of the server a span belongs to, kept in the span's extensions.
@@ -114,7 +251,7 @@ pub fn init(log_dir: &Path, servers: &[Arc<str>], format: LogFormat) -> io::Resu
     };
     let mut layers: Vec<BoxedLayer> = vec![Box::new(TagServers), stderr];
 
-    let mut guards = Vec::new();
+    let mut sinks = HashMap::new();
     for name in servers {
         let path = log_dir.join(format!("{name}.log"));
         let file = std::fs::OpenOptions::new()
@@ -127,50 +264,89 @@ pub fn init(log_dir: &Path, servers: &[Arc<str>], format: LogFormat) -> io::Resu
                     format!("cannot open log file {}: {e}", path.display()),
                 )
             })?;
-        // Not lossy: every line received and every reply sent must reach the file,
-        // so a full buffer makes the logging task wait rather than drop lines.
-        let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-            .lossy(false)
-            .finish(file);
-        guards.push(guard);
-        let name = name.clone();
-        let mine = dynamic_filter_fn(move |meta, cx| {
-            // Spans must pass, or the lookup below would not see them.
-            meta.is_span()
-                || cx.lookup_current().is_some_and(|span| {
-                    span.scope().any(|s| {
-                        s.extensions()
-                            .get::<ServerTag>()
-                            .is_some_and(|t| t.0 == name)
-                    })
-                })
-        });
-        let levels = Targets::new()
-            .with_target("herd", LevelFilter::DEBUG)
-            .with_default(LevelFilter::INFO);
-        let file = tracing_subscriber::fmt::layer()
-            .with_writer(writer)
-            .with_ansi(false);
-        layers.push(match format {
-            LogFormat::Text => file
-                // A field formatter of its own type: span fields are formatted once per
-                // type and shared, and the terminal's copy may carry colour codes.
-                .fmt_fields(
-                    debug_fn(|w, field, value| match field.name() {
-                        "message" => write!(w, "{value:?}"),
-                        name => write!(w, "{name}={value:?}"),
-                    })
-                    .delimited(" "),
-                )
-                .with_filter(levels.and(mine))
-                .boxed(),
-            LogFormat::Json => file.json().with_filter(levels.and(mine)).boxed(),
-        });
+        sinks.insert(name.clone(), Sink::new(file));
     }
+    let router = Router {
+        only: if sinks.len() == 1 {
+            sinks.values().next().cloned()
+        } else {
+            None
+        },
+        sinks: sinks.clone(),
+    };
+    let levels = Targets::new()
+        .with_target("herd", LevelFilter::DEBUG)
+        .with_default(LevelFilter::INFO);
+    let file = tracing_subscriber::fmt::layer()
+        .with_writer(router)
+        .with_ansi(false);
+    layers.push(match format {
+        LogFormat::Text => file
+            // A field formatter of its own type: span fields are formatted once per
+            // type and shared, and the terminal's copy may carry colour codes.
+            .fmt_fields(
+                debug_fn(|w, field, value| match field.name() {
+                    "message" => write!(w, "{value:?}"),
+                    name => write!(w, "{name}={value:?}"),
+                })
+                .delimited(" "),
+            )
+            .with_filter(levels)
+            .boxed(),
+        LogFormat::Json => file.json().with_filter(levels).boxed(),
+    });
+    let flusher = Flusher::start(sinks.into_values().collect());
 
     tracing_subscriber::registry()
         .with(layers)
         .try_init()
         .map_err(|e| io::Error::other(format!("logging already set up: {e}")))?;
-    Ok(LogGuard { _guards: guards })
+    Ok(LogGuard { flusher })
+}
+
+/// Bytes from the wire as one log-friendly line: UTF-8 text as it is; line ends,
+/// tabs, other control bytes, backslashes and invalid UTF-8 escaped (`\n`, `\xff`).
+pub struct Escaped<'a>(pub &'a [u8]);
+
+impl std::fmt::Display for Escaped<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for chunk in self.0.utf8_chunks() {
+            let text = chunk.valid();
+            let mut from = 0;
+            for (i, b) in text.bytes().enumerate() {
+                let escape = match b {
+                    b'\n' => "\\n",
+                    b'\r' => "\\r",
+                    b'\t' => "\\t",
+                    b'\\' => "\\\\",
+                    b if b < 0x20 || b == 0x7f => "",
+                    _ => continue,
+                };
+                f.write_str(&text[from..i])?;
+                if escape.is_empty() {
+                    write!(f, "\\x{b:02x}")?;
+                } else {
+                    f.write_str(escape)?;
+                }
+                from = i + 1;
+            }
+            f.write_str(&text[from..])?;
+            for b in chunk.invalid() {
+                write!(f, "\\x{b:02x}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Escaped;
+
+    #[test]
+    fn escaped_keeps_text_and_shows_every_other_byte() {
+        let shown = Escaped(b"AT x \xff\xfe caf\xc3\xa9 \\ a\tb\r\n\x0b\x7f\"q\"").to_string();
+        assert_eq!(shown, r#"AT x \xff\xfe café \\ a\tb\r\n\x0b\x7f"q""#);
+        assert_eq!(Escaped(b"").to_string(), "");
+    }
 }

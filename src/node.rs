@@ -199,8 +199,8 @@ impl Node {
             return Ok(false);
         }
         self.metrics.updates_applied.inc();
-        tracing::debug!(
-            client = %record.client_id().escape_ascii(),
+        tracing::trace!(
+            client = %crate::logging::Escaped(&record.client_id()),
             origin = %update.origin,
             from,
             "update applied"

@@ -364,7 +364,7 @@ async fn stops_cleanly_on(signal: &str) {
         "FOO bar",
         "? FOO bar",
         "WHATSAT kiwi.cs.ucla.edu 10 2",
-        "\\\"status\\\": \\\"OK\\\"",
+        r#""status": "OK""#,
     ] {
         assert!(text.contains(needle), "the log lacks {needle:?}:\n{text}");
     }
