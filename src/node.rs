@@ -140,7 +140,7 @@ impl Node {
         let mut diff = Vec::with_capacity(24);
         wire::write_time_diff(now, &cmd.client_time, &mut diff);
         let record = Record::from_iamat(&self.name, &diff, cmd);
-        match self.store.offer_iamat(record.clone()) {
+        match self.store.offer_iamat(record.clone(), &cmd.client_time) {
             Ok(()) => {
                 self.metrics.command("iamat", "applied");
                 out.extend_from_slice(record.line());
@@ -163,10 +163,11 @@ impl Node {
             return false;
         };
         self.metrics.command("whatsat", "ok");
+        let (lat, lon) = record.location();
         let started = Instant::now();
         let req = PlacesRequest {
-            lat: record.lat,
-            lon: record.lon,
+            lat,
+            lon,
             radius_m: cmd.radius_km * 1000.0,
             bound: cmd.bound,
         };
@@ -200,7 +201,7 @@ impl Node {
         }
         self.metrics.updates_applied.inc();
         tracing::trace!(
-            client = %crate::logging::Escaped(&record.client_id()),
+            client = %crate::logging::Escaped(record.client_id()),
             origin = %update.origin,
             from,
             "update applied"

@@ -3,7 +3,7 @@
 
 use std::{
     cmp::Ordering,
-    collections::HashMap,
+    collections::HashSet,
     hash::{BuildHasher, RandomState},
     sync::Mutex,
 };
@@ -15,15 +15,14 @@ use crate::{
     wire::{self, ClientTime},
 };
 
-/// A client's record: the AT line made by the server that received its IAMAT.
-#[derive(Clone, Debug)]
+/// A client's record: the AT line made by the server that received its IAMAT, and
+/// nothing else (a million records must fit in little memory): every field is
+/// read back from the line when needed.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Record {
     /// `AT <origin> <diff> <client_id> <location> <time>`, without a newline. Every
     /// field is free of whitespace, so single spaces delimit them.
-    line: Bytes,
-    pub lat: f64,
-    pub lon: f64,
-    pub time: ClientTime,
+    line: Box<[u8]>,
 }
 
 /// Why an update from a peer cannot be a record.
@@ -60,10 +59,7 @@ impl Record {
             &mut line,
         );
         Record {
-            line: Bytes::from(line),
-            lat: cmd.lat,
-            lon: cmd.lon,
-            time: cmd.client_time.clone(),
+            line: line.into_boxed_slice(),
         }
     }
 
@@ -107,14 +103,17 @@ impl Record {
     pub fn to_update(&self, seen: Vec<String>) -> proto::Update {
         let [_, origin, diff, id, location, time] = self.field_ranges();
         let origin = String::from_utf8_lossy(&self.line[origin]).into_owned();
+        let client_time = self.time();
+        // One copy of the line; the fields share it.
+        let line = Bytes::copy_from_slice(&self.line);
         proto::Update {
-            client_id: self.line.slice(id),
-            location: self.line.slice(location),
-            client_time: self.line.slice(time),
-            time_diff: self.line.slice(diff),
+            client_id: line.slice(id),
+            location: line.slice(location),
+            client_time: line.slice(time),
+            time_diff: line.slice(diff),
             label: Some(proto::Label {
-                seconds: self.time.seconds_digits().to_owned(),
-                nanos: self.time.nanos(),
+                seconds: client_time.seconds_digits().to_owned(),
+                nanos: client_time.nanos(),
                 origin: origin.clone(),
             }),
             origin,
@@ -123,13 +122,22 @@ impl Record {
     }
 
     /// The AT line, without a newline.
-    pub fn line(&self) -> &Bytes {
+    pub fn line(&self) -> &[u8] {
         &self.line
     }
 
-    pub fn client_id(&self) -> Bytes {
-        let [_, _, _, id, _, _] = self.field_ranges();
-        self.line.slice(id)
+    pub fn client_id(&self) -> &[u8] {
+        self.field(3)
+    }
+
+    /// The client's time, read back from the line (it was valid when stored).
+    pub fn time(&self) -> ClientTime {
+        ClientTime::parse(self.field(5)).expect("a stored record's time is valid")
+    }
+
+    /// The client's (latitude, longitude), read back from the line.
+    pub fn location(&self) -> (f64, f64) {
+        wire::parse_location(self.field(4)).expect("a stored record's location is valid")
     }
 
     fn field(&self, i: usize) -> &[u8] {
@@ -155,8 +163,8 @@ impl Record {
     /// server, then the remaining bytes (only a restarted origin can make two
     /// different records with equal time and origin).
     pub fn order(&self, other: &Record) -> Ordering {
-        self.time
-            .cmp(&other.time)
+        self.time()
+            .cmp(&other.time())
             .then_with(|| self.field(1).cmp(other.field(1)))
             .then_with(|| self.field(2).cmp(other.field(2)))
             .then_with(|| self.field(4).cmp(other.field(4)))
@@ -178,11 +186,39 @@ fn valid_diff(d: &[u8]) -> bool {
         && rest[dot + 1..].iter().all(u8::is_ascii_digit)
 }
 
+// A record is keyed by its client ID: stored in a set, looked up by the ID's bytes.
+/// Records are equal as set members when their client IDs are.
+#[derive(Clone, Debug)]
+struct Keyed(Record);
+
+impl PartialEq for Keyed {
+    fn eq(&self, other: &Keyed) -> bool {
+        self.0.client_id() == other.0.client_id()
+    }
+}
+
+impl Eq for Keyed {}
+
+impl std::hash::Hash for Keyed {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        // Exactly as the borrowed form, `[u8]`, hashes.
+        self.0.client_id().hash(state);
+    }
+}
+
+impl std::borrow::Borrow<[u8]> for Keyed {
+    fn borrow(&self) -> &[u8] {
+        self.0.client_id()
+    }
+}
+
+type Shard = HashSet<Keyed>;
+
 /// Every client's record, sharded so connections rarely wait on one another.
 #[derive(Debug)]
 pub struct Store {
     hasher: RandomState,
-    shards: Box<[Mutex<HashMap<Bytes, Record>>]>,
+    shards: Box<[Mutex<Shard>]>,
 }
 
 impl Default for Store {
@@ -201,25 +237,22 @@ impl Store {
         }
     }
 
-    fn shard(&self, id: &[u8]) -> &Mutex<HashMap<Bytes, Record>> {
-        &self.shards[self.hasher.hash_one(id) as usize % SHARDS]
-    }
-
-    fn lock(&self, id: &[u8]) -> std::sync::MutexGuard<'_, HashMap<Bytes, Record>> {
+    fn lock(&self, id: &[u8]) -> std::sync::MutexGuard<'_, Shard> {
+        let shard = &self.shards[self.hasher.hash_one(id) as usize % SHARDS];
         // A panic while holding a shard cannot leave a record half-written (inserts
         // are single assignments), so a poisoned lock is still good to use.
-        self.shard(id).lock().unwrap_or_else(|p| p.into_inner())
+        shard.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// An IAMAT's record: stored when its client time is newer than the stored
-    /// record's; otherwise the stored record is returned and nothing changes.
-    pub fn offer_iamat(&self, record: Record) -> Result<(), Record> {
-        let id = record.client_id();
-        let mut shard = self.lock(&id);
-        match shard.get(&id[..]) {
-            Some(old) if record.time <= old.time => Err(old.clone()),
+    /// An IAMAT's record, whose client time is `time`: stored when that is newer
+    /// than the stored record's; otherwise the stored record is returned and
+    /// nothing changes.
+    pub fn offer_iamat(&self, record: Record, time: &ClientTime) -> Result<(), Record> {
+        let mut shard = self.lock(record.client_id());
+        match shard.get(record.client_id()) {
+            Some(old) if *time <= old.0.time() => Err(old.0.clone()),
             _ => {
-                shard.insert(id, record);
+                shard.replace(Keyed(record));
                 Ok(())
             }
         }
@@ -227,19 +260,18 @@ impl Store {
 
     /// A peer's record: stored when it is above the stored one in the herd's order.
     pub fn offer_update(&self, record: Record) -> bool {
-        let id = record.client_id();
-        let mut shard = self.lock(&id);
-        match shard.get(&id[..]) {
-            Some(old) if record.order(old) != Ordering::Greater => false,
+        let mut shard = self.lock(record.client_id());
+        match shard.get(record.client_id()) {
+            Some(old) if record.order(&old.0) != Ordering::Greater => false,
             _ => {
-                shard.insert(id, record);
+                shard.replace(Keyed(record));
                 true
             }
         }
     }
 
     pub fn get(&self, client_id: &[u8]) -> Option<Record> {
-        self.lock(client_id).get(client_id).cloned()
+        self.lock(client_id).get(client_id).map(|k| k.0.clone())
     }
 
     /// The records of shard `i`, None past the last shard: a neighbour's catch-up
@@ -247,17 +279,15 @@ impl Store {
     pub fn snapshot_part(&self, i: usize) -> Option<Vec<Record>> {
         let shard = self.shards.get(i)?;
         let shard = shard.lock().unwrap_or_else(|p| p.into_inner());
-        Some(shard.values().cloned().collect())
+        Some(shard.iter().map(|k| k.0.clone()).collect())
     }
 
     /// Every record.
     pub fn snapshot(&self) -> Vec<Record> {
-        let mut out = Vec::with_capacity(self.len());
-        for shard in self.shards.iter() {
-            let shard = shard.lock().unwrap_or_else(|p| p.into_inner());
-            out.extend(shard.values().cloned());
-        }
-        out
+        (0..SHARDS)
+            .filter_map(|i| self.snapshot_part(i))
+            .flatten()
+            .collect()
     }
 
     pub fn len(&self) -> usize {
@@ -293,7 +323,7 @@ mod tests {
             "1520023934.918963997",
         );
         assert_eq!(
-            &r.line()[..],
+            r.line(),
             b"AT Goloman +0.100000000 kiwi +34.068930-118.445127 1520023934.918963997"
         );
         let u = r.to_update(vec!["Goloman".into()]);
@@ -335,17 +365,20 @@ mod tests {
         assert!(Record::from_update(&good).is_ok());
     }
 
+    fn offer(s: &Store, r: Record) -> Result<(), Record> {
+        let time = r.time();
+        s.offer_iamat(r, &time)
+    }
+
     #[test]
     fn iamat_keeps_only_newer_client_times() {
         let s = Store::new();
-        assert!(s.offer_iamat(rec("A", "c", "+1+1", "10")).is_ok());
-        let kept = s.offer_iamat(rec("A", "c", "+2+2", "10.0")).unwrap_err();
+        assert!(offer(&s, rec("A", "c", "+1+1", "10")).is_ok());
+        let kept = offer(&s, rec("A", "c", "+2+2", "10.0")).unwrap_err();
         assert!(kept.line().ends_with(b"+1+1 10"));
-        let kept = s
-            .offer_iamat(rec("B", "c", "+2+2", "9.999999999"))
-            .unwrap_err();
+        let kept = offer(&s, rec("B", "c", "+2+2", "9.999999999")).unwrap_err();
         assert!(kept.line().ends_with(b"+1+1 10"));
-        assert!(s.offer_iamat(rec("A", "c", "+3+3", "10.000000001")).is_ok());
+        assert!(offer(&s, rec("A", "c", "+3+3", "10.000000001")).is_ok());
         assert!(s.get(b"c").unwrap().line().ends_with(b"+3+3 10.000000001"));
         assert_eq!(s.len(), 1);
     }
@@ -382,10 +415,13 @@ mod tests {
     fn snapshot_holds_every_record() {
         let s = Store::new();
         for i in 0..100 {
-            s.offer_iamat(rec("A", &format!("c{i}"), "+1+1", "1"))
-                .unwrap();
+            offer(&s, rec("A", &format!("c{i}"), "+1+1", "1")).unwrap();
         }
-        let mut ids: Vec<_> = s.snapshot().iter().map(|r| r.client_id()).collect();
+        let mut ids: Vec<Vec<u8>> = s
+            .snapshot()
+            .iter()
+            .map(|r| r.client_id().to_vec())
+            .collect();
         ids.sort();
         ids.dedup();
         assert_eq!(ids.len(), 100);

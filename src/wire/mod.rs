@@ -13,6 +13,6 @@ mod reply;
 mod time;
 
 pub use lex::{Fields, fields, is_ws, strip_line_end};
-pub use parse::{Command, IAmAt, ParseError, WhatsAt, parse};
+pub use parse::{Command, IAmAt, ParseError, WhatsAt, parse, parse_location};
 pub use reply::{write_at_line, write_question};
 pub use time::{ClientTime, Timestamp, write_time_diff};

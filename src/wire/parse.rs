@@ -116,8 +116,9 @@ pub fn parse(line: &[u8]) -> Result<Command<'_>, ParseError> {
     }
 }
 
-/// ISO 6709 `[+-]D+[.D+][+-]D+[.D+]`, range-checked on the exact decimal text.
-fn parse_location(field: &[u8]) -> Result<(f64, f64), ParseError> {
+/// An ISO 6709 location field, `[+-]D+[.D+][+-]D+[.D+]`, range-checked on the exact
+/// decimal text, as (latitude, longitude).
+pub fn parse_location(field: &[u8]) -> Result<(f64, f64), ParseError> {
     let (lat_text, lat, rest) = signed(field).ok_or(ParseError::BadLocation)?;
     let (lon_text, lon, rest) = signed(rest).ok_or(ParseError::BadLocation)?;
     if !rest.is_empty() {
