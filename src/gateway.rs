@@ -107,9 +107,13 @@ async fn serve(
     let mut overlong = false;
     // How much of `buf` is known to hold no LF (a long line is scanned once).
     let mut scanned = 0;
+    // Registered once per connection, not once per read: the token's waiter list
+    // is shared by every connection.
+    let cancelled = shutdown.cancelled();
+    tokio::pin!(cancelled);
     loop {
         let n = tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
+            _ = &mut cancelled => return Ok(()),
             n = read(&mut socket, &mut buf) => n?,
         };
         // Every line of this read was received now, whatever the lines before it cost.

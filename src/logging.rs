@@ -310,33 +310,65 @@ pub struct Escaped<'a>(pub &'a [u8]);
 
 impl std::fmt::Display for Escaped<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Replies are mostly UTF-8 JSON: check that at once, then copy the runs
+        // between the few bytes that need escaping.
+        if let Ok(text) = std::str::from_utf8(self.0) {
+            return write_escaped(text, f);
+        }
         for chunk in self.0.utf8_chunks() {
-            let text = chunk.valid();
-            let mut from = 0;
-            for (i, b) in text.bytes().enumerate() {
-                let escape = match b {
-                    b'\n' => "\\n",
-                    b'\r' => "\\r",
-                    b'\t' => "\\t",
-                    b'\\' => "\\\\",
-                    b if b < 0x20 || b == 0x7f => "",
-                    _ => continue,
-                };
-                f.write_str(&text[from..i])?;
-                if escape.is_empty() {
-                    write!(f, "\\x{b:02x}")?;
-                } else {
-                    f.write_str(escape)?;
-                }
-                from = i + 1;
-            }
-            f.write_str(&text[from..])?;
+            write_escaped(chunk.valid(), f)?;
             for b in chunk.invalid() {
                 write!(f, "\\x{b:02x}")?;
             }
         }
         Ok(())
     }
+}
+
+fn write_escaped(text: &str, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+    let bytes = text.as_bytes();
+    let mut from = 0;
+    while let Some(at) = find_escape(&bytes[from..]) {
+        let i = from + at;
+        f.write_str(&text[from..i])?;
+        match bytes[i] {
+            b'\n' => f.write_str("\\n")?,
+            b'\r' => f.write_str("\\r")?,
+            b'\t' => f.write_str("\\t")?,
+            b'\\' => f.write_str("\\\\")?,
+            b => write!(f, "\\x{b:02x}")?,
+        }
+        from = i + 1;
+    }
+    f.write_str(&text[from..])
+}
+
+fn needs_escape(b: u8) -> bool {
+    b < 0x20 || b == 0x7f || b == b'\\'
+}
+
+/// The first byte that needs escaping, eight bytes at a time.
+fn find_escape(bytes: &[u8]) -> Option<usize> {
+    const LO: u64 = 0x0101_0101_0101_0101;
+    const HI: u64 = 0x8080_8080_8080_8080;
+    // Non-zero when some byte of `w` is zero.
+    let zero = |w: u64| w.wrapping_sub(LO) & !w & HI;
+    let mut words = bytes.chunks_exact(8);
+    let mut base = 0;
+    for word in &mut words {
+        let w = u64::from_le_bytes(word.try_into().expect("eight bytes"));
+        // A byte below 0x20 (bytes of 0x80 and above never match), or 0x7f, or '\'.
+        let below = w.wrapping_sub(0x20 * LO) & !w & HI;
+        if below | zero(w ^ (0x7f * LO)) | zero(w ^ (u64::from(b'\\') * LO)) != 0 {
+            return word.iter().position(|&b| needs_escape(b)).map(|i| base + i);
+        }
+        base += 8;
+    }
+    words
+        .remainder()
+        .iter()
+        .position(|&b| needs_escape(b))
+        .map(|i| base + i)
 }
 
 #[cfg(test)]
@@ -348,5 +380,30 @@ mod tests {
         let shown = Escaped(b"AT x \xff\xfe caf\xc3\xa9 \\ a\tb\r\n\x0b\x7f\"q\"").to_string();
         assert_eq!(shown, r#"AT x \xff\xfe café \\ a\tb\r\n\x0b\x7f"q""#);
         assert_eq!(Escaped(b"").to_string(), "");
+    }
+
+    #[test]
+    fn every_byte_is_escaped_at_every_position() {
+        // The word-at-a-time scan must find each byte that needs escaping wherever
+        // it stands in a word, and nothing else.
+        for b in 0..=255u8 {
+            for at in 0..17 {
+                let mut bytes = vec![b'a'; 17];
+                bytes[at] = b;
+                let shown = Escaped(&bytes).to_string();
+                let want = match b {
+                    b'\n' => "\\n".to_owned(),
+                    b'\r' => "\\r".to_owned(),
+                    b'\t' => "\\t".to_owned(),
+                    b'\\' => "\\\\".to_owned(),
+                    b if b < 0x20 || b >= 0x7f => format!("\\x{b:02x}"),
+                    b => (b as char).to_string(),
+                };
+                assert_eq!(
+                    shown,
+                    format!("{}{want}{}", "a".repeat(at), "a".repeat(16 - at))
+                );
+            }
+        }
     }
 }

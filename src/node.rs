@@ -183,6 +183,8 @@ impl Node {
         if places.cached {
             self.metrics.places_cache_hits.inc();
         }
+        // The JSON of one result is about 220 bytes: one allocation for the reply.
+        out.reserve(record.line().len() + 128 + 256 * places.results.len().min(cmd.bound));
         out.extend_from_slice(record.line());
         out.push(b'\n');
         places.write_json(cmd.bound, out);

@@ -212,7 +212,9 @@ impl std::borrow::Borrow<[u8]> for Keyed {
     }
 }
 
-type Shard = HashSet<Keyed>;
+/// A shard's table hashes with foldhash (fast, seeded per table); shards are picked
+/// with std's SipHash, so the two hashes are unrelated.
+type Shard = HashSet<Keyed, foldhash::fast::RandomState>;
 
 /// Every client's record, sharded so connections rarely wait on one another.
 #[derive(Debug)]

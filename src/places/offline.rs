@@ -9,8 +9,8 @@ use std::io::{self, Read, Write};
 use std::sync::Arc;
 
 use flate2::read::GzDecoder;
-use rstar::RTree;
 use rstar::primitives::GeomWithData;
+use rstar::{PointDistance as _, RTree};
 
 /// `data/places.tsv.gz`, built by `data/build_places.py` (see `data/README.md`).
 static DATASET: &[u8] = include_bytes!("../../data/places.tsv.gz");
@@ -75,11 +75,26 @@ impl OfflineIndex {
             return Vec::new();
         }
         let max_chord_2 = chord(radius_m).powi(2);
-        self.tree
-            .nearest_neighbor_iter_with_distance_2(&unit_vector(lat, lon))
-            .take_while(|&(_, chord_2)| chord_2 <= max_chord_2)
-            .take(limit)
-            .map(|(place, _)| Arc::clone(&place.data))
+        let center = unit_vector(lat, lon);
+        // Everything in the radius (a plain tree walk, cheaper than a nearest-first
+        // heap for the few dozen places a radius of at most 50 km holds), then the
+        // nearest `limit` of them in order. Ties go by name, so answers are stable.
+        let mut found: Vec<(f64, &Arc<str>)> = self
+            .tree
+            .locate_within_distance(center, max_chord_2)
+            .map(|place| (place.distance_2(&center), &place.data))
+            .collect();
+        let order = |a: &(f64, &Arc<str>), b: &(f64, &Arc<str>)| {
+            a.0.total_cmp(&b.0).then_with(|| a.1.cmp(b.1))
+        };
+        if found.len() > limit {
+            found.select_nth_unstable_by(limit - 1, order);
+            found.truncate(limit);
+        }
+        found.sort_unstable_by(order);
+        found
+            .into_iter()
+            .map(|(_, place)| Arc::clone(place))
             .collect()
     }
 }
