@@ -6,7 +6,7 @@
 use std::{
     collections::HashMap,
     fs::File,
-    io::{self, BufWriter, IsTerminal as _, Write as _},
+    io::{self, IsTerminal as _, Write as _},
     path::Path,
     sync::{Arc, Condvar, Mutex, MutexGuard},
     time::Duration,
@@ -44,41 +44,70 @@ impl Drop for LogGuard {
 /// How often buffered log lines reach the files.
 const FLUSH_EVERY: Duration = Duration::from_millis(100);
 
-/// One server's log file. Events are formatted straight into a large in-memory
-/// buffer under a short lock, and written out by the flusher (or when the buffer
-/// fills): no allocation, no channel and no thread wake-up per event, and nothing
-/// is ever dropped.
+/// One server's log file. Events are formatted straight into an in-memory buffer
+/// under a short lock; the flusher swaps the buffer out and writes it to the file
+/// outside that lock every [`FLUSH_EVERY`] (and a writer does the same when the
+/// buffer passes [`SPILL_AT`]): no allocation, channel or thread wake-up per event,
+/// no event waits for the disk, and nothing is ever dropped.
 #[derive(Clone, Debug)]
-struct Sink(Arc<Mutex<BufWriter<File>>>);
+struct Sink(Arc<SinkInner>);
+
+#[derive(Debug)]
+struct SinkInner {
+    buf: Mutex<Vec<u8>>,
+    file: Mutex<File>,
+}
+
+/// How much a sink buffers before the writer that passes it writes it out itself.
+const SPILL_AT: usize = 8 << 20;
+const BUFFER: usize = 1 << 20;
 
 impl Sink {
     fn new(file: File) -> Sink {
-        Sink(Arc::new(Mutex::new(BufWriter::with_capacity(
-            1 << 20,
-            file,
-        ))))
+        Sink(Arc::new(SinkInner {
+            buf: Mutex::new(Vec::with_capacity(BUFFER)),
+            file: Mutex::new(file),
+        }))
     }
 
-    fn lock(&self) -> MutexGuard<'_, BufWriter<File>> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    fn buf(&self) -> MutexGuard<'_, Vec<u8>> {
+        self.0.buf.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Writes out what `buf` holds. The file is locked before the buffer is let go,
+    /// so lines reach the file in the order they were buffered.
+    fn write_out(&self, mut buf: MutexGuard<'_, Vec<u8>>) {
+        if buf.is_empty() {
+            return;
+        }
+        let data = std::mem::replace(&mut *buf, Vec::with_capacity(BUFFER));
+        let mut file = self.0.file.lock().unwrap_or_else(|p| p.into_inner());
+        drop(buf);
+        if let Err(e) = file.write_all(&data) {
+            eprintln!("herd: cannot write a log file: {e}");
+        }
     }
 
     fn flush(&self) {
-        if let Err(e) = self.lock().flush() {
-            eprintln!("herd: cannot write a log file: {e}");
-        }
+        self.write_out(self.buf());
     }
 }
 
 /// Writes one event into a sink.
-struct SinkWriter<'a>(MutexGuard<'a, BufWriter<File>>);
+struct SinkWriter<'a>(&'a Sink);
 
 impl io::Write for SinkWriter<'_> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.write(buf)
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        self.write_all(data)?;
+        Ok(data.len())
     }
-    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
-        self.0.write_all(buf)
+    fn write_all(&mut self, data: &[u8]) -> io::Result<()> {
+        let mut buf = self.0.buf();
+        buf.extend_from_slice(data);
+        if buf.len() >= SPILL_AT {
+            self.0.write_out(buf);
+        }
+        Ok(())
     }
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
@@ -118,7 +147,7 @@ impl<'a> MakeWriter<'a> for Router {
 
     fn make_writer_for(&'a self, _: &tracing::Metadata<'_>) -> Self::Writer {
         match self.sink() {
-            Some(sink) => EitherWriter::A(SinkWriter(sink.lock())),
+            Some(sink) => EitherWriter::A(SinkWriter(sink)),
             None => EitherWriter::B(io::sink()),
         }
     }
@@ -396,7 +425,7 @@ mod tests {
                     b'\r' => "\\r".to_owned(),
                     b'\t' => "\\t".to_owned(),
                     b'\\' => "\\\\".to_owned(),
-                    b if b < 0x20 || b >= 0x7f => format!("\\x{b:02x}"),
+                    b if !(0x20..0x7f).contains(&b) => format!("\\x{b:02x}"),
                     b => (b as char).to_string(),
                 };
                 assert_eq!(

@@ -50,7 +50,20 @@ pub struct Metrics {
     pub places_requests: Family<PlacesLabels, Counter>,
     pub places_latency: Histogram,
     pub places_cache_hits: Counter,
+    /// The series every server has, resolved once (no label hashing per command).
+    common_commands: Vec<(CommandLabels, Counter)>,
+    common_places: Vec<(&'static str, Counter)>,
 }
+
+/// Every command outcome there is: each series exists (at 0) from the start.
+const COMMANDS: [(&str, &str); 6] = [
+    ("iamat", "applied"),
+    ("iamat", "stale"),
+    ("whatsat", "ok"),
+    ("whatsat", "unknown_client"),
+    ("invalid", "rejected"),
+    ("invalid", "too_long"),
+];
 
 impl Metrics {
     pub fn new(server: &str) -> Metrics {
@@ -72,6 +85,8 @@ impl Metrics {
             places_requests: Family::default(),
             places_latency: Histogram::new(exponential_buckets(0.000_05, 2.0, 18)),
             places_cache_hits: Counter::default(),
+            common_commands: Vec::new(),
+            common_places: Vec::new(),
         };
         let r = &mut registry;
         r.register(
@@ -134,13 +149,43 @@ impl Metrics {
             "Places lookups answered from the cache",
             m.places_cache_hits.clone(),
         );
-        Metrics { registry, ..m }
+        let common_commands = COMMANDS
+            .iter()
+            .map(|&(kind, outcome)| {
+                let labels = CommandLabels { kind, outcome };
+                let counter = m.commands.get_or_create(&labels).clone();
+                (labels, counter)
+            })
+            .collect();
+        let common_places = ["OK", "ZERO_RESULTS"]
+            .into_iter()
+            .map(|status| {
+                let labels = PlacesLabels {
+                    status: status.to_owned(),
+                };
+                (status, m.places_requests.get_or_create(&labels).clone())
+            })
+            .collect();
+        Metrics {
+            registry,
+            common_commands,
+            common_places,
+            ..m
+        }
     }
 
     pub fn command(&self, kind: &'static str, outcome: &'static str) {
-        self.commands
-            .get_or_create(&CommandLabels { kind, outcome })
-            .inc();
+        match self
+            .common_commands
+            .iter()
+            .find(|(l, _)| l.kind == kind && l.outcome == outcome)
+        {
+            Some((_, counter)) => counter.inc(),
+            None => self
+                .commands
+                .get_or_create(&CommandLabels { kind, outcome })
+                .inc(),
+        };
     }
 
     pub fn link_state(&self, neighbour: &str, state: &'static str) {
@@ -153,11 +198,15 @@ impl Metrics {
     }
 
     pub fn places(&self, status: &str, took: Duration) {
-        self.places_requests
-            .get_or_create(&PlacesLabels {
-                status: status.to_owned(),
-            })
-            .inc();
+        match self.common_places.iter().find(|(s, _)| *s == status) {
+            Some((_, counter)) => counter.inc(),
+            None => self
+                .places_requests
+                .get_or_create(&PlacesLabels {
+                    status: status.to_owned(),
+                })
+                .inc(),
+        };
         self.places_latency.observe(took.as_secs_f64());
     }
 

@@ -140,15 +140,25 @@ impl Node {
         let mut diff = Vec::with_capacity(24);
         wire::write_time_diff(now, &cmd.client_time, &mut diff);
         let record = Record::from_iamat(&self.name, &diff, cmd);
-        match self.store.offer_iamat(record.clone(), &cmd.client_time) {
+        // The reply is this record's line unless the store keeps an older one.
+        let start = out.len();
+        out.extend_from_slice(record.line());
+        match self.store.offer_iamat(record, &cmd.client_time) {
             Ok(()) => {
                 self.metrics.command("iamat", "applied");
-                out.extend_from_slice(record.line());
-                self.flood(&record, None, &[]);
-                self.announce(&record, "", None);
+                // Read back only when a neighbour or a watcher needs it. Deciding after
+                // the store took it leaves no gap: a link adopted later starts with a
+                // catch-up that holds it.
+                if (self.wants_flood(None, &[]) || self.applied.receiver_count() > 0)
+                    && let Some(record) = self.store.get(cmd.client_id)
+                {
+                    self.flood(&record, None, &[]);
+                    self.announce(&record, "", None);
+                }
             }
             Err(stored) => {
                 self.metrics.command("iamat", "stale");
+                out.truncate(start);
                 out.extend_from_slice(stored.line());
             }
         }
@@ -211,6 +221,13 @@ impl Node {
         self.flood(&record, Some(from), &update.seen);
         self.announce(&record, from, Some(update));
         Ok(true)
+    }
+
+    /// Whether an update from `from` carrying `seen` would go to any neighbour now.
+    fn wants_flood(&self, from: Option<&str>, seen: &[String]) -> bool {
+        self.neighbours
+            .iter()
+            .any(|n| Some(&**n) != from && !seen.iter().any(|s| s == &**n) && self.links.is_up(n))
     }
 
     fn flood(&self, record: &Record, from: Option<&str>, seen: &[String]) {
