@@ -58,8 +58,11 @@ struct SinkInner {
     file: Mutex<File>,
 }
 
-/// How much a sink buffers before the writer that passes it writes it out itself.
-const SPILL_AT: usize = 8 << 20;
+/// How much a sink buffers before the writer that passes it writes it out itself
+/// (unless the flusher is writing already), and the most it ever buffers: past
+/// that, writers wait for the disk rather than drop a line or grow without bound.
+const SPILL_AT: usize = 16 << 20;
+const HARD_CAP: usize = 256 << 20;
 const BUFFER: usize = 1 << 20;
 
 impl Sink {
@@ -74,14 +77,17 @@ impl Sink {
         self.0.buf.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    fn file(&self) -> MutexGuard<'_, File> {
+        self.0.file.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Writes out what `buf` holds. The file is locked before the buffer is let go,
     /// so lines reach the file in the order they were buffered.
-    fn write_out(&self, mut buf: MutexGuard<'_, Vec<u8>>) {
+    fn write_out(&self, mut buf: MutexGuard<'_, Vec<u8>>, mut file: MutexGuard<'_, File>) {
         if buf.is_empty() {
             return;
         }
         let data = std::mem::replace(&mut *buf, Vec::with_capacity(BUFFER));
-        let mut file = self.0.file.lock().unwrap_or_else(|p| p.into_inner());
         drop(buf);
         if let Err(e) = file.write_all(&data) {
             eprintln!("herd: cannot write a log file: {e}");
@@ -89,7 +95,8 @@ impl Sink {
     }
 
     fn flush(&self) {
-        self.write_out(self.buf());
+        let file = self.file();
+        self.write_out(self.buf(), file);
     }
 }
 
@@ -105,7 +112,17 @@ impl io::Write for SinkWriter<'_> {
         let mut buf = self.0.buf();
         buf.extend_from_slice(data);
         if buf.len() >= SPILL_AT {
-            self.0.write_out(buf);
+            // Never wait on the disk while holding the buffer, unless it is full.
+            match self.0.0.file.try_lock() {
+                Ok(file) => self.0.write_out(buf, file),
+                Err(std::sync::TryLockError::Poisoned(p)) => self.0.write_out(buf, p.into_inner()),
+                Err(std::sync::TryLockError::WouldBlock) if buf.len() >= HARD_CAP => {
+                    drop(buf);
+                    let file = self.0.file();
+                    self.0.write_out(self.0.buf(), file);
+                }
+                Err(std::sync::TryLockError::WouldBlock) => {}
+            }
         }
         Ok(())
     }
