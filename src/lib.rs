@@ -31,6 +31,13 @@ pub mod server;
 pub mod store;
 pub mod wire;
 
+/// Locks a std mutex, poisoned or not. Every mutex in herd guards state that a
+/// panicking holder cannot leave half-written (single assignments, appends), so a
+/// poisoned lock is still good to use, and one panic must not take a server down.
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// The generated gRPC types of `proto/herd/v1/herd.proto`.
 #[allow(clippy::all, missing_docs, unreachable_pub)]
 pub mod proto {

@@ -74,11 +74,11 @@ impl Sink {
     }
 
     fn buf(&self) -> MutexGuard<'_, Vec<u8>> {
-        self.0.buf.lock().unwrap_or_else(|p| p.into_inner())
+        crate::lock(&self.0.buf)
     }
 
     fn file(&self) -> MutexGuard<'_, File> {
-        self.0.file.lock().unwrap_or_else(|p| p.into_inner())
+        crate::lock(&self.0.file)
     }
 
     /// Writes out what `buf` holds. The file is locked before the buffer is let go,
@@ -187,7 +187,7 @@ impl Flusher {
                 .name("herd-log-flush".into())
                 .spawn(move || {
                     let (lock, wake) = &*stop;
-                    let mut stopped = lock.lock().unwrap_or_else(|p| p.into_inner());
+                    let mut stopped = crate::lock(lock);
                     while !*stopped {
                         stopped = wake
                             .wait_timeout(stopped, FLUSH_EVERY)
@@ -207,7 +207,7 @@ impl Flusher {
 
     fn stop(&mut self) {
         let (lock, wake) = &*self.stop;
-        *lock.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        *crate::lock(lock) = true;
         wake.notify_all();
         if let Some(t) = self.thread.take() {
             let _ = t.join();

@@ -240,10 +240,7 @@ impl Store {
     }
 
     fn lock(&self, id: &[u8]) -> std::sync::MutexGuard<'_, Shard> {
-        let shard = &self.shards[self.hasher.hash_one(id) as usize % SHARDS];
-        // A panic while holding a shard cannot leave a record half-written (inserts
-        // are single assignments), so a poisoned lock is still good to use.
-        shard.lock().unwrap_or_else(|p| p.into_inner())
+        crate::lock(&self.shards[self.hasher.hash_one(id) as usize % SHARDS])
     }
 
     /// An IAMAT's record, whose client time is `time`: stored when that is newer
@@ -280,7 +277,7 @@ impl Store {
     /// goes shard by shard, so it never copies the whole store at once.
     pub fn snapshot_part(&self, i: usize) -> Option<Vec<Record>> {
         let shard = self.shards.get(i)?;
-        let shard = shard.lock().unwrap_or_else(|p| p.into_inner());
+        let shard = crate::lock(shard);
         Some(shard.iter().map(|k| k.0.clone()).collect())
     }
 
@@ -293,10 +290,7 @@ impl Store {
     }
 
     pub fn len(&self) -> usize {
-        self.shards
-            .iter()
-            .map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).len())
-            .sum()
+        self.shards.iter().map(|s| crate::lock(s).len()).sum()
     }
 
     pub fn is_empty(&self) -> bool {

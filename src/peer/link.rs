@@ -148,7 +148,7 @@ impl LinkSlot {
     }
 
     fn lock(&self) -> MutexGuard<'_, SlotInner> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+        crate::lock(&self.inner)
     }
 
     fn publish(&self, inner: &mut SlotInner) {
