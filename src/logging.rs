@@ -32,13 +32,7 @@ use tracing_subscriber::{
 #[must_use = "dropping the guard stops flushing the log files"]
 #[derive(Debug)]
 pub struct LogGuard {
-    flusher: Flusher,
-}
-
-impl Drop for LogGuard {
-    fn drop(&mut self) {
-        self.flusher.stop();
-    }
+    _flusher: Flusher,
 }
 
 /// How often buffered log lines reach the files.
@@ -204,8 +198,11 @@ impl Flusher {
             thread,
         }
     }
+}
 
-    fn stop(&mut self) {
+impl Drop for Flusher {
+    /// Stops the thread and writes out what is left.
+    fn drop(&mut self) {
         let (lock, wake) = &*self.stop;
         *crate::lock(lock) = true;
         wake.notify_all();
@@ -347,7 +344,7 @@ pub fn init(log_dir: &Path, servers: &[Arc<str>], format: LogFormat) -> io::Resu
         .with(layers)
         .try_init()
         .map_err(|e| io::Error::other(format!("logging already set up: {e}")))?;
-    Ok(LogGuard { flusher })
+    Ok(LogGuard { _flusher: flusher })
 }
 
 /// Bytes from the wire as one log-friendly line: UTF-8 text as it is; line ends,

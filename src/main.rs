@@ -103,10 +103,13 @@ fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(e) => return fail(1, &format!("cannot start the runtime: {e}")),
     };
-    let code = runtime.block_on(run(Arc::new(herd), names, common));
-    // Do not wait for blocking work still running (the places index may be loading
-    // when a signal comes early): the servers have stopped and the logs are flushed.
-    runtime.shutdown_background();
+    let mut logs = None;
+    let code = runtime.block_on(run(Arc::new(herd), names, common, &mut logs));
+    // Tasks that outlived the servers' grace period get a moment more, but blocking
+    // work (the places index may still be loading when a signal comes early) is not
+    // waited for. Only then are the logs written out, so those tasks' lines are kept.
+    runtime.shutdown_timeout(Duration::from_millis(200));
+    drop(logs);
     code
 }
 
@@ -148,7 +151,12 @@ fn health(addr: &str, service: &str) -> ExitCode {
     }
 }
 
-async fn run(herd: Arc<HerdConfig>, names: Vec<Arc<str>>, common: &Common) -> ExitCode {
+async fn run(
+    herd: Arc<HerdConfig>,
+    names: Vec<Arc<str>>,
+    common: &Common,
+    logs: &mut Option<logging::LogGuard>,
+) -> ExitCode {
     let offline = OfflineProvider::new();
     let places = match places::stack(&herd.places, offline.clone()) {
         Ok(p) => p,
@@ -166,10 +174,10 @@ async fn run(herd: Arc<HerdConfig>, names: Vec<Arc<str>>, common: &Common) -> Ex
         }
     }
 
-    let _guard = match logging::init(&common.log_dir, &names, common.log_format) {
-        Ok(g) => g,
+    match logging::init(&common.log_dir, &names, common.log_format) {
+        Ok(guard) => *logs = Some(guard),
         Err(e) => return fail(1, &e),
-    };
+    }
     if herd.places.provider == ProviderKind::Offline {
         offline.preload();
     }

@@ -149,8 +149,11 @@ impl Node {
                 // Read back only when a neighbour or a watcher needs it. Deciding after
                 // the store took it leaves no gap: a link adopted later starts with a
                 // catch-up that holds it.
+                // (If a newer record from elsewhere replaced it meanwhile, whoever
+                // stored that one floods it.)
                 if (self.wants_flood(None, &[]) || self.applied.receiver_count() > 0)
                     && let Some(record) = self.store.get(cmd.client_id)
+                    && record.line() == &out[start..]
                 {
                     self.flood(&record, None, &[]);
                     self.announce(&record, "", None);

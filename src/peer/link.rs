@@ -409,6 +409,10 @@ impl Outgoing {
             }
             // Only between catch-ups, so that each one finishes even under overload.
             if self.resync.swap(false, Ordering::AcqRel) {
+                // The catch-up carries every queued update's record (each was stored
+                // before it was queued): drop the queue, or it would stay full and
+                // owe a catch-up forever.
+                while self.rx.try_recv().is_ok() {}
                 self.next_part = Some(0);
                 continue;
             }
@@ -539,14 +543,35 @@ mod tests {
         assert_eq!(ids(&out.next().await.unwrap()), ["a", "b"]);
         assert_eq!(ids(&out.next().await.unwrap()), ["c"]);
         assert_eq!(ids(&out.next().await.unwrap()), ["live"]);
-        // Dropped updates: a whole catch-up again, then the queue.
+        // Dropped updates: a whole catch-up again, which stands for what was queued
+        // too (every queued update's record is in the store), then live updates.
         sender.resync.store(true, Ordering::Release);
-        sender.tx.try_send(update("later")).unwrap();
+        sender.tx.try_send(update("queued")).unwrap();
         assert_eq!(ids(&out.next().await.unwrap()), ["a", "b"]);
         assert_eq!(ids(&out.next().await.unwrap()), ["c"]);
-        assert_eq!(ids(&out.next().await.unwrap()), ["later"]);
+        sender.tx.try_send(update("after")).unwrap();
+        assert_eq!(ids(&out.next().await.unwrap()), ["after"]);
         cancel.cancel();
         assert!(out.next().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_catch_up_owed_for_a_full_queue_empties_the_queue() {
+        let catch_up: CatchUp = Arc::new(|i| (i == 0).then(|| vec![update("all")]));
+        let cancel = CancellationToken::new();
+        let (sender, out) = outbound(catch_up, async { true }, cancel.clone());
+        let mut out = Box::pin(out);
+        assert_eq!(ids(&out.next().await.unwrap()), ["all"]);
+        // The queue fills and an update is dropped: a catch-up is owed.
+        let slot = slot("Goloman", "Hands");
+        slot.adopt(Dialer::Me, sender.clone(), cancel.clone())
+            .unwrap();
+        while slot.send(update("queued")) {}
+        assert!(sender.resync.load(Ordering::Acquire));
+        // The catch-up comes, the stale queue is gone, and live updates flow again.
+        assert_eq!(ids(&out.next().await.unwrap()), ["all"]);
+        assert!(slot.send(update("live")));
+        assert_eq!(ids(&out.next().await.unwrap()), ["live"]);
     }
 
     #[tokio::test]
