@@ -137,6 +137,15 @@ impl Herd {
     }
 }
 
+impl Herd {
+    /// Polls `name`'s metrics until `series` reads `value`.
+    fn wait_for_metric(&self, name: &str, series: &str, value: f64, limit: Duration, what: &str) {
+        wait_until(limit, what, || {
+            sample(&self.metrics(name), series) == Some(value)
+        });
+    }
+}
+
 impl Drop for Herd {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -368,15 +377,12 @@ fn metrics_count_the_traffic_sent() {
     herd.send("Welsh", "\n"); // a second connection, with a blank line: no reply, no count
 
     // The server counts a connection closed just after the client sees its EOF.
-    wait_until(
+    herd.wait_for_metric(
+        "Welsh",
+        r#"herd_client_connections_open{server="Welsh"}"#,
+        0.0,
         Duration::from_secs(5),
         "Welsh's connections to close",
-        || {
-            sample(
-                &herd.metrics("Welsh"),
-                r#"herd_client_connections_open{server="Welsh"}"#,
-            ) == Some(0.0)
-        },
     );
     let m = herd.metrics("Welsh");
     let s = |series: &str| sample(&m, series).unwrap_or_else(|| panic!("{series} missing:\n{m}"));
@@ -419,15 +425,12 @@ fn metrics_count_the_traffic_sent() {
     );
 
     // Holiday applies exactly those four, and forwards each to Goloman and Wilkes.
-    wait_until(
+    herd.wait_for_metric(
+        "Holiday",
+        r#"herd_updates_applied_total{server="Holiday"}"#,
+        4.0,
         Duration::from_secs(10),
         "Holiday to apply the updates",
-        || {
-            sample(
-                &herd.metrics("Holiday"),
-                r#"herd_updates_applied_total{server="Holiday"}"#,
-            ) == Some(4.0)
-        },
     );
     let h = herd.metrics("Holiday");
     assert_eq!(
@@ -437,15 +440,12 @@ fn metrics_count_the_traffic_sent() {
     );
     // Goloman and Wilkes each get them from Holiday only (Holiday's list names
     // both), and both forward them to Hands: Hands applies four and drops four.
-    wait_until(
+    herd.wait_for_metric(
+        "Hands",
+        r#"herd_updates_received_total{server="Hands"}"#,
+        8.0,
         Duration::from_secs(10),
         "Hands to receive both copies",
-        || {
-            sample(
-                &herd.metrics("Hands"),
-                r#"herd_updates_received_total{server="Hands"}"#,
-            ) == Some(8.0)
-        },
     );
     for n in NAMES {
         let m = herd.metrics(n);
