@@ -151,7 +151,7 @@ impl Node {
                 // catch-up that holds it.
                 // (If a newer record from elsewhere replaced it meanwhile, whoever
                 // stored that one floods it.)
-                if (self.wants_flood(None, &[]) || self.applied.receiver_count() > 0)
+                if (self.links.any_up() || self.applied.receiver_count() > 0)
                     && let Some(record) = self.store.get(cmd.client_id)
                     && record.line() == &out[start..]
                 {
@@ -224,13 +224,6 @@ impl Node {
         self.flood(&record, Some(from), &update.seen);
         self.announce(&record, from, Some(update));
         Ok(true)
-    }
-
-    /// Whether an update from `from` carrying `seen` would go to any neighbour now.
-    fn wants_flood(&self, from: Option<&str>, seen: &[String]) -> bool {
-        self.neighbours
-            .iter()
-            .any(|n| Some(&**n) != from && !seen.iter().any(|s| s == &**n) && self.links.is_up(n))
     }
 
     fn flood(&self, record: &Record, from: Option<&str>, seen: &[String]) {

@@ -281,14 +281,6 @@ impl Store {
         Some(shard.iter().map(|k| k.0.clone()).collect())
     }
 
-    /// Every record.
-    pub fn snapshot(&self) -> Vec<Record> {
-        (0..SHARDS)
-            .filter_map(|i| self.snapshot_part(i))
-            .flatten()
-            .collect()
-    }
-
     pub fn len(&self) -> usize {
         self.shards.iter().map(|s| crate::lock(s).len()).sum()
     }
@@ -413,9 +405,9 @@ mod tests {
         for i in 0..100 {
             offer(&s, rec("A", &format!("c{i}"), "+1+1", "1")).unwrap();
         }
-        let mut ids: Vec<Vec<u8>> = s
-            .snapshot()
-            .iter()
+        let mut ids: Vec<Vec<u8>> = (0..)
+            .map_while(|i| s.snapshot_part(i))
+            .flatten()
             .map(|r| r.client_id().to_vec())
             .collect();
         ids.sort();

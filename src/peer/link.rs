@@ -328,6 +328,11 @@ impl Links {
         self.slots.get(peer).is_some_and(|s| s.is_up())
     }
 
+    /// Whether any neighbour's link is up (an own IAMAT goes to every live one).
+    pub fn any_up(&self) -> bool {
+        self.slots.values().any(|s| s.is_up())
+    }
+
     pub fn send(&self, peer: &str, update: Update) -> bool {
         self.slots.get(peer).is_some_and(|s| s.send(update))
     }
