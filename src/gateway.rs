@@ -5,7 +5,7 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use bytes::{Buf as _, BytesMut};
 use tokio::{
-    io::AsyncWriteExt as _,
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
     net::{TcpListener, TcpStream},
     sync::Semaphore,
 };
@@ -181,16 +181,15 @@ async fn serve(
 }
 
 /// Reads what the socket has, allocating room only once it is readable.
+///
+/// The read itself goes through `AsyncRead`, not `try_read_buf`: tokio forgets the
+/// socket's readiness when a read fills less than the room it was given (the socket
+/// is drained), so the next wait goes straight to the poller instead of costing a
+/// `recv` that can only say "would block": one system call less per request.
 async fn read(socket: &mut TcpStream, buf: &mut BytesMut) -> std::io::Result<usize> {
-    loop {
-        socket.readable().await?;
-        buf.reserve(READ_SIZE);
-        match socket.try_read_buf(buf) {
-            Ok(n) => return Ok(n),
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-            Err(e) => return Err(e),
-        }
-    }
+    socket.readable().await?;
+    buf.reserve(READ_SIZE);
+    socket.read_buf(buf).await
 }
 
 /// How much room a read makes in the buffer.

@@ -49,7 +49,16 @@ struct Sink(Arc<SinkInner>);
 #[derive(Debug)]
 struct SinkInner {
     buf: Mutex<Vec<u8>>,
-    file: Mutex<File>,
+    file: Mutex<Out>,
+}
+
+/// The file and the buffer last written to it, kept to be swapped in next: the two
+/// buffers take turns, so a busy server's log reuses memory it has already touched
+/// instead of growing a fresh buffer (and faulting in its pages) every flush.
+#[derive(Debug)]
+struct Out {
+    file: File,
+    spare: Vec<u8>,
 }
 
 /// How much a sink buffers before the writer that passes it writes it out itself
@@ -58,12 +67,17 @@ struct SinkInner {
 const SPILL_AT: usize = 16 << 20;
 const HARD_CAP: usize = 256 << 20;
 const BUFFER: usize = 1 << 20;
+/// A buffer that grew past this (a burst) is not kept for reuse.
+const KEEP: usize = 2 * SPILL_AT;
 
 impl Sink {
     fn new(file: File) -> Sink {
         Sink(Arc::new(SinkInner {
             buf: Mutex::new(Vec::with_capacity(BUFFER)),
-            file: Mutex::new(file),
+            file: Mutex::new(Out {
+                file,
+                spare: Vec::with_capacity(BUFFER),
+            }),
         }))
     }
 
@@ -71,21 +85,27 @@ impl Sink {
         crate::lock(&self.0.buf)
     }
 
-    fn file(&self) -> MutexGuard<'_, File> {
+    fn file(&self) -> MutexGuard<'_, Out> {
         crate::lock(&self.0.file)
     }
 
     /// Writes out what `buf` holds. The file is locked before the buffer is let go,
     /// so lines reach the file in the order they were buffered.
-    fn write_out(&self, mut buf: MutexGuard<'_, Vec<u8>>, mut file: MutexGuard<'_, File>) {
+    fn write_out(&self, mut buf: MutexGuard<'_, Vec<u8>>, mut out: MutexGuard<'_, Out>) {
         if buf.is_empty() {
             return;
         }
-        let data = std::mem::replace(&mut *buf, Vec::with_capacity(BUFFER));
+        let spare = std::mem::take(&mut out.spare);
+        let mut data = std::mem::replace(&mut *buf, spare);
         drop(buf);
-        if let Err(e) = file.write_all(&data) {
+        if let Err(e) = out.file.write_all(&data) {
             eprintln!("herd: cannot write a log file: {e}");
         }
+        data.clear();
+        if data.capacity() > KEEP {
+            data = Vec::with_capacity(BUFFER);
+        }
+        out.spare = data;
     }
 
     fn flush(&self) {

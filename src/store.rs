@@ -1,12 +1,7 @@
 //! Client records: one per client, the newest by client time, and the total order
 //! that makes every server converge on the same record.
 
-use std::{
-    cmp::Ordering,
-    collections::HashSet,
-    hash::{BuildHasher, RandomState},
-    sync::Mutex,
-};
+use std::{cmp::Ordering, hash::BuildHasher as _, sync::Mutex};
 
 use bytes::Bytes;
 
@@ -126,8 +121,19 @@ impl Record {
         &self.line
     }
 
+    /// The fourth field (`AT origin diff ID ...`), found without splitting the rest:
+    /// every store lookup and comparison asks for it.
     pub fn client_id(&self) -> &[u8] {
-        self.field(3)
+        let mut spaces = self
+            .line
+            .iter()
+            .enumerate()
+            .filter_map(|(i, &b)| (b == b' ').then_some(i));
+        match (spaces.nth(2), spaces.next()) {
+            (Some(start), Some(end)) => &self.line[start + 1..end],
+            (Some(start), None) => &self.line[start + 1..],
+            _ => &[],
+        }
     }
 
     /// The client's time, read back from the line (it was valid when stored).
@@ -186,40 +192,15 @@ fn valid_diff(d: &[u8]) -> bool {
         && rest[dot + 1..].iter().all(u8::is_ascii_digit)
 }
 
-// A record is keyed by its client ID: stored in a set, looked up by the ID's bytes.
-/// Records are equal as set members when their client IDs are.
-#[derive(Clone, Debug)]
-struct Keyed(Record);
-
-impl PartialEq for Keyed {
-    fn eq(&self, other: &Keyed) -> bool {
-        self.0.client_id() == other.0.client_id()
-    }
-}
-
-impl Eq for Keyed {}
-
-impl std::hash::Hash for Keyed {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        // Exactly as the borrowed form, `[u8]`, hashes.
-        self.0.client_id().hash(state);
-    }
-}
-
-impl std::borrow::Borrow<[u8]> for Keyed {
-    fn borrow(&self) -> &[u8] {
-        self.0.client_id()
-    }
-}
-
-/// A shard's table hashes with foldhash (fast, seeded per table); shards are picked
-/// with std's SipHash, so the two hashes are unrelated.
-type Shard = HashSet<Keyed, foldhash::fast::RandomState>;
+/// A shard: records found by the hash of their client ID, computed once per call.
+type Shard = hashbrown::HashTable<Record>;
 
 /// Every client's record, sharded so connections rarely wait on one another.
 #[derive(Debug)]
 pub struct Store {
-    hasher: RandomState,
+    /// Seeded per store. One hash of the client ID picks the shard (from bits the
+    /// tables never use) and the slot in it.
+    hasher: foldhash::fast::RandomState,
     shards: Box<[Mutex<Shard>]>,
 }
 
@@ -234,43 +215,69 @@ const SHARDS: usize = 16;
 impl Store {
     pub fn new() -> Store {
         Store {
-            hasher: RandomState::new(),
+            hasher: foldhash::fast::RandomState::default(),
             shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
         }
     }
 
-    fn lock(&self, id: &[u8]) -> std::sync::MutexGuard<'_, Shard> {
-        crate::lock(&self.shards[self.hasher.hash_one(id) as usize % SHARDS])
+    fn hash(&self, client_id: &[u8]) -> u64 {
+        self.hasher.hash_one(client_id)
+    }
+
+    /// The shard of a client ID's hash. A table indexes by the hash's low bits and
+    /// tags by its top seven; bits 32 to 35 pick the shard, so they stay independent.
+    fn shard(&self, hash: u64) -> std::sync::MutexGuard<'_, Shard> {
+        crate::lock(&self.shards[(hash >> 32) as usize % SHARDS])
+    }
+
+    /// Stores `record` unless `keep_old(&record, stored)` says the stored one stays,
+    /// in which case that is returned.
+    fn offer(
+        &self,
+        record: Record,
+        keep_old: impl FnOnce(&Record, &Record) -> bool,
+    ) -> Result<(), Record> {
+        let id = record.client_id();
+        let hash = self.hash(id);
+        let mut shard = self.shard(hash);
+        let entry = shard.entry(
+            hash,
+            |r| r.client_id() == id,
+            |r| self.hash(r.client_id()),
+        );
+        match entry {
+            hashbrown::hash_table::Entry::Occupied(e) if keep_old(&record, e.get()) => {
+                Err(e.get().clone())
+            }
+            hashbrown::hash_table::Entry::Occupied(mut e) => {
+                *e.get_mut() = record;
+                Ok(())
+            }
+            hashbrown::hash_table::Entry::Vacant(e) => {
+                e.insert(record);
+                Ok(())
+            }
+        }
     }
 
     /// An IAMAT's record, whose client time is `time`: stored when that is newer
     /// than the stored record's; otherwise the stored record is returned and
     /// nothing changes.
     pub fn offer_iamat(&self, record: Record, time: &ClientTime) -> Result<(), Record> {
-        let mut shard = self.lock(record.client_id());
-        match shard.get(record.client_id()) {
-            Some(old) if *time <= old.0.time() => Err(old.0.clone()),
-            _ => {
-                shard.replace(Keyed(record));
-                Ok(())
-            }
-        }
+        self.offer(record, |_, old| *time <= old.time())
     }
 
     /// A peer's record: stored when it is above the stored one in the herd's order.
     pub fn offer_update(&self, record: Record) -> bool {
-        let mut shard = self.lock(record.client_id());
-        match shard.get(record.client_id()) {
-            Some(old) if record.order(&old.0) != Ordering::Greater => false,
-            _ => {
-                shard.replace(Keyed(record));
-                true
-            }
-        }
+        self.offer(record, |new, old| new.order(old) != Ordering::Greater)
+            .is_ok()
     }
 
     pub fn get(&self, client_id: &[u8]) -> Option<Record> {
-        self.lock(client_id).get(client_id).map(|k| k.0.clone())
+        let hash = self.hash(client_id);
+        self.shard(hash)
+            .find(hash, |r| r.client_id() == client_id)
+            .cloned()
     }
 
     /// The records of shard `i`, None past the last shard: a neighbour's catch-up
@@ -278,7 +285,7 @@ impl Store {
     pub fn snapshot_part(&self, i: usize) -> Option<Vec<Record>> {
         let shard = self.shards.get(i)?;
         let shard = crate::lock(shard);
-        Some(shard.iter().map(|k| k.0.clone()).collect())
+        Some(shard.iter().cloned().collect())
     }
 
     pub fn len(&self) -> usize {
