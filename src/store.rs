@@ -240,11 +240,7 @@ impl Store {
         let id = record.client_id();
         let hash = self.hash(id);
         let mut shard = self.shard(hash);
-        let entry = shard.entry(
-            hash,
-            |r| r.client_id() == id,
-            |r| self.hash(r.client_id()),
-        );
+        let entry = shard.entry(hash, |r| r.client_id() == id, |r| self.hash(r.client_id()));
         match entry {
             hashbrown::hash_table::Entry::Occupied(e) if keep_old(&record, e.get()) => {
                 Err(e.get().clone())
