@@ -8,7 +8,10 @@ use std::{
     fs::File,
     io::{self, IsTerminal as _, Write as _},
     path::Path,
-    sync::{Arc, Condvar, Mutex, MutexGuard},
+    sync::{
+        Arc, Condvar, Mutex, MutexGuard,
+        atomic::{AtomicBool, Ordering},
+    },
     time::Duration,
 };
 
@@ -40,9 +43,9 @@ const FLUSH_EVERY: Duration = Duration::from_millis(100);
 
 /// One server's log file. Events are formatted straight into an in-memory buffer
 /// under a short lock; the flusher swaps the buffer out and writes it to the file
-/// outside that lock every [`FLUSH_EVERY`] (and a writer does the same when the
-/// buffer passes [`SPILL_AT`]): no allocation, channel or thread wake-up per event,
-/// no event waits for the disk, and nothing is ever dropped.
+/// outside that lock every [`FLUSH_EVERY`], or at once when a buffer passes
+/// [`SPILL_AT`]: no allocation, channel or thread wake-up per event, no event waits
+/// for the disk (unless the disk falls [`HARD_CAP`] behind), nothing is dropped.
 #[derive(Clone, Debug)]
 struct Sink(Arc<SinkInner>);
 
@@ -50,6 +53,17 @@ struct Sink(Arc<SinkInner>);
 struct SinkInner {
     buf: Mutex<Vec<u8>>,
     file: Mutex<Out>,
+    /// Wakes the flusher early.
+    wake: Arc<Wake>,
+    /// The flusher was woken for this buffer and has not written it yet.
+    woken: AtomicBool,
+}
+
+/// What the flusher waits on: its period, an early wake-up, or the stop.
+#[derive(Debug, Default)]
+struct Wake {
+    stopped: Mutex<bool>,
+    cv: Condvar,
 }
 
 /// The file and the buffer last written to it, kept to be swapped in next: the two
@@ -59,22 +73,65 @@ struct SinkInner {
 struct Out {
     file: File,
     spare: Vec<u8>,
+    /// Where the next write lands, and where the pages this sink may still have in
+    /// the page cache begin.
+    end: u64,
+    cached_from: u64,
 }
 
-/// How much a sink buffers before the writer that passes it writes it out itself
-/// (unless the flusher is writing already), and the most it ever buffers: past
-/// that, writers wait for the disk rather than drop a line or grow without bound.
+/// How much a sink buffers before the flusher is woken early to write it (a busy
+/// server's WHATSAT replies can fill that in 60 ms), and the most it ever buffers:
+/// past that, writers wait for the disk rather than drop a line or grow without bound.
 const SPILL_AT: usize = 16 << 20;
 const HARD_CAP: usize = 256 << 20;
 const BUFFER: usize = 1 << 20;
 /// A buffer that grew past this (a burst) is not kept for reuse.
 const KEEP: usize = 2 * SPILL_AT;
 
+impl Out {
+    /// Starts writing back what was just written from `start`, and drops from the
+    /// page cache what earlier writes left there (written back by now): a log is
+    /// written once and seldom read, so it should not take memory that the kernel
+    /// must first fill, nor push out what the machine does read.
+    #[cfg(target_os = "linux")]
+    fn forget(&mut self, start: u64) {
+        use std::os::fd::AsRawFd as _;
+        let fd = self.file.as_raw_fd();
+        // Advice only: a failure (say, on a file system without page cache) changes
+        // nothing that matters, so errors are ignored.
+        // SAFETY: plain system calls on an open file descriptor this sink owns.
+        unsafe {
+            libc::sync_file_range(
+                fd,
+                start as i64,
+                (self.end - start) as i64,
+                libc::SYNC_FILE_RANGE_WRITE,
+            );
+            if start > self.cached_from {
+                libc::posix_fadvise(
+                    fd,
+                    self.cached_from as i64,
+                    (start - self.cached_from) as i64,
+                    libc::POSIX_FADV_DONTNEED,
+                );
+            }
+        }
+        self.cached_from = start;
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn forget(&mut self, _start: u64) {}
+}
+
 impl Sink {
-    fn new(file: File) -> Sink {
+    fn new(file: File, wake: Arc<Wake>) -> Sink {
         Sink(Arc::new(SinkInner {
+            wake,
+            woken: AtomicBool::new(false),
             buf: Mutex::new(Vec::with_capacity(BUFFER)),
             file: Mutex::new(Out {
+                end: file.metadata().map_or(0, |m| m.len()),
+                cached_from: 0,
                 file,
                 spare: Vec::with_capacity(BUFFER),
             }),
@@ -101,6 +158,9 @@ impl Sink {
         if let Err(e) = out.file.write_all(&data) {
             eprintln!("herd: cannot write a log file: {e}");
         }
+        let start = out.end;
+        out.end += data.len() as u64;
+        out.forget(start);
         data.clear();
         if data.capacity() > KEEP {
             data = Vec::with_capacity(BUFFER);
@@ -110,6 +170,7 @@ impl Sink {
 
     fn flush(&self) {
         let file = self.file();
+        self.0.woken.store(false, Ordering::Relaxed);
         self.write_out(self.buf(), file);
     }
 }
@@ -125,18 +186,15 @@ impl io::Write for SinkWriter<'_> {
     fn write_all(&mut self, data: &[u8]) -> io::Result<()> {
         let mut buf = self.0.buf();
         buf.extend_from_slice(data);
-        if buf.len() >= SPILL_AT {
-            // Never wait on the disk while holding the buffer, unless it is full.
-            match self.0.0.file.try_lock() {
-                Ok(file) => self.0.write_out(buf, file),
-                Err(std::sync::TryLockError::Poisoned(p)) => self.0.write_out(buf, p.into_inner()),
-                Err(std::sync::TryLockError::WouldBlock) if buf.len() >= HARD_CAP => {
-                    drop(buf);
-                    let file = self.0.file();
-                    self.0.write_out(self.0.buf(), file);
-                }
-                Err(std::sync::TryLockError::WouldBlock) => {}
-            }
+        let held = buf.len();
+        drop(buf);
+        if held >= HARD_CAP {
+            // The disk is that far behind: wait for it like the flusher does.
+            self.0.flush();
+        } else if held >= SPILL_AT && !self.0.0.woken.swap(true, Ordering::Relaxed) {
+            // The writer goes on serving; the flusher writes. (A wake-up lost while
+            // the flusher is busy only delays the write to its next period.)
+            self.0.0.wake.cv.notify_one();
         }
         Ok(())
     }
@@ -184,37 +242,40 @@ impl<'a> MakeWriter<'a> for Router {
     }
 }
 
-/// The thread that writes buffered log lines out every [`FLUSH_EVERY`].
+/// The thread that writes buffered log lines out every [`FLUSH_EVERY`], or sooner
+/// when a sink asks.
 #[derive(Debug)]
 struct Flusher {
     sinks: Vec<Sink>,
-    stop: Arc<(Mutex<bool>, Condvar)>,
+    wake: Arc<Wake>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Flusher {
-    fn start(sinks: Vec<Sink>) -> Flusher {
-        let stop = Arc::new((Mutex::new(false), Condvar::new()));
+    fn start(sinks: Vec<Sink>, wake: Arc<Wake>) -> Flusher {
         let thread = {
-            let (sinks, stop) = (sinks.clone(), stop.clone());
+            let (sinks, wake) = (sinks.clone(), wake.clone());
             std::thread::Builder::new()
                 .name("herd-log-flush".into())
                 .spawn(move || {
-                    let (lock, wake) = &*stop;
-                    let mut stopped = crate::lock(lock);
+                    let mut stopped = crate::lock(&wake.stopped);
                     while !*stopped {
                         stopped = wake
+                            .cv
                             .wait_timeout(stopped, FLUSH_EVERY)
                             .unwrap_or_else(|p| p.into_inner())
                             .0;
+                        // Writers that wake the flusher take no lock: write unlocked.
+                        drop(stopped);
                         sinks.iter().for_each(Sink::flush);
+                        stopped = crate::lock(&wake.stopped);
                     }
                 })
                 .ok()
         };
         Flusher {
             sinks,
-            stop,
+            wake,
             thread,
         }
     }
@@ -223,9 +284,8 @@ impl Flusher {
 impl Drop for Flusher {
     /// Stops the thread and writes out what is left.
     fn drop(&mut self) {
-        let (lock, wake) = &*self.stop;
-        *crate::lock(lock) = true;
-        wake.notify_all();
+        *crate::lock(&self.wake.stopped) = true;
+        self.wake.cv.notify_all();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -315,6 +375,7 @@ pub fn init(log_dir: &Path, servers: &[Arc<str>], format: LogFormat) -> io::Resu
     let mut layers: Vec<BoxedLayer> = vec![Box::new(TagServers), stderr];
 
     let mut sinks = HashMap::new();
+    let wake = Arc::new(Wake::default());
     for name in servers {
         let path = log_dir.join(format!("{name}.log"));
         let file = std::fs::OpenOptions::new()
@@ -327,7 +388,7 @@ pub fn init(log_dir: &Path, servers: &[Arc<str>], format: LogFormat) -> io::Resu
                     format!("cannot open log file {}: {e}", path.display()),
                 )
             })?;
-        sinks.insert(name.clone(), Sink::new(file));
+        sinks.insert(name.clone(), Sink::new(file, wake.clone()));
     }
     let router = Router {
         only: if sinks.len() == 1 {
@@ -358,7 +419,7 @@ pub fn init(log_dir: &Path, servers: &[Arc<str>], format: LogFormat) -> io::Resu
             .boxed(),
         LogFormat::Json => file.json().with_filter(levels).boxed(),
     });
-    let flusher = Flusher::start(sinks.into_values().collect());
+    let flusher = Flusher::start(sinks.into_values().collect(), wake);
 
     tracing_subscriber::registry()
         .with(layers)
@@ -436,7 +497,63 @@ fn find_escape(bytes: &[u8]) -> Option<usize> {
 
 #[cfg(test)]
 mod tests {
-    use super::Escaped;
+    use super::*;
+
+    fn temp_log(name: &str, content: &[u8]) -> std::path::PathBuf {
+        let path = std::env::temp_dir().join(format!(
+            "herd-{name}-{}-{:?}.log",
+            std::process::id(),
+            std::time::SystemTime::now()
+        ));
+        std::fs::write(&path, content).unwrap();
+        path
+    }
+
+    fn open_sink(path: &Path) -> Sink {
+        let file = std::fs::OpenOptions::new().append(true).open(path).unwrap();
+        Sink::new(file, Arc::new(Wake::default()))
+    }
+
+    #[test]
+    fn a_sink_appends_every_line_in_order_across_flushes() {
+        let path = temp_log("order", b"from before\n");
+        let sink = open_sink(&path);
+        let mut want = b"from before\n".to_vec();
+        for round in 0..4 {
+            for i in 0..5_000 {
+                let line = format!("round {round} line {i}\n");
+                SinkWriter(&sink).write_all(line.as_bytes()).unwrap();
+                want.extend_from_slice(line.as_bytes());
+            }
+            sink.flush();
+            // Written, and dropped from the page cache, yet all there.
+            assert_eq!(std::fs::read(&path).unwrap(), want);
+        }
+        // The two buffers took turns: the one waiting kept its memory.
+        assert!(sink.file().spare.capacity() >= BUFFER);
+        assert_eq!(sink.file().end, want.len() as u64);
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn a_full_buffer_asks_the_flusher_once_and_waits_for_nothing() {
+        let path = temp_log("spill", b"");
+        let sink = open_sink(&path);
+        let chunk = vec![b'x'; 1 << 20];
+        for _ in 0..(SPILL_AT >> 20) - 1 {
+            SinkWriter(&sink).write_all(&chunk).unwrap();
+        }
+        assert!(!sink.0.woken.load(Ordering::Relaxed));
+        SinkWriter(&sink).write_all(&chunk).unwrap();
+        assert!(sink.0.woken.load(Ordering::Relaxed));
+        // The writer wrote nothing itself: that is the flusher's work.
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 0);
+        SinkWriter(&sink).write_all(b"last\n").unwrap();
+        sink.flush();
+        assert!(!sink.0.woken.load(Ordering::Relaxed));
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), SPILL_AT as u64 + 5);
+        std::fs::remove_file(&path).unwrap();
+    }
 
     #[test]
     fn escaped_keeps_text_and_shows_every_other_byte() {

@@ -193,7 +193,22 @@ fn valid_diff(d: &[u8]) -> bool {
 }
 
 /// A shard: records found by the hash of their client ID, computed once per call.
-type Shard = hashbrown::HashTable<Record>;
+type Shard = hashbrown::HashTable<Slot>;
+
+/// A record and the hash of its client ID, kept so that growing a table never reads
+/// the records again (each a cache miss) and a probe reads a record only when the
+/// whole hash matches. Eight bytes a record.
+#[derive(Debug)]
+struct Slot {
+    hash: u64,
+    record: Record,
+}
+
+impl Slot {
+    fn is(&self, hash: u64, client_id: &[u8]) -> bool {
+        self.hash == hash && self.record.client_id() == client_id
+    }
+}
 
 /// Every client's record, sharded so connections rarely wait on one another.
 #[derive(Debug)]
@@ -240,17 +255,17 @@ impl Store {
         let id = record.client_id();
         let hash = self.hash(id);
         let mut shard = self.shard(hash);
-        let entry = shard.entry(hash, |r| r.client_id() == id, |r| self.hash(r.client_id()));
+        let entry = shard.entry(hash, |s| s.is(hash, id), |s| s.hash);
         match entry {
-            hashbrown::hash_table::Entry::Occupied(e) if keep_old(&record, e.get()) => {
-                Err(e.get().clone())
+            hashbrown::hash_table::Entry::Occupied(e) if keep_old(&record, &e.get().record) => {
+                Err(e.get().record.clone())
             }
             hashbrown::hash_table::Entry::Occupied(mut e) => {
-                *e.get_mut() = record;
+                e.get_mut().record = record;
                 Ok(())
             }
             hashbrown::hash_table::Entry::Vacant(e) => {
-                e.insert(record);
+                e.insert(Slot { hash, record });
                 Ok(())
             }
         }
@@ -272,8 +287,8 @@ impl Store {
     pub fn get(&self, client_id: &[u8]) -> Option<Record> {
         let hash = self.hash(client_id);
         self.shard(hash)
-            .find(hash, |r| r.client_id() == client_id)
-            .cloned()
+            .find(hash, |s| s.is(hash, client_id))
+            .map(|s| s.record.clone())
     }
 
     /// The records of shard `i`, None past the last shard: a neighbour's catch-up
@@ -281,7 +296,7 @@ impl Store {
     pub fn snapshot_part(&self, i: usize) -> Option<Vec<Record>> {
         let shard = self.shards.get(i)?;
         let shard = crate::lock(shard);
-        Some(shard.iter().cloned().collect())
+        Some(shard.iter().map(|s| s.record.clone()).collect())
     }
 
     pub fn len(&self) -> usize {
@@ -416,5 +431,37 @@ mod tests {
         ids.sort();
         ids.dedup();
         assert_eq!(ids.len(), 100);
+    }
+
+    #[test]
+    fn records_stay_found_as_the_tables_grow() {
+        // Growing a table moves every slot by its kept hash: each record must still
+        // be found, replaced in place, and counted once.
+        let s = Store::new();
+        let n = 20_000;
+        for i in 0..n {
+            offer(&s, rec("A", &format!("client-{i}"), "+1+1", "1")).unwrap();
+        }
+        assert_eq!(s.len(), n);
+        for i in (0..n).step_by(7) {
+            offer(&s, rec("B", &format!("client-{i}"), "+2+2", "2")).unwrap();
+        }
+        for i in 0..n {
+            let r = s
+                .get(format!("client-{i}").as_bytes())
+                .expect("still there");
+            assert_eq!(r.client_id(), format!("client-{i}").as_bytes());
+            let want: &[u8] = if i % 7 == 0 { b"+2+2 2" } else { b"+1+1 1" };
+            assert!(r.line().ends_with(want), "{:?}", r.line());
+        }
+        assert_eq!(s.len(), n);
+        assert!(s.get(b"client-").is_none() && s.get(b"").is_none());
+    }
+
+    #[test]
+    fn client_id_is_the_fourth_field() {
+        let r = rec("Goloman", "a.b-c", "+1+1", "1.5");
+        assert_eq!(r.client_id(), r.field(3));
+        assert_eq!(r.client_id(), b"a.b-c");
     }
 }
