@@ -393,19 +393,15 @@ pub(crate) fn frame_line_reply(op: Op, buf: &[u8]) -> Frame {
         head == b"AT "
     };
     let end = if multi_line {
-        find(buf, b"\n\n").map(|p| p + 2)
+        memchr::memmem::find(buf, b"\n\n").map(|p| p + 2)
     } else {
-        buf.iter().position(|&b| b == b'\n').map(|p| p + 1)
+        memchr::memchr(b'\n', buf).map(|p| p + 1)
     };
     match end {
         Some(len) => Frame::Reply(len),
         None if buf.len() > MAX_REPLY => Frame::Broken,
         None => Frame::More,
     }
-}
-
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
 }
 
 /// The line without its line end.
