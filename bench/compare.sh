@@ -12,8 +12,13 @@
 #   WARMUP=1s             warm-up before each, excluded from the figures
 #   CONNECTIONS=10000     idle connections for the connections scenario
 #   RECORDS=1000000       client records for the memory scenario
-#   HERD_BENCH_THREADS=1  threads of the load generator (the same for herd and Redis)
+#   ROUNDS=3              rounds of each throughput scenario, herd and Redis back to back
+#                         (order swapped every round); the table shows the median ratio
+#   HERD_BENCH_THREADS=N  threads of the load generator, the same for herd and Redis
+#                         (default: one per core, as herd's server has)
 #   OUT=DIR               where the JSON reports and logs go (default target/bench/DATE)
+#   KEEP_LOGS=1           keep the servers' logs (every line and reply: gigabytes a run);
+#                         by default they are deleted once the run has finished
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,7 +26,8 @@ DURATION=${DURATION:-10s}
 WARMUP=${WARMUP:-1s}
 CONNECTIONS=${CONNECTIONS:-10000}
 RECORDS=${RECORDS:-1000000}
-export HERD_BENCH_THREADS=${HERD_BENCH_THREADS:-1}
+ROUNDS=${ROUNDS:-3}
+export HERD_BENCH_THREADS=${HERD_BENCH_THREADS:-$(nproc)}
 export RUST_LOG=${RUST_LOG:-warn}
 OUT=${OUT:-target/bench/$(date +%Y%m%d-%H%M%S)}
 mkdir -p "$OUT"
@@ -142,12 +148,23 @@ start_redis
 bench redis-places load-redis-places --addr "$REDIS"
 start_one
 
-bench iamat-d1-herd iamat --addr "$ONE" -c 50 -d 1 "${LOAD[@]}"
-bench iamat-d1-redis iamat --redis --addr "$REDIS" -c 50 -d 1 "${LOAD[@]}"
-bench iamat-d16-herd iamat --addr "$ONE" -c 50 -d 16 "${LOAD[@]}"
-bench iamat-d16-redis iamat --redis --addr "$REDIS" -c 50 -d 16 "${LOAD[@]}"
-bench whatsat-herd whatsat --addr "$ONE" -c 50 -d 1 --radius 10 --bound 20 "${LOAD[@]}"
-bench whatsat-redis whatsat --redis --addr "$REDIS" -c 50 -d 1 --radius 10 --bound 20 "${LOAD[@]}"
+# `pair NAME ROUND ARGS...`: the scenario against herd and Redis, back to back, the order
+# swapped every round so that neither always runs first.
+pair() {
+    local name=$1 round=$2; shift 2
+    if [ $((round % 2)) = 1 ]; then
+        bench "$name-herd-r$round" "$@" --addr "$ONE"
+        bench "$name-redis-r$round" "$@" --redis --addr "$REDIS"
+    else
+        bench "$name-redis-r$round" "$@" --redis --addr "$REDIS"
+        bench "$name-herd-r$round" "$@" --addr "$ONE"
+    fi
+}
+for round in $(seq "$ROUNDS"); do
+    pair iamat-d1 "$round" iamat -c 50 -d 1 "${LOAD[@]}"
+    pair iamat-d16 "$round" iamat -c 50 -d 16 "${LOAD[@]}"
+    pair whatsat "$round" whatsat -c 50 -d 1 --radius 10 --bound 20 "${LOAD[@]}"
+done
 bench connections-herd connections --addr "$ONE" --count "$CONNECTIONS" --server-pid "$HERD_PID"
 bench connections-redis connections --redis --addr "$REDIS" --count "$CONNECTIONS" --server-pid "$REDIS_PID"
 
@@ -175,9 +192,9 @@ bench propagation-idle-poll propagation --at "$WELSH" --seen "$HANDS" "${LOAD[@]
 bench propagation-20k-watch propagation --at "$WELSH" --watch "$HANDS_PEER" --background-rate 20000 "${LOAD[@]}"
 
 say "results (JSON reports in $OUT)"
-python3 - "$OUT" <<'EOF'
+python3 - "$OUT" "$ROUNDS" "$HERD_BENCH_THREADS" <<'EOF'
 import json, os, sys
-out = sys.argv[1]
+out, rounds, threads = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 
 def load(name):
     try:
@@ -199,25 +216,39 @@ def row(what, herd, redis, ratio, target, verdict):
 def check(ok):
     return "-" if ok is None else ("met" if ok else "NOT met")
 
+notes = []
 for name, title, goal in [
     ("iamat-d1", "IAMAT 50 conns x 1 (ops/s)", 1.2),
     ("iamat-d16", "IAMAT 50 conns x 16 (ops/s)", 1.0),
     ("whatsat", "WHATSAT 10 km, 20, LA (ops/s)", 1.0),
 ]:
-    h, r = load(name + "-herd"), load(name + "-redis")
+    # Each round's ratio comes from one herd run and one Redis run back to back; the row
+    # shows the round with the median ratio, and every round's ratio is listed below.
+    done = []
+    for i in range(1, rounds + 1):
+        h, r = load(f"{name}-herd-r{i}"), load(f"{name}-redis-r{i}")
+        ht = h and h["throughput_ops_s"]
+        rt = r and r["throughput_ops_s"]
+        done.append((ht / rt if ht and rt else None, h, r))
+    measured = sorted((d for d in done if d[0] is not None), key=lambda d: d[0])
+    ratio, h, r = measured[(len(measured) - 1) // 2] if measured else (None, None, None)
+    if measured and len(measured) % 2 == 0:
+        # An even count: the median is the mean of the middle two; show the lower round.
+        ratio = (measured[len(measured) // 2 - 1][0] + measured[len(measured) // 2][0]) / 2
     ht = h and h["throughput_ops_s"]
     rt = r and r["throughput_ops_s"]
-    ratio = ht / rt if ht and rt else None
     row(title, n(ht) + errs(h), n(rt) + errs(r),
         "-" if ratio is None else f"{ratio:.2f}", f">= {goal} x Redis",
         check(None if ratio is None else ratio >= goal))
     for q, label in [("p50", "p50"), ("p99", "p99"), ("p999", "p99.9")]:
         row(f"  latency {label} (us)", n(h and h["latency_us"][q]), n(r and r["latency_us"][q]),
             "", "", "")
-h, r = load("whatsat-herd"), load("whatsat-redis")
-if h and r:
-    row("  places per reply (sampled)", f'{h.get("results_per_reply", 0):.1f}',
-        f'{r.get("results_per_reply", 0):.1f}', "", "", "")
+    if name == "whatsat" and h and r:
+        row("  places per reply (sampled)", f'{h.get("results_per_reply", 0):.1f}',
+            f'{r.get("results_per_reply", 0):.1f}', "", "", "")
+    notes.append(f"{name}: " + ", ".join(
+        "failed" if d[0] is None else f"{d[1]['throughput_ops_s']:,.0f}/{d[2]['throughput_ops_s']:,.0f} = {d[0]:.2f}"
+        for d in done))
 
 for name, title, quant, limit in [
     ("propagation-idle-watch", "Welsh->Hands idle, Watch (us)", "p50", 1000),
@@ -263,4 +294,13 @@ widths = [max(len(str(r[i])) for r in rows + [("scenario", "herd", "redis", "her
 head = ("scenario", "herd", "redis", "herd/redis", "target", "")
 for r in [head] + rows:
     print("  ".join(str(c).ljust(widths[i]) for i, c in enumerate(r)).rstrip())
+print(f"\nthroughput rounds (herd/Redis ops/s = ratio), {threads} generator thread(s); "
+      "the table shows the median round:")
+for line in notes:
+    print("  " + line)
 EOF
+
+if [ "${KEEP_LOGS:-0}" != 1 ]; then
+    echo "(deleting the servers' logs, $(du -sh "$OUT/logs" 2>/dev/null | cut -f1); KEEP_LOGS=1 keeps them)" >&2
+    rm -rf "$OUT/logs"
+fi

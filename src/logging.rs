@@ -73,9 +73,10 @@ struct Wake {
 struct Out {
     file: File,
     spare: Vec<u8>,
-    /// Where the next write lands, and where the pages this sink may still have in
-    /// the page cache begin.
+    /// Where the next write lands; where write-back was last started from, and up
+    /// to; where the pages this sink may still have in the page cache begin.
     end: u64,
+    synced_to: u64,
     cached_from: u64,
 }
 
@@ -89,49 +90,63 @@ const BUFFER: usize = 1 << 20;
 const KEEP: usize = 2 * SPILL_AT;
 
 impl Out {
-    /// Starts writing back what was just written from `start`, and drops from the
-    /// page cache what earlier writes left there (written back by now): a log is
-    /// written once and seldom read, so it should not take memory that the kernel
-    /// must first fill, nor push out what the machine does read.
+    /// Called after each write. Once [`FORGET_EVERY`] bytes have been written since it
+    /// last acted: starts writing those back, and drops from the page cache what it
+    /// started writing back the time before (on disk by now). A log is written once
+    /// and seldom read: it should not fill memory that the kernel must first clear
+    /// (on a VM each fresh page-cache page cost about 3 s of CPU per GB), nor push
+    /// out what the machine does read. A slowly written log is left to the kernel's
+    /// usual write-back, and the page still being filled is never dropped.
     #[cfg(target_os = "linux")]
-    fn forget(&mut self, start: u64) {
+    fn forget(&mut self) {
         use std::os::fd::AsRawFd as _;
+        if self.end - self.synced_to < FORGET_EVERY {
+            return;
+        }
         let fd = self.file.as_raw_fd();
         // Advice only: a failure (say, on a file system without page cache) changes
-        // nothing that matters, so errors are ignored.
+        // nothing that matters, so errors are ignored. DONTNEED drops only the whole
+        // pages inside the range.
         // SAFETY: plain system calls on an open file descriptor this sink owns.
         unsafe {
-            libc::sync_file_range(
-                fd,
-                start as i64,
-                (self.end - start) as i64,
-                libc::SYNC_FILE_RANGE_WRITE,
-            );
-            if start > self.cached_from {
+            if self.synced_to > self.cached_from {
                 libc::posix_fadvise(
                     fd,
                     self.cached_from as i64,
-                    (start - self.cached_from) as i64,
+                    (self.synced_to - self.cached_from) as i64,
                     libc::POSIX_FADV_DONTNEED,
                 );
             }
+            libc::sync_file_range(
+                fd,
+                self.synced_to as i64,
+                (self.end - self.synced_to) as i64,
+                libc::SYNC_FILE_RANGE_WRITE,
+            );
         }
-        self.cached_from = start;
+        self.cached_from = self.synced_to;
+        self.synced_to = self.end;
     }
 
     #[cfg(not(target_os = "linux"))]
-    fn forget(&mut self, _start: u64) {}
+    fn forget(&mut self) {}
 }
+
+/// How much a log is written between two rounds of [`Out::forget`].
+const FORGET_EVERY: u64 = 1 << 20;
 
 impl Sink {
     fn new(file: File, wake: Arc<Wake>) -> Sink {
+        let len = file.metadata().map_or(0, |m| m.len());
         Sink(Arc::new(SinkInner {
             wake,
             woken: AtomicBool::new(false),
             buf: Mutex::new(Vec::with_capacity(BUFFER)),
             file: Mutex::new(Out {
-                end: file.metadata().map_or(0, |m| m.len()),
-                cached_from: 0,
+                end: len,
+                // What the file held before is left as it is.
+                synced_to: len,
+                cached_from: len,
                 file,
                 spare: Vec::with_capacity(BUFFER),
             }),
@@ -158,9 +173,8 @@ impl Sink {
         if let Err(e) = out.file.write_all(&data) {
             eprintln!("herd: cannot write a log file: {e}");
         }
-        let start = out.end;
         out.end += data.len() as u64;
-        out.forget(start);
+        out.forget();
         data.clear();
         if data.capacity() > KEEP {
             data = Vec::with_capacity(BUFFER);
@@ -520,7 +534,8 @@ mod tests {
         let sink = open_sink(&path);
         let mut want = b"from before\n".to_vec();
         for round in 0..4 {
-            for i in 0..5_000 {
+            // About 2.4 MB a round: past FORGET_EVERY, so pages are dropped as well.
+            for i in 0..100_000 {
                 let line = format!("round {round} line {i}\n");
                 SinkWriter(&sink).write_all(line.as_bytes()).unwrap();
                 want.extend_from_slice(line.as_bytes());
