@@ -23,9 +23,8 @@ use tracing::{
 };
 use tracing_subscriber::{
     EnvFilter, Layer,
-    field::MakeExt as _,
     filter::Targets,
-    fmt::{MakeWriter, format::debug_fn, writer::EitherWriter},
+    fmt::{MakeWriter, writer::EitherWriter},
     layer::{Context, SubscriberExt as _},
     registry::{LookupSpan, Registry},
     util::SubscriberInitExt as _,
@@ -81,9 +80,9 @@ struct Out {
 }
 
 /// How much a sink buffers before the flusher is woken early to write it (a busy
-/// server's WHATSAT replies can fill that in 60 ms), and the most it ever buffers:
+/// server's WHATSAT replies fill that in 15 ms), and the most it ever buffers:
 /// past that, writers wait for the disk rather than drop a line or grow without bound.
-const SPILL_AT: usize = 16 << 20;
+const SPILL_AT: usize = 4 << 20;
 const HARD_CAP: usize = 256 << 20;
 const BUFFER: usize = 1 << 20;
 /// A buffer that grew past this (a burst) is not kept for reuse.
@@ -182,6 +181,18 @@ impl Sink {
         out.spare = data;
     }
 
+    /// After a writer left `held` bytes in the buffer: wakes the flusher, or waits for
+    /// the disk when it is that far behind.
+    fn wrote(&self, held: usize) {
+        if held >= HARD_CAP {
+            self.flush();
+        } else if held >= SPILL_AT && !self.0.woken.swap(true, Ordering::Relaxed) {
+            // The writer goes on serving; the flusher writes. (A wake-up lost while
+            // the flusher is busy only delays the write to its next period.)
+            self.0.wake.cv.notify_one();
+        }
+    }
+
     fn flush(&self) {
         let file = self.file();
         self.0.woken.store(false, Ordering::Relaxed);
@@ -202,14 +213,7 @@ impl io::Write for SinkWriter<'_> {
         buf.extend_from_slice(data);
         let held = buf.len();
         drop(buf);
-        if held >= HARD_CAP {
-            // The disk is that far behind: wait for it like the flusher does.
-            self.0.flush();
-        } else if held >= SPILL_AT && !self.0.0.woken.swap(true, Ordering::Relaxed) {
-            // The writer goes on serving; the flusher writes. (A wake-up lost while
-            // the flusher is busy only delays the write to its next period.)
-            self.0.0.wake.cv.notify_one();
-        }
+        self.0.wrote(held);
         Ok(())
     }
     fn flush(&mut self) -> io::Result<()> {
@@ -254,6 +258,177 @@ impl<'a> MakeWriter<'a> for Router {
             None => EitherWriter::B(io::sink()),
         }
     }
+}
+
+/// The text format of the log files, written straight into the server's buffer: the
+/// same lines as tracing-subscriber's full format without colours (`TIME LEVEL
+/// span{fields}:span{fields}: target: message field=value ...`), with no string built
+/// per event and copied again, each span's text made once when the span is created, and
+/// the date and time of day formatted once a second. Logging every line and reply is
+/// a large part of what a server does per request, so it is kept this lean.
+struct FileText {
+    router: Router,
+}
+
+/// A span's `name{field=value ...}`, made when the span is created.
+struct SpanText(String);
+
+impl<S: Subscriber + for<'a> LookupSpan<'a>> Layer<S> for FileText {
+    fn on_new_span(&self, attrs: &span::Attributes<'_>, id: &span::Id, ctx: Context<'_, S>) {
+        let Some(span) = ctx.span(id) else { return };
+        let mut fields = Vec::new();
+        attrs.record(&mut FieldText::new(&mut fields));
+        let mut text = attrs.metadata().name().to_owned();
+        if !fields.is_empty() {
+            text.push('{');
+            text.push_str(&String::from_utf8_lossy(&fields));
+            text.push('}');
+        }
+        span.extensions_mut().insert(SpanText(text));
+    }
+
+    fn on_record(&self, id: &span::Id, values: &span::Record<'_>, ctx: Context<'_, S>) {
+        let Some(span) = ctx.span(id) else { return };
+        let mut added = Vec::new();
+        values.record(&mut FieldText::new(&mut added));
+        if added.is_empty() {
+            return;
+        }
+        let added = String::from_utf8_lossy(&added);
+        let mut ext = span.extensions_mut();
+        if let Some(SpanText(text)) = ext.get_mut::<SpanText>() {
+            match text.pop() {
+                Some('}') => text.push(' '),
+                Some(c) => {
+                    text.push(c);
+                    text.push('{');
+                }
+                None => text.push('{'),
+            }
+            text.push_str(&added);
+            text.push('}');
+        }
+    }
+
+    fn on_event(&self, event: &tracing::Event<'_>, ctx: Context<'_, S>) {
+        let scope = ctx.event_scope(event);
+        let sink = match &self.router.only {
+            Some(only) => only,
+            None => {
+                let name = scope
+                    .into_iter()
+                    .flatten()
+                    .find_map(|s| s.extensions().get::<ServerTag>().map(|t| t.0.clone()));
+                match name.and_then(|n| self.router.sinks.get(&n)) {
+                    Some(sink) => sink,
+                    None => return,
+                }
+            }
+        };
+        let mut buf = sink.buf();
+        write_time(&mut buf);
+        let meta = event.metadata();
+        buf.extend_from_slice(match *meta.level() {
+            tracing::Level::TRACE => b" TRACE ",
+            tracing::Level::DEBUG => b" DEBUG ",
+            tracing::Level::INFO => b"  INFO ",
+            tracing::Level::WARN => b"  WARN ",
+            tracing::Level::ERROR => b" ERROR ",
+        });
+        if let Some(scope) = ctx.event_scope(event) {
+            let mut any = false;
+            for span in scope.from_root() {
+                if let Some(SpanText(text)) = span.extensions().get::<SpanText>() {
+                    buf.extend_from_slice(text.as_bytes());
+                    buf.push(b':');
+                    any = true;
+                }
+            }
+            if any {
+                buf.push(b' ');
+            }
+        }
+        buf.extend_from_slice(meta.target().as_bytes());
+        buf.extend_from_slice(b": ");
+        event.record(&mut FieldText::new(&mut buf));
+        buf.push(b'\n');
+        let held = buf.len();
+        drop(buf);
+        sink.wrote(held);
+    }
+}
+
+/// Writes fields as `message field=value ...`, each value by its `Debug` form (which
+/// for `%` values is their `Display`).
+struct FieldText<'a> {
+    out: &'a mut Vec<u8>,
+    any: bool,
+}
+
+impl FieldText<'_> {
+    fn new(out: &mut Vec<u8>) -> FieldText<'_> {
+        FieldText { out, any: false }
+    }
+}
+
+impl Visit for FieldText<'_> {
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        let out = &mut *self.out;
+        if std::mem::replace(&mut self.any, true) {
+            out.push(b' ');
+        }
+        // Writing into a Vec cannot fail.
+        let _ = if field.name() == "message" {
+            write!(out, "{value:?}")
+        } else {
+            write!(out, "{}={value:?}", field.name())
+        };
+    }
+}
+
+/// `2026-11-27T05:56:54.570609Z`, as tracing-subscriber writes it; the part up to the
+/// second is made once a second per thread.
+fn write_time(out: &mut Vec<u8>) {
+    use std::cell::RefCell;
+    thread_local! {
+        static SECOND: RefCell<(u64, [u8; 19])> = const { RefCell::new((u64::MAX, [0; 19])) };
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let secs = now.as_secs();
+    SECOND.with_borrow_mut(|(second, text)| {
+        if *second != secs {
+            *second = secs;
+            *text = date_time(secs);
+        }
+        out.extend_from_slice(text);
+    });
+    let _ = write!(out, ".{:06}Z", now.subsec_micros());
+}
+
+/// `YYYY-MM-DDTHH:MM:SS` of a Unix time (UTC), by Howard Hinnant's days-to-civil.
+fn date_time(unix: u64) -> [u8; 19] {
+    let days = (unix / 86_400) as i64;
+    let secs = unix % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    let mut text = [0u8; 19];
+    let _ = write!(
+        &mut text[..],
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}",
+        secs / 3_600,
+        secs / 60 % 60,
+        secs % 60
+    );
+    text
 }
 
 /// The thread that writes buffered log lines out every [`FLUSH_EVERY`], or sooner
@@ -415,23 +590,14 @@ pub fn init(log_dir: &Path, servers: &[Arc<str>], format: LogFormat) -> io::Resu
     let levels = Targets::new()
         .with_target("herd", LevelFilter::DEBUG)
         .with_default(LevelFilter::INFO);
-    let file = tracing_subscriber::fmt::layer()
-        .with_writer(router)
-        .with_ansi(false);
     layers.push(match format {
-        LogFormat::Text => file
-            // A field formatter of its own type: span fields are formatted once per
-            // type and shared, and the terminal's copy may carry colour codes.
-            .fmt_fields(
-                debug_fn(|w, field, value| match field.name() {
-                    "message" => write!(w, "{value:?}"),
-                    name => write!(w, "{name}={value:?}"),
-                })
-                .delimited(" "),
-            )
+        LogFormat::Text => FileText { router }.with_filter(levels).boxed(),
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .with_writer(router)
+            .with_ansi(false)
+            .json()
             .with_filter(levels)
             .boxed(),
-        LogFormat::Json => file.json().with_filter(levels).boxed(),
     });
     let flusher = Flusher::start(sinks.into_values().collect(), wake);
 
@@ -547,6 +713,58 @@ mod tests {
         // The two buffers took turns: the one waiting kept its memory.
         assert!(sink.file().spare.capacity() >= BUFFER);
         assert_eq!(sink.file().end, want.len() as u64);
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn dates_are_written_as_rfc_3339() {
+        for (unix, want) in [
+            (0, "1970-01-01T00:00:00"),
+            (951_782_400, "2000-02-29T00:00:00"),
+            (1_795_759_014, "2026-11-27T05:56:54"),
+            (4_102_444_799, "2099-12-31T23:59:59"),
+            (253_402_300_799, "9999-12-31T23:59:59"),
+        ] {
+            assert_eq!(std::str::from_utf8(&date_time(unix)).unwrap(), want);
+        }
+    }
+
+    #[test]
+    fn the_file_format_is_tracing_subscribers_full_format() {
+        let path = temp_log("format", b"");
+        let sink = open_sink(&path);
+        let router = Router {
+            only: Some(sink.clone()),
+            sinks: HashMap::new(),
+        };
+        let levels = Targets::new().with_target("herd", LevelFilter::DEBUG);
+        let subscriber =
+            tracing_subscriber::registry().with(FileText { router }.with_filter(levels));
+        tracing::subscriber::with_default(subscriber, || {
+            let server = tracing::info_span!("server", name = "Goloman");
+            let _s = server.enter();
+            let client = tracing::info_span!("client", peer = "127.0.0.1:1");
+            let _c = client.enter();
+            tracing::debug!(line = %Escaped(b"A\tb\xff"), reason = "why", "answered");
+            tracing::info!("plain");
+            tracing::trace!("filtered out");
+        });
+        sink.flush();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        let (time, rest) = lines[0].split_at(27);
+        assert!(
+            time.len() == 27 && time.ends_with('Z') && time.as_bytes()[19] == b'.',
+            "{time}"
+        );
+        assert_eq!(
+            rest,
+            r#" DEBUG server{name="Goloman"}:client{peer="127.0.0.1:1"}: herd::logging::tests: answered line=A\tb\xff reason="why""#
+        );
+        assert!(lines[1].ends_with(
+            r#"  INFO server{name="Goloman"}:client{peer="127.0.0.1:1"}: herd::logging::tests: plain"#
+        ));
         std::fs::remove_file(&path).unwrap();
     }
 
