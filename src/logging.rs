@@ -325,8 +325,34 @@ impl<S: Subscriber + for<'a> LookupSpan<'a>> Layer<S> for FileText {
                 }
             }
         };
-        let mut buf = sink.buf();
-        write_time(&mut buf);
+        // Formatted outside the sink's lock (escaping a 3 KB reply takes a while, and
+        // a worker that finds the lock taken sleeps in the kernel), then copied in.
+        thread_local! {
+            static LINE: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
+        LINE.with_borrow_mut(|line| {
+            line.clear();
+            self.format(event, &ctx, line);
+            let mut buf = sink.buf();
+            buf.extend_from_slice(line);
+            let held = buf.len();
+            drop(buf);
+            sink.wrote(held);
+            if line.capacity() > 64 * 1024 {
+                *line = Vec::new();
+            }
+        });
+    }
+}
+
+impl FileText {
+    fn format<S: Subscriber + for<'a> LookupSpan<'a>>(
+        &self,
+        event: &tracing::Event<'_>,
+        ctx: &Context<'_, S>,
+        buf: &mut Vec<u8>,
+    ) {
+        write_time(buf);
         let meta = event.metadata();
         buf.extend_from_slice(match *meta.level() {
             tracing::Level::TRACE => b" TRACE ",
@@ -350,11 +376,8 @@ impl<S: Subscriber + for<'a> LookupSpan<'a>> Layer<S> for FileText {
         }
         buf.extend_from_slice(meta.target().as_bytes());
         buf.extend_from_slice(b": ");
-        event.record(&mut FieldText::new(&mut buf));
+        event.record(&mut FieldText::new(buf));
         buf.push(b'\n');
-        let held = buf.len();
-        drop(buf);
-        sink.wrote(held);
     }
 }
 
