@@ -330,7 +330,7 @@ impl<S: Subscriber + for<'a> LookupSpan<'a>> Layer<S> for FileText {
         thread_local! {
             static LINE: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
         }
-        LINE.with_borrow_mut(|line| {
+        let write = |line: &mut Vec<u8>| {
             line.clear();
             self.format(event, &ctx, line);
             let mut buf = sink.buf();
@@ -338,10 +338,24 @@ impl<S: Subscriber + for<'a> LookupSpan<'a>> Layer<S> for FileText {
             let held = buf.len();
             drop(buf);
             sink.wrote(held);
-            if line.capacity() > 64 * 1024 {
-                *line = Vec::new();
-            }
-        });
+        };
+        // The thread's line buffer, unless it is in use (an event logged while one is
+        // formatted) or already gone (a thread that is exiting): then a fresh one.
+        let done = LINE
+            .try_with(|cell| {
+                let Ok(mut line) = cell.try_borrow_mut() else {
+                    return false;
+                };
+                write(&mut line);
+                if line.capacity() > 64 * 1024 {
+                    *line = Vec::new();
+                }
+                true
+            })
+            .unwrap_or(false);
+        if !done {
+            write(&mut Vec::new());
+        }
     }
 }
 
@@ -412,21 +426,26 @@ impl Visit for FieldText<'_> {
 /// `2026-11-27T05:56:54.570609Z`, as tracing-subscriber writes it; the part up to the
 /// second is made once a second per thread.
 fn write_time(out: &mut Vec<u8>) {
-    use std::cell::RefCell;
+    use std::cell::Cell;
     thread_local! {
-        static SECOND: RefCell<(u64, [u8; 19])> = const { RefCell::new((u64::MAX, [0; 19])) };
+        static SECOND: Cell<(u64, [u8; 19])> = const { Cell::new((u64::MAX, [0; 19])) };
     }
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
     let secs = now.as_secs();
-    SECOND.with_borrow_mut(|(second, text)| {
-        if *second != secs {
-            *second = secs;
-            *text = date_time(secs);
-        }
-        out.extend_from_slice(text);
-    });
+    let text = SECOND
+        .try_with(|cached| match cached.get() {
+            (second, text) if second == secs => text,
+            _ => {
+                let text = date_time(secs);
+                cached.set((secs, text));
+                text
+            }
+        })
+        // A thread that is exiting has no cache left.
+        .unwrap_or_else(|_| date_time(secs));
+    out.extend_from_slice(&text);
     let _ = write!(out, ".{:06}Z", now.subsec_micros());
 }
 
