@@ -58,11 +58,25 @@ struct SinkInner {
     woken: AtomicBool,
 }
 
-/// What the flusher waits on: its period, an early wake-up, or the stop.
+/// What the flusher waits on: its period, an early wake-up, or the stop. Both are
+/// flags under the mutex, so a wake-up asked while the flusher is busy is not lost.
 #[derive(Debug, Default)]
 struct Wake {
-    stopped: Mutex<bool>,
+    state: Mutex<WakeState>,
     cv: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct WakeState {
+    stopped: bool,
+    asked: bool,
+}
+
+impl Wake {
+    fn ask(&self) {
+        crate::lock(&self.state).asked = true;
+        self.cv.notify_one();
+    }
 }
 
 /// The file and the buffer last written to it, kept to be swapped in next: the two
@@ -109,10 +123,13 @@ impl Out {
         // SAFETY: plain system calls on an open file descriptor this sink owns.
         unsafe {
             if self.synced_to > self.cached_from {
+                // From the start of the page that straddled the last range's start:
+                // its two parts were both written back a round or more ago.
+                let from = self.cached_from / 4096 * 4096;
                 libc::posix_fadvise(
                     fd,
-                    self.cached_from as i64,
-                    (self.synced_to - self.cached_from) as i64,
+                    from as i64,
+                    (self.synced_to - from) as i64,
                     libc::POSIX_FADV_DONTNEED,
                 );
             }
@@ -168,12 +185,21 @@ impl Sink {
         }
         let spare = std::mem::take(&mut out.spare);
         let mut data = std::mem::replace(&mut *buf, spare);
+        self.0.woken.store(false, Ordering::Relaxed);
         drop(buf);
-        if let Err(e) = out.file.write_all(&data) {
-            eprintln!("herd: cannot write a log file: {e}");
+        match out.file.write_all(&data) {
+            Ok(()) => {
+                out.end += data.len() as u64;
+                out.forget();
+            }
+            Err(e) => {
+                eprintln!("herd: cannot write a log file: {e}");
+                // Part may have been written: page-cache advice starts over from the
+                // file's real end.
+                let len = out.file.metadata().map_or(out.end, |m| m.len());
+                (out.end, out.synced_to, out.cached_from) = (len, len, len);
+            }
         }
-        out.end += data.len() as u64;
-        out.forget();
         data.clear();
         if data.capacity() > KEEP {
             data = Vec::with_capacity(BUFFER);
@@ -181,21 +207,26 @@ impl Sink {
         out.spare = data;
     }
 
-    /// After a writer left `held` bytes in the buffer: wakes the flusher, or waits for
-    /// the disk when it is that far behind.
-    fn wrote(&self, held: usize) {
+    /// Appends a writer's bytes; then wakes the flusher once the buffer passes
+    /// [`SPILL_AT`] (once per buffer: `woken` changes only under the buffer's lock, and
+    /// is cleared when the buffer is swapped out), or waits for the disk when it is
+    /// [`HARD_CAP`] behind.
+    fn append(&self, data: &[u8]) {
+        let mut buf = self.buf();
+        buf.extend_from_slice(data);
+        let held = buf.len();
+        let wake = held >= SPILL_AT && !self.0.woken.swap(true, Ordering::Relaxed);
+        drop(buf);
         if held >= HARD_CAP {
             self.flush();
-        } else if held >= SPILL_AT && !self.0.woken.swap(true, Ordering::Relaxed) {
-            // The writer goes on serving; the flusher writes. (A wake-up lost while
-            // the flusher is busy only delays the write to its next period.)
-            self.0.wake.cv.notify_one();
+        } else if wake {
+            // The writer goes on serving; the flusher writes.
+            self.0.wake.ask();
         }
     }
 
     fn flush(&self) {
         let file = self.file();
-        self.0.woken.store(false, Ordering::Relaxed);
         self.write_out(self.buf(), file);
     }
 }
@@ -209,11 +240,7 @@ impl io::Write for SinkWriter<'_> {
         Ok(data.len())
     }
     fn write_all(&mut self, data: &[u8]) -> io::Result<()> {
-        let mut buf = self.0.buf();
-        buf.extend_from_slice(data);
-        let held = buf.len();
-        drop(buf);
-        self.0.wrote(held);
+        self.0.append(data);
         Ok(())
     }
     fn flush(&mut self) -> io::Result<()> {
@@ -333,11 +360,7 @@ impl<S: Subscriber + for<'a> LookupSpan<'a>> Layer<S> for FileText {
         let write = |line: &mut Vec<u8>| {
             line.clear();
             self.format(event, &ctx, line);
-            let mut buf = sink.buf();
-            buf.extend_from_slice(line);
-            let held = buf.len();
-            drop(buf);
-            sink.wrote(held);
+            sink.append(line);
         };
         // The thread's line buffer, unless it is in use (an event logged while one is
         // formatted) or already gone (a thread that is exiting): then a fresh one.
@@ -409,6 +432,14 @@ impl FieldText<'_> {
 }
 
 impl Visit for FieldText<'_> {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if field.name() == "message" {
+            self.record_debug(field, &format_args!("{value}"));
+        } else {
+            self.record_debug(field, &value);
+        }
+    }
+
     fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
         let out = &mut *self.out;
         if std::mem::replace(&mut self.any, true) {
@@ -483,39 +514,41 @@ struct Flusher {
 }
 
 impl Flusher {
-    fn start(sinks: Vec<Sink>, wake: Arc<Wake>) -> Flusher {
+    fn start(sinks: Vec<Sink>, wake: Arc<Wake>) -> io::Result<Flusher> {
         let thread = {
             let (sinks, wake) = (sinks.clone(), wake.clone());
             std::thread::Builder::new()
                 .name("herd-log-flush".into())
                 .spawn(move || {
-                    let mut stopped = crate::lock(&wake.stopped);
-                    while !*stopped {
-                        stopped = wake
-                            .cv
-                            .wait_timeout(stopped, FLUSH_EVERY)
-                            .unwrap_or_else(|p| p.into_inner())
-                            .0;
-                        // Writers that wake the flusher take no lock: write unlocked.
-                        drop(stopped);
+                    let mut state = crate::lock(&wake.state);
+                    while !state.stopped {
+                        if !state.asked {
+                            state = wake
+                                .cv
+                                .wait_timeout(state, FLUSH_EVERY)
+                                .unwrap_or_else(|p| p.into_inner())
+                                .0;
+                        }
+                        state.asked = false;
+                        // Writers asking for a flush take this lock: write without it.
+                        drop(state);
                         sinks.iter().for_each(Sink::flush);
-                        stopped = crate::lock(&wake.stopped);
+                        state = crate::lock(&wake.state);
                     }
-                })
-                .ok()
+                })?
         };
-        Flusher {
+        Ok(Flusher {
             sinks,
             wake,
-            thread,
-        }
+            thread: Some(thread),
+        })
     }
 }
 
 impl Drop for Flusher {
     /// Stops the thread and writes out what is left.
     fn drop(&mut self) {
-        *crate::lock(&self.wake.stopped) = true;
+        crate::lock(&self.wake.state).stopped = true;
         self.wake.cv.notify_all();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
@@ -641,7 +674,12 @@ pub fn init(log_dir: &Path, servers: &[Arc<str>], format: LogFormat) -> io::Resu
             .with_filter(levels)
             .boxed(),
     });
-    let flusher = Flusher::start(sinks.into_values().collect(), wake);
+    let flusher = Flusher::start(sinks.into_values().collect(), wake).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("cannot start the log flusher thread: {e}"),
+        )
+    })?;
 
     tracing_subscriber::registry()
         .with(layers)
@@ -789,12 +827,13 @@ mod tests {
             let _c = client.enter();
             tracing::debug!(line = %Escaped(b"A\tb\xff"), reason = "why", "answered");
             tracing::info!("plain");
+            tracing::info!(message = "a str", n = 3);
             tracing::trace!("filtered out");
         });
         sink.flush();
         let text = std::fs::read_to_string(&path).unwrap();
         let lines: Vec<&str> = text.lines().collect();
-        assert_eq!(lines.len(), 2, "{text}");
+        assert_eq!(lines.len(), 3, "{text}");
         let (time, rest) = lines[0].split_at(27);
         assert!(
             time.len() == 27 && time.ends_with('Z') && time.as_bytes()[19] == b'.',
@@ -807,6 +846,11 @@ mod tests {
         assert!(lines[1].ends_with(
             r#"  INFO server{name="Goloman"}:client{peer="127.0.0.1:1"}: herd::logging::tests: plain"#
         ));
+        assert!(
+            lines[2].ends_with(": herd::logging::tests: a str n=3"),
+            "{}",
+            lines[2]
+        );
         std::fs::remove_file(&path).unwrap();
     }
 
