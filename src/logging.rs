@@ -257,18 +257,27 @@ struct Router {
 }
 
 impl Router {
-    fn sink(&self) -> Option<&Sink> {
+    /// The sink of the server whose span `spans` (an event's spans, innermost first)
+    /// holds; with one server, that one without looking.
+    fn pick<'s, R: LookupSpan<'s> + 's>(
+        &self,
+        spans: impl FnOnce() -> Option<tracing_subscriber::registry::Scope<'s, R>>,
+    ) -> Option<&Sink> {
         if let Some(only) = &self.only {
             return Some(only);
         }
-        let name = tracing::Span::current().with_subscriber(|(id, dispatch)| {
-            let registry = dispatch.downcast_ref::<Registry>()?;
-            registry
-                .span(id)?
-                .scope()
-                .find_map(|s| s.extensions().get::<ServerTag>().map(|t| t.0.clone()))
-        })??;
+        let name = spans()?.find_map(|s| s.extensions().get::<ServerTag>().map(|t| t.0.clone()))?;
         self.sinks.get(&name)
+    }
+
+    /// The sink for an event in the current span (the JSON format's writer).
+    fn sink(&self) -> Option<&Sink> {
+        tracing::Span::current()
+            .with_subscriber(|(id, dispatch)| {
+                let registry = dispatch.downcast_ref::<Registry>()?;
+                self.pick(|| registry.span(id).map(|s| s.scope()))
+            })
+            .flatten()
     }
 }
 
@@ -297,60 +306,50 @@ struct FileText {
     router: Router,
 }
 
-/// A span's `name{field=value ...}`, made when the span is created.
-struct SpanText(String);
+/// A span's `name{field=value ...}`, made when the span is created (and again when
+/// it records more fields), from its fields kept as written.
+struct SpanText {
+    fields: Vec<u8>,
+    text: String,
+}
+
+impl SpanText {
+    fn new(name: &str, fields: Vec<u8>) -> SpanText {
+        let mut text = name.to_owned();
+        if !fields.is_empty() {
+            text.push('{');
+            text.push_str(&String::from_utf8_lossy(&fields));
+            text.push('}');
+        }
+        SpanText { fields, text }
+    }
+}
 
 impl<S: Subscriber + for<'a> LookupSpan<'a>> Layer<S> for FileText {
     fn on_new_span(&self, attrs: &span::Attributes<'_>, id: &span::Id, ctx: Context<'_, S>) {
         let Some(span) = ctx.span(id) else { return };
         let mut fields = Vec::new();
         attrs.record(&mut FieldText::new(&mut fields));
-        let mut text = attrs.metadata().name().to_owned();
-        if !fields.is_empty() {
-            text.push('{');
-            text.push_str(&String::from_utf8_lossy(&fields));
-            text.push('}');
-        }
-        span.extensions_mut().insert(SpanText(text));
+        span.extensions_mut()
+            .insert(SpanText::new(attrs.metadata().name(), fields));
     }
 
     fn on_record(&self, id: &span::Id, values: &span::Record<'_>, ctx: Context<'_, S>) {
         let Some(span) = ctx.span(id) else { return };
-        let mut added = Vec::new();
-        values.record(&mut FieldText::new(&mut added));
-        if added.is_empty() {
-            return;
-        }
-        let added = String::from_utf8_lossy(&added);
         let mut ext = span.extensions_mut();
-        if let Some(SpanText(text)) = ext.get_mut::<SpanText>() {
-            match text.pop() {
-                Some('}') => text.push(' '),
-                Some(c) => {
-                    text.push(c);
-                    text.push('{');
-                }
-                None => text.push('{'),
-            }
-            text.push_str(&added);
-            text.push('}');
+        if let Some(SpanText { fields, .. }) = ext.remove::<SpanText>() {
+            let mut fields = fields;
+            values.record(&mut FieldText {
+                any: !fields.is_empty(),
+                out: &mut fields,
+            });
+            ext.insert(SpanText::new(span.name(), fields));
         }
     }
 
     fn on_event(&self, event: &tracing::Event<'_>, ctx: Context<'_, S>) {
-        let scope = ctx.event_scope(event);
-        let sink = match &self.router.only {
-            Some(only) => only,
-            None => {
-                let name = scope
-                    .into_iter()
-                    .flatten()
-                    .find_map(|s| s.extensions().get::<ServerTag>().map(|t| t.0.clone()));
-                match name.and_then(|n| self.router.sinks.get(&n)) {
-                    Some(sink) => sink,
-                    None => return,
-                }
-            }
+        let Some(sink) = self.router.pick(|| ctx.event_scope(event)) else {
+            return;
         };
         // Formatted outside the sink's lock (escaping a 3 KB reply takes a while, and
         // a worker that finds the lock taken sleeps in the kernel), then copied in.
@@ -401,7 +400,7 @@ impl FileText {
         if let Some(scope) = ctx.event_scope(event) {
             let mut any = false;
             for span in scope.from_root() {
-                if let Some(SpanText(text)) = span.extensions().get::<SpanText>() {
+                if let Some(SpanText { text, .. }) = span.extensions().get::<SpanText>() {
                     buf.extend_from_slice(text.as_bytes());
                     buf.push(b':');
                     any = true;
@@ -850,6 +849,34 @@ mod tests {
             lines[2].ends_with(": herd::logging::tests: a str n=3"),
             "{}",
             lines[2]
+        );
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn fields_a_span_records_later_join_its_text() {
+        let path = temp_log("record", b"");
+        let sink = open_sink(&path);
+        let router = Router {
+            only: Some(sink.clone()),
+            sinks: HashMap::new(),
+        };
+        let levels = Targets::new().with_target("herd", LevelFilter::DEBUG);
+        let subscriber =
+            tracing_subscriber::registry().with(FileText { router }.with_filter(levels));
+        tracing::subscriber::with_default(subscriber, || {
+            let late = tracing::info_span!("late", a = tracing::field::Empty);
+            late.record("a", 1);
+            let more = tracing::info_span!(parent: &late, "more", b = 2, c = tracing::field::Empty);
+            more.record("c", "x");
+            let _in = more.enter();
+            tracing::info!("here");
+        });
+        sink.flush();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            text.ends_with("  INFO late{a=1}:more{b=2 c=\"x\"}: herd::logging::tests: here\n"),
+            "{text}"
         );
         std::fs::remove_file(&path).unwrap();
     }
