@@ -124,6 +124,9 @@ pub struct PlacesConfig {
     pub timeout: Duration,
     /// How the google provider reaches Google, retries, and saves requests.
     pub google: GoogleConfig,
+    /// Settings of the herd file that are accepted but no longer used, each with what
+    /// took its place: every server logs them as warnings when it starts.
+    pub deprecated: Vec<String>,
 }
 
 /// The google provider's settings. Each field is a key of the `[places]` table
@@ -154,9 +157,16 @@ pub struct GoogleConfig {
     pub cache_entries: usize,
     /// `cache_ttl_s`: how long an answer is kept. Default 300.
     pub cache_ttl: Duration,
-    /// `cache_decimals`: lookups are rounded to this many decimals of a degree before
-    /// they are cached, coalesced and sent (4 is about 11 m). Default 4.
-    pub cache_decimals: u8,
+    /// `cache_grid_fraction`: how far, as a fraction of the radius asked, the centre of
+    /// the search that answers a lookup may be from the client's own location. Google is
+    /// always asked at the exact location; the cache key (and the coalescing of lookups
+    /// in flight) groups locations into cells no wider than this fraction of the radius,
+    /// so a cached answer was searched within `fraction × radius` of the client (0: only
+    /// lookups at the very same location share an answer). Default 0.01, at most 0.05.
+    pub cache_grid_fraction: f64,
+    /// `max_response_bytes`: the most bytes of one Google answer read; a larger body is
+    /// cut off while it streams in and answered as a failure (not retried). Default 4 MiB.
+    pub max_response_bytes: usize,
 }
 
 impl Default for GoogleConfig {
@@ -173,7 +183,8 @@ impl Default for GoogleConfig {
             max_concurrency: 8,
             cache_entries: 10_000,
             cache_ttl: Duration::from_secs(300),
-            cache_decimals: 4,
+            cache_grid_fraction: 0.01,
+            max_response_bytes: 4 << 20,
         }
     }
 }
@@ -268,7 +279,11 @@ struct RawPlaces {
     max_concurrency: Option<usize>,
     cache_entries: Option<usize>,
     cache_ttl_s: Option<u64>,
+    /// Deprecated (it rounded the request sent to Google, not only the cache key):
+    /// accepted, ignored, and reported. See `cache_grid_fraction`.
     cache_decimals: Option<u8>,
+    cache_grid_fraction: Option<f64>,
+    max_response_bytes: Option<usize>,
 }
 
 impl RawPlaces {
@@ -292,12 +307,26 @@ impl RawPlaces {
             max_concurrency: self.max_concurrency.unwrap_or(d.max_concurrency),
             cache_entries: self.cache_entries.unwrap_or(d.cache_entries),
             cache_ttl: self.cache_ttl_s.map_or(d.cache_ttl, Duration::from_secs),
-            cache_decimals: self.cache_decimals.unwrap_or(d.cache_decimals),
+            cache_grid_fraction: self.cache_grid_fraction.unwrap_or(d.cache_grid_fraction),
+            max_response_bytes: self.max_response_bytes.unwrap_or(d.max_response_bytes),
         };
+        let deprecated = self
+            .cache_decimals
+            .map(|n| {
+                format!(
+                    "places.cache_decimals = {n} is deprecated and ignored: Google is now asked \
+                     at the client's exact location, and cache keys are cells of at most \
+                     places.cache_grid_fraction ({}) of the radius",
+                    google.cache_grid_fraction
+                )
+            })
+            .into_iter()
+            .collect();
         let places = PlacesConfig {
             provider: self.provider.unwrap_or(ProviderKind::Offline),
             timeout: ms(self.timeout_ms, Duration::from_millis(5_000)),
             google,
+            deprecated,
         };
         let g = &places.google;
         if places.timeout.is_zero() {
@@ -331,10 +360,16 @@ impl RawPlaces {
         if g.max_concurrency == 0 {
             return Err("places.max_concurrency must be above 0".into());
         }
-        if g.cache_decimals > 9 {
+        if !(0.0..=0.05).contains(&g.cache_grid_fraction) {
             return Err(format!(
-                "places.cache_decimals is {}; it must be 0 to 9",
-                g.cache_decimals
+                "places.cache_grid_fraction is {}; it must be 0 to 0.05",
+                g.cache_grid_fraction
+            ));
+        }
+        if g.max_response_bytes < 1024 {
+            return Err(format!(
+                "places.max_response_bytes is {}; it must be at least 1024",
+                g.max_response_bytes
             ));
         }
         Ok(places)
@@ -662,7 +697,9 @@ neighbours = ["A"]
         assert_eq!(g.api, GoogleApi::New);
         assert_eq!(g.base_url(), "https://places.googleapis.com");
         assert_eq!((g.max_attempts, g.max_concurrency), (3, 8));
-        assert_eq!((g.cache_entries, g.cache_decimals), (10_000, 4));
+        assert_eq!((g.cache_entries, g.cache_grid_fraction), (10_000, 0.01));
+        assert_eq!(g.max_response_bytes, 4 * 1024 * 1024);
+        assert!(herd.places.deprecated.is_empty());
 
         let text = format!(
             r#"[places]
@@ -678,7 +715,8 @@ backoff_jitter = 0.25
 max_concurrency = 2
 cache_entries = 7
 cache_ttl_s = 60
-cache_decimals = 3
+cache_grid_fraction = 0.02
+max_response_bytes = 65536
 {TWO}"#
         );
         let herd = HerdConfig::parse(&text, "t.toml").unwrap();
@@ -696,7 +734,20 @@ cache_decimals = 3
         assert_eq!(g.backoff_jitter, 0.25);
         assert_eq!((g.max_concurrency, g.cache_entries), (2, 7));
         assert_eq!(g.cache_ttl, Duration::from_secs(60));
-        assert_eq!(g.cache_decimals, 3);
+        assert_eq!(g.cache_grid_fraction, 0.02);
+        assert_eq!(g.max_response_bytes, 65_536);
+    }
+
+    #[test]
+    fn cache_decimals_is_accepted_and_reported_as_deprecated() {
+        let herd =
+            HerdConfig::parse(&format!("[places]\ncache_decimals = 4\n{TWO}"), "t.toml").unwrap();
+        let [notice] = &herd.places.deprecated[..] else {
+            panic!("{:?}", herd.places.deprecated);
+        };
+        assert!(notice.contains("places.cache_decimals = 4 is deprecated"), "{notice}");
+        assert!(notice.contains("places.cache_grid_fraction"), "{notice}");
+        assert_eq!(herd.places.google.cache_grid_fraction, 0.01);
     }
 
     #[test]
@@ -713,7 +764,10 @@ cache_decimals = 3
         assert!(bad("backoff_jitter = 1.5").contains("places.backoff_jitter"));
         assert!(bad("backoff_jitter = nan").contains("places.backoff_jitter"));
         assert!(bad("max_concurrency = 0").contains("places.max_concurrency"));
-        assert!(bad("cache_decimals = 10").contains("places.cache_decimals"));
+        assert!(bad("cache_grid_fraction = 0.5").contains("places.cache_grid_fraction"));
+        assert!(bad("cache_grid_fraction = -0.01").contains("places.cache_grid_fraction"));
+        assert!(bad("cache_grid_fraction = nan").contains("places.cache_grid_fraction"));
+        assert!(bad("max_response_bytes = 10").contains("places.max_response_bytes"));
         assert!(bad("url = \"ftp://x\"").contains("places.url"));
         assert!(bad("url = \"http://x/?a=b\"").contains("places.url"));
         assert!(bad("url = \"places\"").contains("places.url"));

@@ -169,7 +169,7 @@ async fn run(
             continue;
         };
         match Listeners::bind(server).await {
-            Ok(l) => bound.push((name.clone(), l)),
+            Ok(l) => bound.push((server.clone(), l)),
             Err(e) => return fail(1, &e),
         }
     }
@@ -187,11 +187,11 @@ async fn run(
 
     let mut runs: futures_util::stream::FuturesUnordered<_> = bound
         .into_iter()
-        .map(|(name, listeners)| {
+        .map(|(server, listeners)| {
             let herd = herd.clone();
             let places = places.clone();
             let shutdown = shutdown.clone();
-            tokio::spawn(async move { server::run(herd, &name, listeners, places, shutdown).await })
+            tokio::spawn(server::run(herd, server, listeners, places, shutdown))
         })
         .collect();
     let mut code = ExitCode::SUCCESS;

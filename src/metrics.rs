@@ -1,7 +1,7 @@
 //! One server's metrics, in Prometheus text format: clients, commands, updates,
 //! links and places. Served at `GET /metrics` on the server's peer port.
 
-use std::time::Duration;
+use std::{sync::LazyLock, time::Duration};
 
 use prometheus_client::{
     encoding::{EncodeLabelSet, text::encode},
@@ -30,8 +30,38 @@ pub struct LinkLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PlacesLabels {
-    /// The answer's status word (`OK`, `ZERO_RESULTS`, `UNKNOWN_ERROR`, ...).
-    pub status: String,
+    /// The answer's status word: one of [`PLACES_STATUSES`], else `OTHER`.
+    pub status: &'static str,
+}
+
+/// The status words a places answer's label may carry: Google's documented ones (herd
+/// also says `UNKNOWN_ERROR` for its own timeouts). Any other word a remote sends
+/// counts as `OTHER`, so a remote cannot make new series; the reply keeps the word.
+pub const PLACES_STATUSES: [&str; 7] = [
+    "OK",
+    "ZERO_RESULTS",
+    "OVER_QUERY_LIMIT",
+    "REQUEST_DENIED",
+    "INVALID_REQUEST",
+    "UNKNOWN_ERROR",
+    "NOT_FOUND",
+];
+
+/// The label for status word `status`.
+pub fn places_status_label(status: &str) -> &'static str {
+    PLACES_STATUSES
+        .into_iter()
+        .find(|s| *s == status)
+        .unwrap_or("OTHER")
+}
+
+/// Google answers cut off at `places.max_response_bytes`. The places stack is shared by
+/// every server of a process, so this count is the process's: every server shows it.
+static PLACES_RESPONSES_CUT_OFF: LazyLock<Counter> = LazyLock::new(Counter::default);
+
+/// The process-wide count of Google answers cut off for their size.
+pub fn places_responses_cut_off() -> &'static Counter {
+    &PLACES_RESPONSES_CUT_OFF
 }
 
 /// Every metric of one server. Cheap to clone: each metric is shared.
@@ -149,6 +179,11 @@ impl Metrics {
             "Places lookups answered from the cache",
             m.places_cache_hits.clone(),
         );
+        r.register(
+            "places_responses_cut_off",
+            "Google answers cut off at places.max_response_bytes (in this process, shared by its servers)",
+            places_responses_cut_off().clone(),
+        );
         let common_commands = COMMANDS
             .iter()
             .map(|&(kind, outcome)| {
@@ -160,9 +195,7 @@ impl Metrics {
         let common_places = ["OK", "ZERO_RESULTS"]
             .into_iter()
             .map(|status| {
-                let labels = PlacesLabels {
-                    status: status.to_owned(),
-                };
+                let labels = PlacesLabels { status };
                 (status, m.places_requests.get_or_create(&labels).clone())
             })
             .collect();
@@ -203,7 +236,7 @@ impl Metrics {
             None => self
                 .places_requests
                 .get_or_create(&PlacesLabels {
-                    status: status.to_owned(),
+                    status: places_status_label(status),
                 })
                 .inc(),
         };
@@ -245,5 +278,26 @@ mod tests {
             text.contains(r#"herd_places_latency_seconds_count{server="Goloman"} 1"#),
             "{text}"
         );
+    }
+
+    #[test]
+    fn only_known_status_words_become_labels() {
+        let m = Metrics::new("Goloman");
+        m.places("REQUEST_DENIED", Duration::ZERO);
+        m.places("NOT_FOUND", Duration::ZERO);
+        m.places("OVER_DAILY_LIMIT", Duration::ZERO);
+        m.places("x\"} 1\nevil", Duration::ZERO);
+        m.places("", Duration::ZERO);
+        let text = m.render();
+        for line in [
+            r#"herd_places_requests_total{server="Goloman",status="REQUEST_DENIED"} 1"#,
+            r#"herd_places_requests_total{server="Goloman",status="NOT_FOUND"} 1"#,
+            r#"herd_places_requests_total{server="Goloman",status="OTHER"} 3"#,
+            r#"herd_places_requests_total{server="Goloman",status="OK"} 0"#,
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} in {text}");
+        }
+        assert!(!text.contains("OVER_DAILY") && !text.contains("evil"), "{text}");
+        assert_eq!(places_status_label("UNKNOWN_ERROR"), "UNKNOWN_ERROR");
     }
 }

@@ -63,33 +63,32 @@ impl Listeners {
     }
 }
 
-/// Runs server `name` of `herd` on `listeners` until `shutdown` fires, then stops
-/// cleanly. Every task runs in a `server` span naming it (the logs route on it).
+/// Runs server `me`, one of `herd`'s servers (`herd` tells where its neighbours are),
+/// on `listeners` until `shutdown` fires, then stops cleanly. Every task runs in a
+/// `server` span naming it (the logs route on it).
 pub async fn run(
     herd: Arc<HerdConfig>,
-    name: &str,
+    me: ServerConfig,
     listeners: Listeners,
     places: PlacesService,
     shutdown: CancellationToken,
 ) -> Result<(), ServerError> {
-    let span = tracing::info_span!("server", name = %name);
-    serve(herd, name, listeners, places, shutdown)
+    let span = tracing::info_span!("server", name = %me.name);
+    serve(herd, me, listeners, places, shutdown)
         .instrument(span)
         .await
 }
 
 async fn serve(
     herd: Arc<HerdConfig>,
-    name: &str,
+    me: ServerConfig,
     listeners: Listeners,
     places: PlacesService,
     shutdown: CancellationToken,
 ) -> Result<(), ServerError> {
-    let me = herd
-        .servers
-        .iter()
-        .find(|s| &*s.name == name)
-        .expect("the caller checked the server name against the herd file");
+    for notice in &herd.places.deprecated {
+        tracing::warn!("{notice}");
+    }
     let node = Arc::new(Node::new(me.name.clone(), me.neighbours.clone(), places));
     let tasks = TaskTracker::new();
     let client_addr = listeners.client.local_addr().ok();
@@ -165,7 +164,7 @@ async fn serve(
         Ok(Ok(Ok(()))) => tracing::info!("stopped"),
         Ok(Ok(Err(source))) => {
             return Err(ServerError::Grpc {
-                server: name.to_owned(),
+                server: me.name.to_string(),
                 source,
             });
         }

@@ -26,9 +26,9 @@ use tokio::{
 use tokio_util::sync::CancellationToken;
 
 const KEY: &str = "AIzaTEST-do-not-log-me-0123456789";
-/// Where the test client says it is, and where the stack rounds it to (4 decimals).
+/// Where the test client says it is: Google is asked there, not at a rounded point.
 const HERE: &str = "+34.068930-118.445127";
-const HERE_ROUNDED: (f64, f64) = (34.0689, -118.4451);
+const HERE_EXACT: (f64, f64) = (34.06893, -118.445127);
 
 // ---------------------------------------------------------------------------------------------
 // The fake Google
@@ -46,6 +46,12 @@ enum Act {
     Garbage,
     /// Read the request and never answer.
     Hang,
+    /// 200 and a body that never ends, with no Content-Length.
+    Endless,
+    /// 200 announcing a 1 GiB body (and sending some of it).
+    Huge,
+    /// A status word Google's documentation does not list (legacy only).
+    OddStatus,
 }
 
 #[derive(Debug)]
@@ -126,6 +132,25 @@ impl Google {
             let mut sink = [0u8; 1024];
             while socket.read(&mut sink).await.is_ok_and(|n| n > 0) {}
             self.running.fetch_sub(1, Ordering::SeqCst);
+            return;
+        }
+        if matches!(act, Act::Endless | Act::Huge) {
+            self.running.fetch_sub(1, Ordering::SeqCst);
+            let length = match act {
+                Act::Huge => "Content-Length: 1073741824\r\n",
+                _ => "",
+            };
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n{length}Connection: close\r\n\r\n{{\"places\":["
+            );
+            let _ = socket.write_all(head.as_bytes()).await;
+            // Until the client hangs up (or a lot later than any cap).
+            let chunk = "{\"id\":\"ChIJpadding\"},".repeat(3000);
+            for _ in 0..20_000 {
+                if socket.write_all(chunk.as_bytes()).await.is_err() {
+                    break;
+                }
+            }
             return;
         }
         let (code, body) = if new_api {
@@ -257,7 +282,7 @@ fn new_answer(act: Act, (lat, lon): (f64, f64)) -> (u16, String) {
             "Places API (New) has not been used in project 0 before or it is disabled.",
         ),
         Act::Garbage => (200, "<html><body>Gateway says hi</body></html>".to_owned()),
-        Act::Hang => unreachable!(),
+        Act::Hang | Act::Endless | Act::Huge | Act::OddStatus => unreachable!(),
     }
 }
 
@@ -321,7 +346,11 @@ fn legacy_answer(act: Act, at: (f64, f64)) -> (u16, String) {
         Act::UnknownError => status("UNKNOWN_ERROR", None),
         Act::Denied => status("REQUEST_DENIED", Some("The provided API key is invalid.")),
         Act::Garbage => (200, "<html><body>Gateway says hi</body></html>".to_owned()),
-        Act::Hang => unreachable!(),
+        Act::OddStatus => status(
+            "OVER_DAILY_LIMIT",
+            Some("The daily limit was reached\nor billing is off."),
+        ),
+        Act::Hang | Act::Endless | Act::Huge => unreachable!(),
     }
 }
 
@@ -396,8 +425,9 @@ async fn start(api: &str, otherwise: Act, places: &str) -> TestHerd {
     let peer = listeners.peer.local_addr().unwrap();
     let shutdown = CancellationToken::new();
     let token = shutdown.clone();
+    let me = herd.servers[0].clone();
     tokio::spawn(async move {
-        server::run(Arc::new(herd), "Goloman", listeners, stack, token)
+        server::run(Arc::new(herd), me, listeners, stack, token)
             .await
             .unwrap()
     });
@@ -532,8 +562,8 @@ async fn new_api_gets_key_field_mask_and_metres_and_answers_in_nearby_search_sha
         let body: Value = serde_json::from_slice(&q.body).unwrap();
         let circle = &body["locationRestriction"]["circle"];
         assert_eq!(circle["radius"], 10_000, "10 km in metres");
-        assert_eq!(circle["center"]["latitude"], HERE_ROUNDED.0);
-        assert_eq!(circle["center"]["longitude"], HERE_ROUNDED.1);
+        assert_eq!(circle["center"]["latitude"], HERE_EXACT.0);
+        assert_eq!(circle["center"]["longitude"], HERE_EXACT.1);
         assert_eq!(body["maxResultCount"], 20, "the most, whatever the bound");
     }
 
@@ -544,7 +574,7 @@ async fn new_api_gets_key_field_mask_and_metres_and_answers_in_nearby_search_sha
         json!({
             "name": "Place 0",
             "place_id": "ChIJfake0",
-            "geometry": {"location": {"lat": HERE_ROUNDED.0, "lng": HERE_ROUNDED.1}},
+            "geometry": {"location": {"lat": HERE_EXACT.0, "lng": HERE_EXACT.1}},
             "vicinity": "0 Test St",
             "types": ["cafe", "food", "point_of_interest", "establishment"],
             "rating": 4.5,
@@ -581,13 +611,13 @@ async fn legacy_api_gets_location_radius_and_key_and_its_results_pass_through() 
             (q.method.as_str(), q.path.as_str()),
             ("GET", "/maps/api/place/nearbysearch/json")
         );
-        assert_eq!(q.query["location"], "34.0689,-118.4451");
+        assert_eq!(q.query["location"], "34.06893,-118.445127");
         assert_eq!(q.query["radius"], "2500");
         assert_eq!(q.query["key"], KEY);
         assert!(!q.headers.contains_key("x-goog-api-key"));
     }
     // Each result is Google's own text, made compact: byte for byte, one per line.
-    let sent: Vec<String> = legacy_results(4, HERE_ROUNDED)
+    let sent: Vec<String> = legacy_results(4, HERE_EXACT)
         .iter()
         .map(|v| v.to_string())
         .collect();
@@ -770,6 +800,87 @@ async fn a_burst_of_identical_whatsats_makes_one_upstream_request() {
     assert!(metrics.lines().any(|l| l == ok), "{metrics}");
 }
 
+#[tokio::test]
+async fn google_is_asked_at_the_clients_location_and_the_cache_shares_only_within_the_fraction() {
+    let herd = start("new", Act::Places(1), "").await;
+    // Two clients 5 m apart, each searching 10 m around itself: two searches, each
+    // centred exactly where its client is.
+    iamat(&herd, "a", HERE).await;
+    iamat(&herd, "b", "+34.068975-118.445127").await;
+    for id in ["a", "b"] {
+        assert_eq!(whatsat(&herd, id, "0.01", 1).await.json["status"], "OK");
+    }
+    let centres = |from: usize| -> Vec<(f64, f64)> {
+        herd.google.requests.lock().unwrap()[from..]
+            .iter()
+            .map(|q| {
+                let body: Value = serde_json::from_slice(&q.body).unwrap();
+                let c = &body["locationRestriction"]["circle"]["center"];
+                (c["latitude"].as_f64().unwrap(), c["longitude"].as_f64().unwrap())
+            })
+            .collect()
+    };
+    assert_eq!(centres(0), [HERE_EXACT, (34.068975, -118.445127)]);
+    // A 10 km search: a client 11 cm away (well within 1 % of 10 km) gets the answer
+    // searched around the first one; 5 km away is another search, at its own centre.
+    iamat(&herd, "c", "+34.068931-118.445127").await;
+    iamat(&herd, "d", "+34.113930-118.445127").await;
+    whatsat(&herd, "a", "10", 1).await;
+    let shared = whatsat(&herd, "c", "10", 1).await;
+    assert_eq!(shared.json["status"], "OK");
+    assert_eq!(herd.google.requests(), 3, "c shares a's search");
+    whatsat(&herd, "d", "10", 1).await;
+    assert_eq!(centres(2), [HERE_EXACT, (34.11393, -118.445127)]);
+}
+
+#[tokio::test]
+async fn a_huge_answer_is_cut_off_and_answered_as_a_failure_before_the_deadline() {
+    for act in [Act::Endless, Act::Huge] {
+        // The deadline is generous: the answer must come from the cap, not from a timeout.
+        let herd = start(
+            "new",
+            act,
+            "max_response_bytes = 65536\ntimeout_ms = 30000\nattempt_timeout_ms = 30000",
+        )
+        .await;
+        iamat(&herd, "kiwi", HERE).await;
+        let r = whatsat(&herd, "kiwi", "10", 5).await;
+        assert_failed(&r, "UNKNOWN_ERROR");
+        assert_eq!(
+            r.json["error_message"],
+            "Google's answer (HTTP 200) is longer than places.max_response_bytes (65536 bytes)",
+            "{act:?}"
+        );
+        assert_eq!(herd.google.requests(), 1, "{act:?}: not retried");
+        let metrics = scrape_metrics(herd.peer).await;
+        let cut: u64 = metrics
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix(r#"herd_places_responses_cut_off_total{server="Goloman"} "#)
+            })
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no cut-off count in {metrics}"));
+        assert!(cut >= 1, "{metrics}");
+    }
+}
+
+#[tokio::test]
+async fn an_unknown_status_word_reaches_the_client_but_not_the_metric_labels() {
+    let herd = start("legacy", Act::OddStatus, "").await;
+    iamat(&herd, "kiwi", HERE).await;
+    let r = whatsat(&herd, "kiwi", "10", 5).await;
+    assert_failed(&r, "OVER_DAILY_LIMIT");
+    assert_eq!(
+        r.json["error_message"],
+        "The daily limit was reached\nor billing is off."
+    );
+    assert_eq!(herd.google.requests(), 1, "a final answer");
+    let metrics = scrape_metrics(herd.peer).await;
+    let other = r#"herd_places_requests_total{server="Goloman",status="OTHER"} 1"#;
+    assert!(metrics.lines().any(|l| l == other), "{metrics}");
+    assert!(!metrics.contains("OVER_DAILY_LIMIT"), "{metrics}");
+}
+
 /// The server's Prometheus metrics, over HTTP/1.1 on its peer port.
 async fn scrape_metrics(peer: SocketAddr) -> String {
     let mut s = TcpStream::connect(peer).await.unwrap();
@@ -844,9 +955,10 @@ async fn a_transport_failure_is_answered_and_the_key_never_reaches_the_logs() {
         shutdown: CancellationToken::new(),
     };
     let token = herd.shutdown.clone();
+    let me = config.servers[0].clone();
     tokio::spawn(server::run(
         Arc::new(config),
-        "Goloman",
+        me,
         listeners,
         stack,
         token,

@@ -50,6 +50,10 @@ pub enum GoogleError {
     /// The answer is not one of Google's.
     #[error("Google's answer (HTTP {http}) is not Places JSON: {reason}")]
     Garbage { http: u16, reason: String },
+    /// The answer's body is longer than `places.max_response_bytes`: it was cut off
+    /// there, unread. Not retried: the same request would bring the same answer.
+    #[error("Google's answer (HTTP {http}) is longer than places.max_response_bytes ({limit} bytes)")]
+    TooLarge { http: u16, limit: usize },
 }
 
 impl GoogleError {
@@ -64,13 +68,14 @@ impl GoogleError {
                     || matches!(status.as_str(), "OVER_QUERY_LIMIT" | "UNKNOWN_ERROR")
             }
             GoogleError::Garbage { http, .. } => retryable_http(*http),
+            GoogleError::TooLarge { .. } => false,
         }
     }
 
     /// Google's word for this failure, as a WHATSAT answer's `status`.
     pub fn status(&self) -> &str {
         match self {
-            GoogleError::Transport(_) => "UNKNOWN_ERROR",
+            GoogleError::Transport(_) | GoogleError::TooLarge { .. } => "UNKNOWN_ERROR",
             GoogleError::Refused { status, .. } => status,
             GoogleError::Garbage { http, .. } => status_for_http(*http),
         }
@@ -127,6 +132,7 @@ struct Inner {
     key: ApiKey,
     /// The key as a header, marked sensitive so that no HTTP layer prints it.
     key_header: HeaderValue,
+    max_response_bytes: usize,
 }
 
 impl fmt::Debug for GoogleProvider {
@@ -167,6 +173,7 @@ impl GoogleProvider {
                 endpoint,
                 key,
                 key_header,
+                max_response_bytes: config.max_response_bytes,
             }),
         })
     }
@@ -194,12 +201,41 @@ impl GoogleProvider {
         let transport = |e: reqwest::Error| GoogleError::Transport(e.without_url());
         let response = request.send().await.map_err(transport)?;
         let http = response.status().as_u16();
-        let body = response.bytes().await.map_err(transport)?;
+        let body = read_body(response, inner.max_response_bytes)
+            .await
+            .inspect_err(|e| {
+                if matches!(e, GoogleError::TooLarge { .. }) {
+                    crate::metrics::places_responses_cut_off().inc();
+                }
+            })?;
         match inner.api {
             GoogleApi::New => parse_new(http, &body),
             GoogleApi::Legacy => parse_legacy(http, &body),
         }
     }
+}
+
+/// The body of `response`, read chunk by chunk as it arrives, and given up on as soon
+/// as it would pass `limit` bytes (an announced length past it is not read at all).
+async fn read_body(mut response: reqwest::Response, limit: usize) -> Result<Vec<u8>, GoogleError> {
+    let http = response.status().as_u16();
+    let too_large = || GoogleError::TooLarge { http, limit };
+    let announced = response.content_length().unwrap_or(0);
+    if announced > limit as u64 {
+        return Err(too_large());
+    }
+    let mut body = Vec::with_capacity(announced as usize);
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|e| GoogleError::Transport(e.without_url()))?
+    {
+        if body.len() + chunk.len() > limit {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
 }
 
 impl Service<PlacesRequest> for GoogleProvider {

@@ -18,7 +18,7 @@ use tokio::sync::OnceCell;
 use tower::{BoxError, Service, ServiceBuilder, util::BoxCloneSyncService};
 
 use self::{
-    cache::{CacheLayer, CoalesceLayer},
+    cache::{CacheLayer, CoalesceLayer, Grid},
     google::{GoogleError, GoogleProvider},
     limit::LimitLayer,
     offline::OfflineIndex,
@@ -139,10 +139,13 @@ pub type PlacesService = BoxCloneSyncService<PlacesRequest, Places, BoxError>;
 /// layers are chosen: the gateway and node see a `Service` and nothing else.
 ///
 /// Google's stack, outermost first: failures become answers; the overall deadline;
-/// the lookup rounded to its cache key; identical lookups in flight coalesced; the
-/// cache; Google's failures put in the client's words; retries of transient failures
-/// with backoff; the concurrency limit; the per-attempt deadline; the HTTP request.
-/// The bound is not applied here: the reply cuts the (cached) answer to it.
+/// the cache (a hit is answered here, before the map of lookups in flight); identical
+/// lookups in flight coalesced; Google's failures put in the client's words; retries
+/// of transient failures with backoff; the concurrency limit; the per-attempt
+/// deadline; the HTTP request. The request reaches Google at the client's own
+/// location: only the cache key groups nearby locations (see [`cache`]). The bound is
+/// not applied here: the reply cuts the (cached) answer to it. The offline provider
+/// gets the client's request as it is (its searches cost nothing).
 pub fn stack(config: &PlacesConfig, offline: OfflineProvider) -> Result<PlacesService, BoxError> {
     let timeout = config.timeout;
     // Outermost: every failure becomes the failure answer PROTOCOL.md promises, and is logged.
@@ -164,16 +167,15 @@ pub fn stack(config: &PlacesConfig, offline: OfflineProvider) -> Result<PlacesSe
             let provider = GoogleProvider::new(g)?;
             let policy =
                 RetryTransient::from_config(g).map_err(|e| format!("places backoff: {e}"))?;
-            let (decimals, attempt_timeout) = (g.cache_decimals, g.attempt_timeout);
+            let (grid, attempt_timeout) = (Grid::new(g.cache_grid_fraction), g.attempt_timeout);
             Ok(BoxCloneSyncService::new(
                 ServiceBuilder::new()
                     .map_result(answer)
                     // The client's deadline covers everything below, waiting included.
                     .timeout(timeout)
-                    // Cost control keys on the rounded lookup; the bound cuts the answer later.
-                    .map_request(move |req| cache::canonical(req, decimals))
-                    .layer(CoalesceLayer::new())
-                    .layer(CacheLayer::new(g.cache_entries, g.cache_ttl))
+                    // Cost control keys on the grid cell; the bound cuts the answer later.
+                    .layer(CacheLayer::new(g.cache_entries, g.cache_ttl, grid))
+                    .layer(CoalesceLayer::new(grid))
                     // Below here failures are Google's or an attempt's; above, the client's words.
                     .map_err(move |e| describe(e, attempt_timeout))
                     .retry(policy)

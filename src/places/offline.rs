@@ -16,7 +16,7 @@ use rstar::{PointDistance as _, RTree};
 static DATASET: &[u8] = include_bytes!("../../data/places.tsv.gz");
 
 /// Mean Earth radius (IUGG), in metres.
-const EARTH_RADIUS_M: f64 = 6_371_008.8;
+pub(crate) const EARTH_RADIUS_M: f64 = 6_371_008.8;
 
 /// geonameid, name, lat, lon, country name, admin1 name (may be empty), population.
 const FIELDS: usize = 7;
@@ -151,7 +151,7 @@ impl fmt::Debug for OfflineIndex {
 }
 
 /// The point on the unit sphere at (lat, lon) in degrees.
-fn unit_vector(lat: f64, lon: f64) -> [f64; 3] {
+pub(crate) fn unit_vector(lat: f64, lon: f64) -> [f64; 3] {
     let (sin_lat, cos_lat) = lat.to_radians().sin_cos();
     let (sin_lon, cos_lon) = lon.to_radians().sin_cos();
     [cos_lat * cos_lon, cos_lat * sin_lon, sin_lat]
@@ -159,7 +159,7 @@ fn unit_vector(lat: f64, lon: f64) -> [f64; 3] {
 
 /// The straight-line distance through the unit sphere between two points `metres` apart on the
 /// Earth's surface; beyond half the circumference every point is within reach.
-fn chord(metres: f64) -> f64 {
+pub(crate) fn chord(metres: f64) -> f64 {
     let half_angle = (metres / (2.0 * EARTH_RADIUS_M)).min(std::f64::consts::FRAC_PI_2);
     2.0 * half_angle.sin()
 }

@@ -186,8 +186,8 @@ impl TestHerd {
             let herd = self.config.clone();
             let places = self.places.clone();
             let shutdown = shutdown.clone();
-            let name = name.to_owned();
-            async move { server::run(herd, &name, listeners, places, shutdown).await }
+            let me = herd.server(name).expect("a server of the test herd").clone();
+            server::run(herd, me, listeners, places, shutdown)
         });
         self.slot(name).running = Some(Running { shutdown, task });
     }
