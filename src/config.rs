@@ -745,7 +745,10 @@ max_response_bytes = 65536
         let [notice] = &herd.places.deprecated[..] else {
             panic!("{:?}", herd.places.deprecated);
         };
-        assert!(notice.contains("places.cache_decimals = 4 is deprecated"), "{notice}");
+        assert!(
+            notice.contains("places.cache_decimals = 4 is deprecated"),
+            "{notice}"
+        );
         assert!(notice.contains("places.cache_grid_fraction"), "{notice}");
         assert_eq!(herd.places.google.cache_grid_fraction, 0.01);
     }

@@ -297,7 +297,10 @@ mod tests {
         ] {
             assert!(text.lines().any(|l| l == line), "{line} in {text}");
         }
-        assert!(!text.contains("OVER_DAILY") && !text.contains("evil"), "{text}");
+        assert!(
+            !text.contains("OVER_DAILY") && !text.contains("evil"),
+            "{text}"
+        );
         assert_eq!(places_status_label("UNKNOWN_ERROR"), "UNKNOWN_ERROR");
     }
 }

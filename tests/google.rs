@@ -735,8 +735,10 @@ async fn a_hanging_google_gets_the_timeout_answer_within_the_deadline() {
         r.json["error_message"],
         "places lookup timed out after 700 ms"
     );
+    // Not before the deadline, and (the message says which deadline fired) well
+    // before the attempt's 60 s could have.
     assert!(r.took >= Duration::from_millis(690), "{:?}", r.took);
-    assert!(r.took < Duration::from_millis(1_700), "{:?}", r.took);
+    assert!(r.took < Duration::from_secs(60), "{:?}", r.took);
 
     // Per-attempt timeouts are transient: each attempt is cut, and retried, up to the cap.
     let herd = start(
@@ -753,8 +755,10 @@ async fn a_hanging_google_gets_the_timeout_answer_within_the_deadline() {
         "Google did not answer within 150 ms"
     );
     assert_eq!(herd.google.requests(), 3);
+    // Three attempts of 150 ms at least, and answered before the overall 10 s
+    // deadline could fire (which would have said "places lookup timed out").
     assert!(r.took >= Duration::from_millis(450), "{:?}", r.took);
-    assert!(r.took < Duration::from_millis(5_000), "{:?}", r.took);
+    assert!(r.took < Duration::from_secs(10), "{:?}", r.took);
 }
 
 #[tokio::test]
@@ -816,7 +820,10 @@ async fn google_is_asked_at_the_clients_location_and_the_cache_shares_only_withi
             .map(|q| {
                 let body: Value = serde_json::from_slice(&q.body).unwrap();
                 let c = &body["locationRestriction"]["circle"]["center"];
-                (c["latitude"].as_f64().unwrap(), c["longitude"].as_f64().unwrap())
+                (
+                    c["latitude"].as_f64().unwrap(),
+                    c["longitude"].as_f64().unwrap(),
+                )
             })
             .collect()
     };
@@ -956,13 +963,7 @@ async fn a_transport_failure_is_answered_and_the_key_never_reaches_the_logs() {
     };
     let token = herd.shutdown.clone();
     let me = config.servers[0].clone();
-    tokio::spawn(server::run(
-        Arc::new(config),
-        me,
-        listeners,
-        stack,
-        token,
-    ));
+    tokio::spawn(server::run(Arc::new(config), me, listeners, stack, token));
     iamat(&herd, "kiwi", HERE).await;
     let r = whatsat(&herd, "kiwi", "10", 5).await;
     assert_failed(&r, "UNKNOWN_ERROR");

@@ -7,8 +7,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{
-    FAIR_CHANCE, NAMES, SPREAD, TestHerd, assert_bytes, at_fields, check_at, iamat, now_nanos,
-    show, time_field, unique_id, wait_for,
+    DIAL_TIMEOUT, FAIR_CHANCE, NAMES, SPREAD, TestHerd, assert_bytes, at_fields, check_at, iamat,
+    now_nanos, show, time_field, unique_id, wait_for,
 };
 
 const UCLA: &str = "+34.068930-118.445127";
@@ -308,7 +308,8 @@ async fn with_two_servers_stopped_updates_reach_exactly_the_connected_ones() {
     }
 }
 
-/// Asserts that an IAMAT and a WHATSAT at `server` are answered in well under a second.
+/// Asserts that IAMATs at `server` are answered before a dial of the down neighbour
+/// could have timed out (or a redial backoff passed).
 async fn assert_prompt(herd: &TestHerd, server: &str) {
     let mut c = herd.client(server).await;
     for _ in 0..5 {
@@ -318,7 +319,7 @@ async fn assert_prompt(herd: &TestHerd, server: &str) {
         let took = started.elapsed();
         assert!(reply.starts_with(b"AT "), "{:?}", show(&reply));
         assert!(
-            took < Duration::from_millis(500),
+            took < DIAL_TIMEOUT,
             "IAMAT at {server} took {took:?} with a neighbour down"
         );
     }
@@ -354,11 +355,8 @@ async fn a_hung_neighbour_never_delays_a_client() {
         let started = Instant::now();
         let reply = c.ask(iamat(&id, "+1+1", &recent())).await;
         assert!(reply.starts_with(b"AT A "), "{:?}", show(&reply));
-        assert!(
-            started.elapsed() < Duration::from_millis(500),
-            "{:?}",
-            started.elapsed()
-        );
+        // A's dial of B hangs until its timeout: answered before it could fire.
+        assert!(started.elapsed() < DIAL_TIMEOUT, "{:?}", started.elapsed());
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     drop(black_hole);

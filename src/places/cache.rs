@@ -417,12 +417,22 @@ mod tests {
     fn locations_that_share_a_key_are_within_the_fraction_of_the_radius() {
         let mut rng = fastrand::Rng::with_seed(7);
         let mut shared = 0;
-        for (fraction, radius_m) in [(0.01, 10_000.0), (0.02, 1.0), (0.01, 50_000.0), (0.001, 300.0)]
-        {
+        for (fraction, radius_m) in [
+            (0.01, 10_000.0),
+            (0.02, 1.0),
+            (0.01, 50_000.0),
+            (0.001, 300.0),
+        ] {
             let grid = Grid::new(fraction);
             let reach = fraction * radius_m;
             // Centres everywhere, the poles and the antimeridian included.
-            let centres = [(0.0, 0.0), (89.9999, 10.0), (-90.0, 0.0), (12.5, 179.9999), (34.07, -118.44)];
+            let centres = [
+                (0.0, 0.0),
+                (89.9999, 10.0),
+                (-90.0, 0.0),
+                (12.5, 179.9999),
+                (34.07, -118.44),
+            ];
             for (lat, lon) in centres {
                 let points: Vec<(f64, f64)> = (0..300)
                     .map(|_| {
@@ -575,11 +585,19 @@ mod tests {
         let others: Vec<PlacesRequest> = (1..100)
             .map(|i| {
                 let offset = f64::from(i) * 1e-7;
-                req(first.lat + offset, first.lon - offset, 10_000.0, i as usize % 21)
+                req(
+                    first.lat + offset,
+                    first.lon - offset,
+                    10_000.0,
+                    i as usize % 21,
+                )
             })
             .collect();
         let grid = Grid::new(0.01);
-        assert!(others.iter().all(|r| grid.key(r) == grid.key(&first)), "one cell");
+        assert!(
+            others.iter().all(|r| grid.key(r) == grid.key(&first)),
+            "one cell"
+        );
         let mut waiting = vec![tokio::spawn(svc.call(first))];
         waiting.extend(others.into_iter().map(|r| tokio::spawn(svc.call(r))));
         while lock(&asked).is_empty() {
@@ -599,7 +617,9 @@ mod tests {
             "one call, at the first caller's own location"
         );
         // The answer is kept for the cell.
-        let later = svc.call(req(first.lat - 1e-6, first.lon, 10_000.0, 1)).await;
+        let later = svc
+            .call(req(first.lat - 1e-6, first.lon, 10_000.0, 1))
+            .await;
         assert!(later.unwrap().cached);
         assert_eq!(lock(&asked).len(), 1);
     }

@@ -52,7 +52,9 @@ pub enum GoogleError {
     Garbage { http: u16, reason: String },
     /// The answer's body is longer than `places.max_response_bytes`: it was cut off
     /// there, unread. Not retried: the same request would bring the same answer.
-    #[error("Google's answer (HTTP {http}) is longer than places.max_response_bytes ({limit} bytes)")]
+    #[error(
+        "Google's answer (HTTP {http}) is longer than places.max_response_bytes ({limit} bytes)"
+    )]
     TooLarge { http: u16, limit: usize },
 }
 
@@ -604,6 +606,17 @@ mod tests {
         let e = parse_legacy(429, b"slow down").unwrap_err();
         assert_eq!(e.status(), "OVER_QUERY_LIMIT");
         assert!(e.is_transient());
+    }
+
+    #[test]
+    fn a_cut_off_answer_is_final_and_unknown() {
+        let e = GoogleError::TooLarge {
+            http: 200,
+            limit: 1024,
+        };
+        assert_eq!(e.status(), "UNKNOWN_ERROR");
+        assert!(!e.is_transient());
+        assert!(e.message().contains("places.max_response_bytes (1024 bytes)"));
     }
 
     #[test]

@@ -33,6 +33,11 @@ use tokio_util::sync::CancellationToken;
 pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long an update may take to reach every server it should reach.
 pub const SPREAD: Duration = Duration::from_secs(10);
+/// How long a server's dial of a neighbour may hang before it gives up (the
+/// `connect_timeout` of `src/peer/dial.rs`), which is also the longest redial backoff
+/// (`BACKOFF_MAX`): a reply that waited on a link to a down or hung neighbour would
+/// take at least this long, so "answered sooner" is the test of not waiting.
+pub const DIAL_TIMEOUT: Duration = Duration::from_secs(2);
 /// The fair chance a server gets to (wrongly) receive an update before we say it did not.
 pub const FAIR_CHANCE: Duration = Duration::from_secs(1);
 
@@ -186,7 +191,10 @@ impl TestHerd {
             let herd = self.config.clone();
             let places = self.places.clone();
             let shutdown = shutdown.clone();
-            let me = herd.server(name).expect("a server of the test herd").clone();
+            let me = herd
+                .server(name)
+                .expect("a server of the test herd")
+                .clone();
             server::run(herd, me, listeners, places, shutdown)
         });
         self.slot(name).running = Some(Running { shutdown, task });
