@@ -841,6 +841,26 @@ async fn google_is_asked_at_the_clients_location_and_the_cache_shares_only_withi
 }
 
 #[tokio::test]
+async fn an_old_herd_file_with_cache_decimals_still_runs_and_says_it_is_ignored() {
+    let herd = start("new", Act::Places(1), "cache_decimals = 4").await;
+    iamat(&herd, "kiwi", HERE).await;
+    assert_eq!(whatsat(&herd, "kiwi", "10", 1).await.json["status"], "OK");
+    let body: Value =
+        serde_json::from_slice(&herd.google.requests.lock().unwrap()[0].body).unwrap();
+    let c = &body["locationRestriction"]["circle"]["center"];
+    assert_eq!(
+        (c["latitude"].as_f64(), c["longitude"].as_f64()),
+        (Some(HERE_EXACT.0), Some(HERE_EXACT.1))
+    );
+    let logs = String::from_utf8_lossy(&logs().lock().unwrap()).into_owned();
+    assert!(
+        logs.lines().any(|l| l.contains("WARN")
+            && l.contains("places.cache_decimals = 4 is deprecated and ignored")),
+        "{logs}"
+    );
+}
+
+#[tokio::test]
 async fn a_huge_answer_is_cut_off_and_answered_as_a_failure_before_the_deadline() {
     for act in [Act::Endless, Act::Huge] {
         // The deadline is generous: the answer must come from the cap, not from a timeout.

@@ -616,7 +616,10 @@ mod tests {
         };
         assert_eq!(e.status(), "UNKNOWN_ERROR");
         assert!(!e.is_transient());
-        assert!(e.message().contains("places.max_response_bytes (1024 bytes)"));
+        assert!(
+            e.message()
+                .contains("places.max_response_bytes (1024 bytes)")
+        );
     }
 
     #[test]
