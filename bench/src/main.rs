@@ -46,7 +46,7 @@ pub(crate) const DEFAULT_REDIS_ADDR: &str = "127.0.0.1:6379";
     after_help = "Each scenario prints a table, or one JSON object with --json. Latencies are in \
 microseconds (HDR histogram); the warm-up is excluded from every figure.\n\
 Exit status: 0 when every request got the reply it deserves, 3 when the run completed with \
-errors (counted in the report), 1 when it could not run, 2 for bad arguments.\n\nExamples:\n  herd-bench iamat --connections 50 --depth 1 --duration 10s\n  herd-bench iamat --redis --addr 127.0.0.1:6379 --depth 16\n  herd-bench whatsat --radius 10 --bound 20\n  herd-bench propagation --at 127.0.0.1:12004 --seen 127.0.0.1:12002 --watch 127.0.0.1:13002 --background-rate 20000\n  herd-bench connections --count 10000 --server-pid $(pgrep -n herd)\n  herd-bench records --records 1000000 --server-pid $(pgrep -n herd)"
+errors (counted in the report), 1 when it could not run, 2 for bad arguments.\n\nExamples:\n  herd-bench iamat --connections 50 --depth 1 --duration 10s\n  herd-bench iamat --redis --addr 127.0.0.1:6379 --depth 16\n  herd-bench whatsat --radius 10 --bound 20\n  herd-bench propagation --at 127.0.0.1:12004 --seen 127.0.0.1:12002 --watch 127.0.0.1:13002 --background-rate 20000\n  herd-bench connections --count 10000 --server-pid $(pgrep -nx herd)\n  herd-bench records --records 1000000 --server-pid $(pgrep -nx herd)"
 )]
 struct BenchArgs {
     #[command(subcommand)]
