@@ -2,8 +2,9 @@
 # herd against Redis, side by side, in one run (issue 6's scenarios and targets).
 #
 # Installs redis-server from Debian's packages if missing, starts it on loopback with
-# persistence off, builds herd in release, and runs every scenario with the same client code
-# (`herd bench`) against both; then prints a table of figures, ratios and targets.
+# persistence off, builds herd and its load generator (`herd-bench`, the bench/ crate) in
+# release, and runs every scenario with the same client code against both; then prints a
+# table of figures, ratios and targets.
 # Everything it starts runs on 127.0.0.1, on free ports, and is stopped on exit, even on failure.
 #
 # Usage: bench/compare.sh
@@ -102,9 +103,10 @@ if ! command -v redis-server >/dev/null 2>&1; then
         { apt-get update >>"$OUT/apt.log" 2>&1 && apt-get install -y redis-server >>"$OUT/apt.log" 2>&1; }
 fi
 
-say "building herd (release)"
-cargo build --release --locked --bin herd
+say "building herd and herd-bench (release)"
+cargo build --release --locked -p herd --bin herd -p herd-bench --bin herd-bench
 HERD=$PWD/target/release/herd
+HERD_BENCH=$PWD/target/release/herd-bench
 
 start_redis() {
     REDIS_PORT=$(free_ports 1)
@@ -127,12 +129,12 @@ start_one() {
     ONE=127.0.0.1:${ports[0]}
 }
 
-# `bench NAME ARGS...`: runs `herd bench ARGS --json` into $OUT/NAME.json. A run with errors
+# `bench NAME ARGS...`: runs `herd-bench ARGS --json` into $OUT/NAME.json. A run with errors
 # (exit 3) still has its report; one that could not run leaves its reason in NAME.err.
 bench() {
     local name=$1 rc=0; shift
-    say "$name: herd bench $*"
-    "$HERD" bench "$@" --json >"$OUT/$name.json" 2>"$OUT/$name.err" || rc=$?
+    say "$name: herd-bench $*"
+    "$HERD_BENCH" "$@" --json >"$OUT/$name.json" 2>"$OUT/$name.err" || rc=$?
     [ -s "$OUT/$name.err" ] && sed 's/^/   /' "$OUT/$name.err" >&2
     case $rc in
         0) ;;

@@ -209,10 +209,11 @@ triple=$(rustc -vV | sed -n 's/^host: //p')
 binary=target/$triple/release/herd
 rustup target list --installed 2>/dev/null | grep -qx "$triple" ||
     abort "rust target $triple is not installed (rustup target add $triple)"
-step "cargo build --release --target $triple (static)"
+step "cargo build --release --target $triple -p herd --bin herd (static)"
 t=$SECONDS
+# Only the server: the load generator (bench/) is not part of the image.
 RUSTFLAGS="-C target-feature=+crt-static" \
-    cargo build --release --locked --target "$triple" || abort "cargo build"
+    cargo build --release --locked --target "$triple" -p herd --bin herd || abort "cargo build"
 cargo_secs=$((SECONDS - t))
 docker_start=$SECONDS
 ldd "$binary" 2>&1 | grep -qE 'statically linked|not a dynamic executable' ||

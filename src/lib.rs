@@ -16,9 +16,10 @@
 //! - [`inspect`]: the operators' view: the `Inspect` gRPC service, health, reflection, metrics.
 //! - [`metrics`]: one server's Prometheus metrics.
 //! - [`logging`]: tracing to stderr and to one file per server.
-//! - [`bench`]: `herd bench`, the load generator (and its Redis comparison mode).
+//!
+//! The load generator, `herd-bench`, is a crate of its own in `bench/` (a member of this
+//! workspace): it uses [`proto`] and the places dataset, and the server does not carry it.
 
-pub mod bench;
 pub mod config;
 pub mod gateway;
 pub mod inspect;
@@ -36,6 +37,35 @@ pub mod wire;
 /// poisoned lock is still good to use, and one panic must not take a server down.
 pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Lifts the soft limit on open files to the hard one: each client connection is a file
+/// descriptor, and the default soft limit (often 1024) is far below what a server holding
+/// many idle clients, or the load generator opening them, needs.
+pub fn raise_open_file_limit() -> std::io::Result<()> {
+    fn os_error(what: String) -> std::io::Error {
+        let e = std::io::Error::last_os_error();
+        std::io::Error::new(e.kind(), format!("{what}: {e}"))
+    }
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write the struct passed to them.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Err(os_error("cannot read the open file limit".into()));
+    }
+    if limit.rlim_cur < limit.rlim_max {
+        limit.rlim_cur = limit.rlim_max;
+        // SAFETY: as above.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
+            return Err(os_error(format!(
+                "cannot raise the open file limit to {}",
+                limit.rlim_max
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// The generated gRPC types of `proto/herd/v1/herd.proto`.

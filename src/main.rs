@@ -46,8 +46,6 @@ enum Command {
         #[arg(long, default_value = "")]
         service: String,
     },
-    /// Load-test a server (or Redis, for comparison): throughput, latency, propagation, memory.
-    Bench(herd::bench::BenchArgs),
 }
 
 #[derive(Args, Debug)]
@@ -74,10 +72,6 @@ fn main() -> ExitCode {
         Command::Serve { name, common } => (common, Some(name.as_str())),
         Command::Up { common } => (common, None),
         Command::Health { addr, service } => return health(addr, service),
-        Command::Bench(args) => {
-            raise_open_file_limit();
-            return herd::bench::run(args);
-        }
     };
 
     let mut herd = match HerdConfig::load(common.config.as_deref()) {
@@ -95,7 +89,9 @@ fn main() -> ExitCode {
         None => herd.servers.iter().map(|s| s.name.clone()).collect(),
     };
 
-    raise_open_file_limit();
+    if let Err(e) = herd::raise_open_file_limit() {
+        eprintln!("herd: {e}");
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -229,29 +225,6 @@ async fn signals(shutdown: CancellationToken) {
     };
     tracing::info!(signal = which, "shutting down");
     shutdown.cancel();
-}
-
-/// Each client is a file descriptor: lift the soft limit to the hard one, as
-/// servers holding many idle connections must (the default soft limit is often 1024).
-fn raise_open_file_limit() {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit and setrlimit only read and write the struct passed to them.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
-        {
-            limit.rlim_cur = limit.rlim_max;
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
-                eprintln!(
-                    "herd: cannot raise the open file limit to {}: {}",
-                    limit.rlim_max,
-                    std::io::Error::last_os_error()
-                );
-            }
-        }
-    }
 }
 
 fn fail(code: u8, e: &dyn std::fmt::Display) -> ExitCode {

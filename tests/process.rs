@@ -621,3 +621,27 @@ fn grep_links(path: &Path) -> String {
         .collect::<Vec<_>>()
         .join("\n")
 }
+
+/// The load generator is its own binary (`herd-bench`, bench/): the server's has no
+/// `bench` subcommand, and says which commands it does have.
+#[test]
+fn the_server_binary_has_no_bench_subcommand() {
+    let out = Command::new(HERD)
+        .args(["bench", "iamat"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("unrecognized subcommand 'bench'"),
+        "{stderr}"
+    );
+
+    let help = Command::new(HERD).arg("--help").output().unwrap();
+    assert!(help.status.success(), "{help:?}");
+    let help = String::from_utf8_lossy(&help.stdout);
+    for command in ["serve", "up", "health"] {
+        assert!(help.contains(command), "{help}");
+    }
+    assert!(!help.contains("bench"), "{help}");
+}

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test of the project on a fresh machine: installs what the tests need
 # (cargo-nextest if missing, grpcurl in a venv), then runs the Rust test suite and
-# the docker compose deployment test.
+# the docker compose deployment test. The workspace is the server (the top level) and
+# the load generator (bench/): both are built and tested.
 # Usage: tests/run.sh            (from anywhere; CI runs it through .ci/run)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,10 +23,10 @@ export GRPCURL="$PWD/$tools/bin/grpcurl"
 "$GRPCURL" -version
 
 echo "== building"
-cargo build --all-targets --locked
+cargo build --workspace --all-targets --locked
 
 echo "== tests"
-cargo nextest run --locked --no-fail-fast
+cargo nextest run --workspace --locked --no-fail-fast
 
 # The five-container deployment, on the machine's real Docker Engine. Required in CI;
 # elsewhere it runs when a Docker daemon answers.

@@ -122,7 +122,7 @@ pub struct RawPlace {
 }
 
 /// Every place of the embedded dataset, in file order: for tools that load the same points
-/// elsewhere (`herd bench load-redis-places`).
+/// elsewhere (`herd-bench load-redis-places`).
 pub fn raw_places() -> Result<Vec<RawPlace>, OfflineError> {
     dataset_text()?
         .lines()

@@ -1,6 +1,9 @@
-//! `herd bench` (the real binary) over real sockets: against in-process herds of the shared
+//! `herd-bench` (the real binary) over real sockets: against in-process herds of the shared
 //! harness, and against tiny fake servers whose wrong answers must be counted as errors.
 
+// The server crate's own black-box harness (real herds on ports the OS chose), shared
+// rather than copied.
+#[path = "../../tests/common/mod.rs"]
 mod common;
 
 use std::{
@@ -36,12 +39,11 @@ fn fake_server(reply: fn(&[u8]) -> Vec<u8>) -> String {
     addr
 }
 
-/// Runs `herd bench ARGS` (off the runtime: the servers under test share it).
+/// Runs `herd-bench ARGS` (off the runtime: the servers under test share it).
 async fn run_bench(args: &[&str]) -> std::process::Output {
     let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
     tokio::task::spawn_blocking(move || {
-        Command::new(env!("CARGO_BIN_EXE_herd"))
-            .arg("bench")
+        Command::new(env!("CARGO_BIN_EXE_herd-bench"))
             .args(&args)
             .output()
             .unwrap()
@@ -50,7 +52,7 @@ async fn run_bench(args: &[&str]) -> std::process::Output {
     .unwrap()
 }
 
-/// Runs `herd bench ARGS --json` and returns its exit code and report.
+/// Runs `herd-bench ARGS --json` and returns its exit code and report.
 async fn bench(args: &[&str]) -> (i32, Value) {
     let mut all = args.to_vec();
     all.push("--json");
@@ -58,7 +60,7 @@ async fn bench(args: &[&str]) -> (i32, Value) {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let report: Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
         panic!(
-            "herd bench {args:?}: {e}\nstdout: {stdout}\nstderr: {}",
+            "herd-bench {args:?}: {e}\nstdout: {stdout}\nstderr: {}",
             String::from_utf8_lossy(&out.stderr)
         )
     });

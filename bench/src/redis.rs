@@ -1,4 +1,4 @@
-//! The Redis side of the comparison: `herd bench load-redis-places` puts the offline dataset's
+//! The Redis side of the comparison: `herd-bench load-redis-places` puts the offline dataset's
 //! places into a geo set with pipelined GEOADDs, so GEOSEARCH searches the same points as herd.
 
 use std::{net::SocketAddr, time::Duration};
@@ -76,7 +76,7 @@ pub(crate) struct PlacesReport {
 impl PlacesReport {
     pub(crate) fn table(&self) -> Table {
         let mut t = Table::new(format!(
-            "herd bench load-redis-places -> {} ({})",
+            "herd-bench load-redis-places -> {} ({})",
             self.addr, self.key
         ));
         t.row(
@@ -106,7 +106,7 @@ pub(crate) async fn load_places(
 ) -> Result<PlacesReport, BenchError> {
     use std::io::Write as _;
     let started = std::time::Instant::now();
-    let places = tokio::task::spawn_blocking(crate::places::offline::raw_places)
+    let places = tokio::task::spawn_blocking(herd::places::offline::raw_places)
         .await
         .map_err(|e| BenchError::Run(e.to_string()))?
         .map_err(|e| BenchError::Run(e.to_string()))?;

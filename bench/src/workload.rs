@@ -677,8 +677,8 @@ mod tests {
             assert_eq!(&line.as_bytes()[6..line.len() - 1], &key[..]);
             assert!(
                 matches!(
-                    crate::wire::parse(line.trim_end().as_bytes()),
-                    Ok(crate::wire::Command::IAmAt(_))
+                    herd::wire::parse(line.trim_end().as_bytes()),
+                    Ok(herd::wire::Command::IAmAt(_))
                 ),
                 "{line}"
             );

@@ -1,6 +1,9 @@
-//! `herd bench`: a load generator for the herd line protocol, usable against any server that
+//! `herd-bench`: a load generator for the herd line protocol, usable against any server that
 //! speaks it, with a `--redis` mode that sends the equivalent Redis geo commands through the
-//! same connection and pipelining code.
+//! same connection and pipelining code. It is a crate of its own, so that the server's binary
+//! and image do not carry it; from the server crate it takes only the generated gRPC types
+//! (`herd::proto`, for `propagation --watch`) and the embedded places dataset (for
+//! `load-redis-places`).
 //!
 //! - [`load`]: the closed-loop engine (N connections × D in flight) and the `iamat`,
 //!   `whatsat` and `records` scenarios.
@@ -9,6 +12,7 @@
 //! - [`redis`]: loading the offline dataset into Redis for `whatsat --redis`.
 //! - [`workload`]: what is sent and how replies are judged, for both wires.
 //! - [`resp`]: the RESP encoder and reply parser.
+//! - [`conn`]: one connection's buffered reads of whole replies, under a deadline.
 //! - [`report`]: histograms, figures, the table and the JSON.
 //!
 //! Every loop is bounded in time (`--timeout`, `--time-limit`) and every address is one the
@@ -25,7 +29,7 @@ mod workload;
 
 use std::{process::ExitCode, time::Duration};
 
-use clap::{Args, Subcommand};
+use clap::{Args, Parser, Subcommand};
 
 use workload::{Clients, Point};
 
@@ -34,15 +38,17 @@ pub(crate) const DEFAULT_HERD_ADDR: &str = "127.0.0.1:12001";
 /// Where Redis listens by default.
 pub(crate) const DEFAULT_REDIS_ADDR: &str = "127.0.0.1:6379";
 
-/// Load-test a herd server, or Redis for comparison.
-#[derive(Args, Debug)]
+/// Load-test a herd server, or Redis for comparison: throughput, latency, propagation, memory.
+#[derive(Parser, Debug)]
 #[command(
+    name = "herd-bench",
+    version,
     after_help = "Each scenario prints a table, or one JSON object with --json. Latencies are in \
 microseconds (HDR histogram); the warm-up is excluded from every figure.\n\
 Exit status: 0 when every request got the reply it deserves, 3 when the run completed with \
-errors (counted in the report), 1 when it could not run, 2 for bad arguments.\n\nExamples:\n  herd bench iamat --connections 50 --depth 1 --duration 10s\n  herd bench iamat --redis --addr 127.0.0.1:6379 --depth 16\n  herd bench whatsat --radius 10 --bound 20\n  herd bench propagation --at 127.0.0.1:12004 --seen 127.0.0.1:12002 --watch 127.0.0.1:13002 --background-rate 20000\n  herd bench connections --count 10000 --server-pid $(pgrep -n herd)\n  herd bench records --records 1000000 --server-pid $(pgrep -n herd)"
+errors (counted in the report), 1 when it could not run, 2 for bad arguments.\n\nExamples:\n  herd-bench iamat --connections 50 --depth 1 --duration 10s\n  herd-bench iamat --redis --addr 127.0.0.1:6379 --depth 16\n  herd-bench whatsat --radius 10 --bound 20\n  herd-bench propagation --at 127.0.0.1:12004 --seen 127.0.0.1:12002 --watch 127.0.0.1:13002 --background-rate 20000\n  herd-bench connections --count 10000 --server-pid $(pgrep -nx herd)\n  herd-bench records --records 1000000 --server-pid $(pgrep -nx herd)"
 )]
-pub struct BenchArgs {
+struct BenchArgs {
     #[command(subcommand)]
     scenario: Scenario,
 }
@@ -65,7 +71,7 @@ enum Scenario {
     ///
     /// With herd, first seeds --points clients with IAMATs around --lat/--lon, then asks
     /// WHATSAT about random ones. With --redis, GEOSEARCHes herd:places at the same points
-    /// (load it first with `herd bench load-redis-places`).
+    /// (load it first with `herd-bench load-redis-places`).
     Whatsat {
         #[command(flatten)]
         target: Target,
@@ -259,8 +265,17 @@ pub(crate) enum BenchError {
     Run(String),
 }
 
-/// Runs `herd bench ...` to completion and says how it went.
-pub fn run(args: &BenchArgs) -> ExitCode {
+fn main() -> ExitCode {
+    // Each connection is a file descriptor: `connections --count 10000` needs more than the
+    // usual soft limit of 1024.
+    if let Err(e) = herd::raise_open_file_limit() {
+        eprintln!("herd-bench: {e}");
+    }
+    run(&BenchArgs::parse())
+}
+
+/// Runs one scenario to completion and says how it went.
+fn run(args: &BenchArgs) -> ExitCode {
     let output = match &args.scenario {
         Scenario::Iamat { output, .. }
         | Scenario::Whatsat { output, .. }
@@ -282,7 +297,7 @@ pub fn run(args: &BenchArgs) -> ExitCode {
     let runtime = match runtime {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("herd bench: cannot start the runtime: {e}");
+            eprintln!("herd-bench: cannot start the runtime: {e}");
             return ExitCode::from(1);
         }
     };
@@ -290,7 +305,7 @@ pub fn run(args: &BenchArgs) -> ExitCode {
         Ok(0) => ExitCode::SUCCESS,
         Ok(_) => ExitCode::from(3),
         Err(e) => {
-            eprintln!("herd bench: {e}");
+            eprintln!("herd-bench: {e}");
             ExitCode::from(match e {
                 BenchError::Usage(_) => 2,
                 BenchError::Run(_) => 1,
@@ -520,11 +535,6 @@ mod tests {
     #[test]
     fn the_command_line_is_consistent() {
         use clap::CommandFactory as _;
-        #[derive(clap::Parser)]
-        struct Cli {
-            #[command(flatten)]
-            bench: BenchArgs,
-        }
-        Cli::command().debug_assert();
+        BenchArgs::command().debug_assert();
     }
 }

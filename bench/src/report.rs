@@ -235,7 +235,7 @@ pub(crate) struct LoadReport {
 impl LoadReport {
     pub(crate) fn table(&self) -> Table {
         let mut t = Table::new(format!(
-            "herd bench {} -> {} ({})",
+            "herd-bench {} -> {} ({})",
             self.scenario, self.addr, self.target
         ));
         let mut shape = format!("{} connections x depth {}", self.connections, self.depth);
@@ -284,7 +284,7 @@ pub(crate) fn emit<R: Serialize>(report: &R, json: bool, table: impl FnOnce(&R) 
     if json {
         match serde_json::to_string(report) {
             Ok(text) => println!("{text}"),
-            Err(e) => eprintln!("herd bench: cannot encode the report: {e}"),
+            Err(e) => eprintln!("herd-bench: cannot encode the report: {e}"),
         }
     } else {
         table(report).print();

@@ -1,4 +1,4 @@
-//! `herd bench connections`: opens N idle client connections to one server, holds them, checks
+//! `herd-bench connections`: opens N idle client connections to one server, holds them, checks
 //! that each still answers one IAMAT, and reports the server's resident memory on the way.
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
@@ -58,7 +58,7 @@ pub(crate) struct ConnectionsReport {
 impl ConnectionsReport {
     pub(crate) fn table(&self) -> Table {
         let mut t = Table::new(format!(
-            "herd bench connections -> {} ({})",
+            "herd-bench connections -> {} ({})",
             self.addr, self.target
         ));
         t.row(
@@ -119,7 +119,7 @@ pub(crate) fn ensure_fd_limit(needed: u64) -> Result<(), BenchError> {
     }
 }
 
-/// `herd bench connections`.
+/// `herd-bench connections`.
 pub(crate) async fn run(plan: &ConnectionsPlan) -> Result<ConnectionsReport, BenchError> {
     ensure_fd_limit(plan.count as u64 + 64)?;
     if let Some(pid) = plan.server_pid
@@ -127,7 +127,7 @@ pub(crate) async fn run(plan: &ConnectionsPlan) -> Result<ConnectionsReport, Ben
         && soft < plan.count as u64 + 16
     {
         eprintln!(
-            "herd bench: warning: server pid {pid} may open only {soft} files; expect it to refuse some of {} connections",
+            "herd-bench: warning: server pid {pid} may open only {soft} files; expect it to refuse some of {} connections",
             plan.count
         );
     }

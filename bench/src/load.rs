@@ -118,7 +118,7 @@ pub(crate) async fn run(plan: &Plan, mut generator: impl FnMut(usize) -> Generat
     }
     if let Some(e) = first_error {
         eprintln!(
-            "herd bench: {} of {} connections to {} failed: {e}",
+            "herd-bench: {} of {} connections to {} failed: {e}",
             total.errors.connect, plan.connections, plan.addr
         );
     }
@@ -150,7 +150,7 @@ pub(crate) async fn run(plan: &Plan, mut generator: impl FnMut(usize) -> Generat
     while let Some(joined) = running.join_next().await {
         match joined {
             Ok(t) => total.merge(&t),
-            Err(e) => eprintln!("herd bench: a connection task failed: {e}"),
+            Err(e) => eprintln!("herd-bench: a connection task failed: {e}"),
         }
     }
     // `merge` sums the error total; make sure it is right even with no connection at all.
@@ -334,7 +334,7 @@ fn report(scenario: &'static str, wire: Wire, plan: &Plan, m: &Measured) -> Load
     }
 }
 
-/// `herd bench iamat`.
+/// `herd-bench iamat`.
 pub(crate) async fn iamat(
     target: &Target,
     load: &LoadArgs,
@@ -364,7 +364,7 @@ pub(crate) struct Area {
     pub(crate) bound: u32,
 }
 
-/// `herd bench whatsat`: seeds the clients (herd) or checks the places (Redis), then measures.
+/// `herd-bench whatsat`: seeds the clients (herd) or checks the places (Redis), then measures.
 pub(crate) async fn whatsat(
     target: &Target,
     load: &LoadArgs,
@@ -459,13 +459,13 @@ async fn check_places(addr: SocketAddr, timeout: Duration) -> Result<(), BenchEr
     let n = super::redis::zcard(addr, REDIS_PLACES, timeout).await?;
     if n == 0 {
         return Err(BenchError::Run(format!(
-            "Redis at {addr} has no places in {REDIS_PLACES}; run `herd bench load-redis-places --addr {addr}` first"
+            "Redis at {addr} has no places in {REDIS_PLACES}; run `herd-bench load-redis-places --addr {addr}` first"
         )));
     }
     Ok(())
 }
 
-/// `herd bench records`: N distinct client records, pipelined, and the server's memory after.
+/// `herd-bench records`: N distinct client records, pipelined, and the server's memory after.
 pub(crate) async fn records(
     target: &Target,
     records: u64,

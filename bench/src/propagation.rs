@@ -1,4 +1,4 @@
-//! `herd bench propagation`: IAMATs sent to one server, timed until they are visible at another,
+//! `herd-bench propagation`: IAMATs sent to one server, timed until they are visible at another,
 //! either by polling `WHATSAT id 1 0` there (any server of the protocol) or through its Inspect
 //! `Watch` stream (herd's peer port: no polling load, and no polling interval to blur the figure).
 //! Background IAMATs at the origin load the herd at a fixed rate (open loop) meanwhile.
@@ -25,7 +25,7 @@ use super::{
     report::{Errors, Latency, Table, histogram, micros, thousands},
     workload::{ClientClock, Codec, Op, Point, Verdict, Wire, run_prefix},
 };
-use crate::proto::{LookupRequest, WatchRequest, inspect_client::InspectClient};
+use herd::proto::{LookupRequest, WatchRequest, inspect_client::InspectClient};
 
 /// Where probes are placed: open ocean, so a poll's places lookup finds nothing and costs little.
 const PROBE_AT: &str = "+0.000000-150.000000";
@@ -94,7 +94,7 @@ pub(crate) struct Background {
 impl PropagationReport {
     pub(crate) fn table(&self) -> Table {
         let mut t = Table::new(format!(
-            "herd bench propagation {} -> {} ({})",
+            "herd-bench propagation {} -> {} ({})",
             self.at, self.observed, self.method
         ));
         t.row(
@@ -163,7 +163,7 @@ enum Observer {
 /// A probe that was written and is being looked for.
 enum Pending {
     Poll,
-    Watch(Box<tonic::Streaming<crate::proto::WatchEvent>>),
+    Watch(Box<tonic::Streaming<herd::proto::WatchEvent>>),
 }
 
 impl Observer {
@@ -289,7 +289,7 @@ impl Observer {
                 // probe may still be on its way, so ask for it with Lookup until it shows.
                 if *fallbacks == 0 {
                     eprintln!(
-                        "herd bench: {broke}; falling back to Lookup polling for such probes"
+                        "herd-bench: {broke}; falling back to Lookup polling for such probes"
                     );
                 }
                 *fallbacks += 1;
@@ -311,7 +311,7 @@ impl Observer {
     }
 }
 
-/// `herd bench propagation`.
+/// `herd-bench propagation`.
 pub(crate) async fn run(plan: &PropagationPlan) -> Result<PropagationReport, BenchError> {
     if plan.probe_rate <= 0.0 || plan.background_rate < 0.0 {
         return Err(BenchError::Usage(
@@ -421,7 +421,7 @@ pub(crate) async fn run(plan: &PropagationPlan) -> Result<PropagationReport, Ben
         let pending = match observer.prepare(&id, deadline).await {
             Ok(p) => p,
             Err(e) => {
-                eprintln!("herd bench: {e}");
+                eprintln!("herd-bench: {e}");
                 errors.connect += 1;
                 break;
             }
@@ -429,7 +429,7 @@ pub(crate) async fn run(plan: &PropagationPlan) -> Result<PropagationReport, Ben
         sent += 1;
         let t0 = Instant::now();
         if let Err(e) = origin.send(&line, deadline).await {
-            eprintln!("herd bench: origin {}: {e}", plan.at);
+            eprintln!("herd-bench: origin {}: {e}", plan.at);
             errors.missing += 1;
             break;
         }
@@ -442,7 +442,7 @@ pub(crate) async fn run(plan: &PropagationPlan) -> Result<PropagationReport, Ben
             Err(e) => {
                 // This probe is lost; the next one gets a new stream.
                 if errors.missing == 0 {
-                    eprintln!("herd bench: {e}");
+                    eprintln!("herd-bench: {e}");
                 }
                 errors.missing += 1;
             }
@@ -454,7 +454,7 @@ pub(crate) async fn run(plan: &PropagationPlan) -> Result<PropagationReport, Ben
                 _ => errors.malformed += 1,
             },
             Err(e) => {
-                eprintln!("herd bench: origin {}: {e}", plan.at);
+                eprintln!("herd-bench: origin {}: {e}", plan.at);
                 errors.missing += 1;
                 break;
             }
@@ -490,10 +490,10 @@ pub(crate) async fn run(plan: &PropagationPlan) -> Result<PropagationReport, Ben
                 bg_secs = bg_secs.max(b.secs);
             }
             Ok(Err(e)) => {
-                eprintln!("herd bench: background load: {e}");
+                eprintln!("herd-bench: background load: {e}");
                 errors.connect += 1;
             }
-            Err(e) => eprintln!("herd bench: background task failed: {e}"),
+            Err(e) => eprintln!("herd-bench: background task failed: {e}"),
         }
     }
     if bg_secs > 0.0 {
