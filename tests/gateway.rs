@@ -7,12 +7,15 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{
-    Client, TestHerd, assert_bytes, at_fields, check_at, diff_nanos, iamat, now_nanos, question,
-    show, time_field,
+    Client, IO_TIMEOUT, TestHerd, assert_bytes, at_fields, check_at, diff_nanos, iamat, now_nanos,
+    question, show, time_field,
 };
 use herd::gateway::MAX_LINE;
 use serde_json::Value;
-use tokio::io::AsyncWriteExt as _;
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    net::TcpStream,
+};
 
 const UCLA: &str = "+34.068930-118.445127";
 /// Open ocean, far from any island: no place within 50 km.
@@ -860,14 +863,12 @@ async fn the_connection_stays_usable_after_bad_lines() {
 async fn a_line_sent_byte_by_byte_is_reassembled() {
     let herd = TestHerd::single("Goloman").await;
     let mut c = herd.client("Goloman").await;
+    // How the server's reads split the bytes is up to TCP; the framer's unit tests
+    // (src/wire/codec.rs) feed every split deterministically.
     let line = iamat(b"kiwi", UCLA, "1520023934.918963997");
-    for (i, b) in line.iter().enumerate() {
+    for b in &line {
         c.send([*b]).await;
         c.stream().flush().await.expect("flush");
-        // Let the server see each fragment on its own now and then.
-        if i % 8 == 0 {
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
     }
     let reply = c.line().await;
     check_at(
@@ -880,13 +881,11 @@ async fn a_line_sent_byte_by_byte_is_reassembled() {
     // CR and LF split across writes, and a `?` line in fragments.
     for part in [&b"FO"[..], b"O ", b"b\xff", b"ar\r"] {
         c.send(part).await;
-        tokio::time::sleep(Duration::from_millis(5)).await;
     }
     c.send("\n").await;
     assert_bytes(&c.line().await, b"? FOO b\xffar\n");
     for part in [&b"WHAT"[..], b"SAT kiwi 1", b"0 ", b"1", b"\r", b"\n"] {
         c.send(part).await;
-        tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let (at, _) = split_whatsat(&c.whatsat_reply().await);
     assert_bytes(&at, &reply);
@@ -936,7 +935,6 @@ async fn an_overlong_garbage_line_is_echoed_in_full() {
     let line = garbage(300 * 1024);
     for chunk in line.chunks(7 * 1024 + 3) {
         c.send(chunk).await;
-        tokio::time::sleep(Duration::from_millis(1)).await;
     }
     c.send("\n").await;
     assert_bytes(&c.line().await, &question(&line));
@@ -955,7 +953,6 @@ async fn a_line_past_the_limit_gets_the_same_reply_however_tcp_splits_it() {
     let whole = c.line().await;
     let mut c = herd.client("Goloman").await;
     c.send(&line[..MAX_LINE / 2]).await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
     c.send(&line[MAX_LINE / 2..]).await;
     let split = c.line().await;
     assert_bytes(&whole, &question(&line));
@@ -966,7 +963,6 @@ async fn a_line_past_the_limit_gets_the_same_reply_however_tcp_splits_it() {
     assert_eq!(line.len(), MAX_LINE + 1, "the line and its LF");
     let mut c = herd.client("Goloman").await;
     c.send(&line[..1000]).await;
-    tokio::time::sleep(Duration::from_millis(50)).await;
     c.send(&line[1000..]).await;
     check_at(&c.line().await, "Goloman", &id, b"+1+1", b"1");
 }
@@ -981,7 +977,6 @@ async fn an_overlong_line_ended_by_crlf_is_echoed_without_the_cr() {
     let mut first = body.clone();
     first.push(b'\r');
     c.send(&first).await;
-    tokio::time::sleep(Duration::from_millis(50)).await;
     c.send("\n").await;
     let mut want = question(&body);
     assert_bytes(&c.line().await, &want);
@@ -989,7 +984,6 @@ async fn an_overlong_line_ended_by_crlf_is_echoed_without_the_cr() {
     let mut line = body.clone();
     line.push(b'\r');
     c.send(&line).await;
-    tokio::time::sleep(Duration::from_millis(50)).await;
     c.send("x\r\n").await;
     want = question(&line);
     want.truncate(want.len() - 1);
@@ -1050,6 +1044,65 @@ async fn an_iamat_padded_with_whitespace_up_to_the_limit_is_answered() {
     assert!(line.len() <= MAX_LINE + 1);
     c.send(&line).await;
     check_at(&c.line().await, "Goloman", b"kiwi", b"+1+1", b"1");
+}
+
+// ---------------------------------------------------------------- replies held
+
+/// One series of `name`'s Prometheus metrics, scraped over HTTP/1.1 on its peer port.
+async fn metric(herd: &TestHerd, name: &str, series: &str) -> u64 {
+    let mut s = TcpStream::connect(herd.peer_addr(name))
+        .await
+        .expect("connect to the peer port");
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("ask for the metrics");
+    let mut text = String::new();
+    tokio::time::timeout(IO_TIMEOUT, s.read_to_string(&mut text))
+        .await
+        .expect("the metrics in time")
+        .expect("read the metrics");
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {series} in {text}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replies_past_the_held_bound_are_written_early_and_arrive_whole() {
+    // gateway.max_held_reply_bytes is 256 KiB by default: a few hundred WHATSATs in
+    // one write (one read, a few KB) make megabytes of replies, which the server
+    // writes out as it goes instead of holding them until the read is answered.
+    const EARLY: &str = r#"herd_client_replies_written_early_total{server="Goloman"}"#;
+    const BOUND: usize = 256 * 1024;
+    const COUNT: usize = 300;
+    let herd = TestHerd::single("Goloman").await;
+    let mut c = herd.client("Goloman").await;
+    register(&mut c, b"kiwi", UCLA, "1520023934").await;
+    let one = c.whatsat("WHATSAT kiwi 50 20\n").await;
+    assert!(
+        COUNT * one.len() > 3 * BOUND,
+        "{COUNT} replies of {} bytes do not pass the bound",
+        one.len()
+    );
+    let before = metric(&herd, "Goloman", EARLY).await;
+
+    c.send(b"WHATSAT kiwi 50 20\n".repeat(COUNT)).await;
+    for _ in 0..COUNT {
+        assert_bytes(&c.whatsat_reply().await, &one);
+    }
+    // Still in step afterwards.
+    assert_bytes(&c.ask("FOO\n").await, b"? FOO\n");
+    let after = metric(&herd, "Goloman", EARLY).await;
+    assert!(
+        after > before,
+        "{EARLY} went from {before} to {after} for {} bytes of replies",
+        COUNT * one.len()
+    );
+
+    // One WHATSAT per write holds one reply at a time: the bound never bites.
+    for _ in 0..5 {
+        assert_bytes(&c.whatsat("WHATSAT kiwi 50 20\n").await, &one);
+    }
+    assert_eq!(metric(&herd, "Goloman", EARLY).await, after);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
