@@ -10,7 +10,7 @@ use common::{
     Client, IO_TIMEOUT, TestHerd, assert_bytes, at_fields, check_at, diff_nanos, iamat, now_nanos,
     question, show, time_field,
 };
-use herd::gateway::MAX_LINE;
+use herd::{gateway::MAX_LINE, places::PlacesRequest};
 use serde_json::Value;
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
@@ -21,6 +21,32 @@ const UCLA: &str = "+34.068930-118.445127";
 /// Open ocean, far from any island: no place within 50 km.
 const PACIFIC: &str = "-30.000000-140.000000";
 const SECOND: i128 = 1_000_000_000;
+
+/// How long the offline places index may take to build. It is built once per test
+/// process, in the background: seconds in a debug build, many more on a loaded 2-core
+/// machine running other test processes that build it too.
+const INDEX_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Server Goloman alone, once the places index is built: the first WHATSAT of a test
+/// process would otherwise wait for the build under the client's per-read deadline,
+/// which is there to catch a server that does not answer, not a slow build.
+async fn goloman() -> TestHerd {
+    let herd = TestHerd::single("Goloman").await;
+    let probe = PlacesRequest {
+        lat: 0.0,
+        lon: 0.0,
+        radius_m: 1.0,
+        bound: 1,
+    };
+    tokio::time::timeout(
+        INDEX_TIMEOUT,
+        tower::ServiceExt::oneshot(common::offline(), probe),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("the places index was not built within {INDEX_TIMEOUT:?}"))
+    .expect("the offline places lookup");
+    herd
+}
 
 /// Sends an IAMAT and returns its reply (checked byte for byte but for the diff).
 async fn register(c: &mut Client, id: &[u8], location: &str, time: &str) -> Vec<u8> {
@@ -100,7 +126,7 @@ fn result_distance(r: &Value, lat: f64, lon: f64) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn iamat_reply_is_exact_and_its_difference_is_now_minus_client_time() {
-    let herd = TestHerd::single("Goloman").await;
+    let herd = goloman().await;
     let mut c = herd.client("Goloman").await;
     // 5.123456789 s ago, to the nanosecond.
     let before = now_nanos();
@@ -130,7 +156,7 @@ async fn iamat_reply_is_exact_and_its_difference_is_now_minus_client_time() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn iamat_from_the_future_has_a_minus_sign() {
-    let herd = TestHerd::single("Goloman").await;
+    let herd = goloman().await;
     let mut c = herd.client("Goloman").await;
     let before = now_nanos();
     let t = before + 100 * SECOND + 1;
@@ -206,7 +232,7 @@ fn dec_sub(a: &str, b: &str) -> String {
 async fn huge_client_times_are_differenced_exactly() {
     // A float would lose every digit below ~1e-7 of these times; the exact difference
     // lets us recover the server's clock reading: now = client time + diff.
-    let herd = TestHerd::single("Goloman").await;
+    let herd = goloman().await;
     let mut c = herd.client("Goloman").await;
     for (id, time, nanos) in [
         (
@@ -242,7 +268,7 @@ async fn huge_client_times_are_differenced_exactly() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn iamat_fields_are_echoed_verbatim() {
-    let herd = TestHerd::single("Goloman").await;
+    let herd = goloman().await;
     let mut c = herd.client("Goloman").await;
     let cases: &[(&[u8], &str, &str)] = &[
         (
@@ -279,7 +305,7 @@ async fn iamat_fields_are_echoed_verbatim() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stale_iamat_gets_the_stored_line_and_a_newer_one_replaces_it() {
-    let herd = TestHerd::single("Goloman").await;
+    let herd = goloman().await;
     let mut c = herd.client("Goloman").await;
     let first = register(&mut c, b"kiwi", UCLA, "1520023934.5").await;
     // Same time (written differently), older time, and a time equal once cut to nanoseconds:
@@ -314,7 +340,7 @@ async fn stale_iamat_gets_the_stored_line_and_a_newer_one_replaces_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn whatsat_reply_is_the_at_line_then_nearby_json_then_an_empty_line() {
-    let herd = TestHerd::single("Goloman").await;
+    let herd = goloman().await;
     let mut c = herd.client("Goloman").await;
     let at = register(&mut c, b"kiwi.cs.ucla.edu", UCLA, "1520023934.918963997").await;
     let reply = c.whatsat("WHATSAT kiwi.cs.ucla.edu 10 5\n").await;
@@ -332,7 +358,7 @@ async fn whatsat_reply_is_the_at_line_then_nearby_json_then_an_empty_line() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn whatsat_gives_at_most_bound_places_nearest_first_within_the_radius() {
-    let herd = TestHerd::single("Goloman").await;
+    let herd = goloman().await;
     let mut c = herd.client("Goloman").await;
     register(&mut c, b"kiwi", UCLA, "1520023934.918963997").await;
     let (lat, lon) = (34.068930, -118.445127);
@@ -379,7 +405,7 @@ async fn whatsat_gives_at_most_bound_places_nearest_first_within_the_radius() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn whatsat_in_the_middle_of_the_pacific_has_zero_results() {
-    let herd = TestHerd::single("Goloman").await;
+    let herd = goloman().await;
     let mut c = herd.client("Goloman").await;
     let at = register(&mut c, b"boat", PACIFIC, "1520023934").await;
     for bound in [0, 5, 20] {
@@ -392,7 +418,7 @@ async fn whatsat_in_the_middle_of_the_pacific_has_zero_results() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn whatsat_with_bound_zero_near_places_is_ok_and_empty() {
-    let herd = TestHerd::single("Goloman").await;
+    let herd = goloman().await;
     let mut c = herd.client("Goloman").await;
     let at = register(&mut c, b"kiwi", UCLA, "1520023934").await;
     let reply = c.whatsat("WHATSAT kiwi 10 0\n").await;
@@ -409,7 +435,7 @@ async fn whatsat_with_bound_zero_near_places_is_ok_and_empty() {
 async fn whatsat_reply_arrives_in_one_piece() {
     // The reply leaves in one write: on loopback the first read after it arrives holds
     // all of it (a reply written in pieces would show its first piece alone).
-    let herd = TestHerd::single("Goloman").await;
+    let herd = goloman().await;
     let mut c = herd.client("Goloman").await;
     register(&mut c, b"kiwi", UCLA, "1520023934").await;
     // Warm the places index so that the timed reply is not split by its build.
@@ -429,7 +455,7 @@ async fn whatsat_reply_arrives_in_one_piece() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn whatsat_edges_of_radius_and_bound_are_accepted() {
-    let herd = TestHerd::single("Goloman").await;
+    let herd = goloman().await;
     let mut c = herd.client("Goloman").await;
     let at = register(&mut c, b"kiwi", UCLA, "1520023934").await;
     for (radius, bound, most) in [
@@ -458,7 +484,7 @@ async fn whatsat_edges_of_radius_and_bound_are_accepted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn whatsat_for_an_unknown_client_is_a_question_mark() {
-    let herd = TestHerd::single("Goloman").await;
+    let herd = goloman().await;
     let mut c = herd.client("Goloman").await;
     for line in [
         &b"WHATSAT nobody 10 5\n"[..],
@@ -601,7 +627,7 @@ const MALFORMED: &[&[u8]] = &[
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_lines_are_answered_with_a_question_mark_and_a_copy() {
-    let herd = TestHerd::single("Goloman").await;
+    let herd = goloman().await;
     let mut c = herd.client("Goloman").await;
     let at = register(&mut c, b"kiwi", UCLA, "1520023934.918963997").await;
     // One by one...
@@ -631,7 +657,7 @@ async fn malformed_lines_are_answered_with_a_question_mark_and_a_copy() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn coordinates_on_the_bounds_are_accepted() {
-    let herd = TestHerd::single("Goloman").await;
+    let herd = goloman().await;
     let mut c = herd.client("Goloman").await;
     for (i, location) in [
         "+90-180",
@@ -662,7 +688,7 @@ async fn coordinates_on_the_bounds_are_accepted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tabs_vertical_tabs_and_form_feeds_separate_fields() {
-    let herd = TestHerd::single("Goloman").await;
+    let herd = goloman().await;
     let mut c = herd.client("Goloman").await;
     for (i, line) in [
         &b"IAMAT\tkiwi\t+1+1\t1\n"[..],
@@ -690,7 +716,7 @@ async fn tabs_vertical_tabs_and_form_feeds_separate_fields() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn non_ascii_spaces_are_not_separators() {
-    let herd = TestHerd::single("Goloman").await;
+    let herd = goloman().await;
     let mut c = herd.client("Goloman").await;
     // U+00A0 (UTF-8 and Latin-1), U+2003, U+3000, U+0085, and NUL: all field bytes.
     for line in [
@@ -713,7 +739,7 @@ async fn non_ascii_spaces_are_not_separators() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crlf_line_ends_are_not_echoed() {
-    let herd = TestHerd::single("Goloman").await;
+    let herd = goloman().await;
     let mut c = herd.client("Goloman").await;
     let reply = c.ask("IAMAT kiwi +1+1 1\r\n").await;
     check_at(&reply, "Goloman", b"kiwi", b"+1+1", b"1");
@@ -733,7 +759,7 @@ async fn crlf_line_ends_are_not_echoed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_utf8_is_echoed_byte_for_byte() {
-    let herd = TestHerd::single("Goloman").await;
+    let herd = goloman().await;
     let mut c = herd.client("Goloman").await;
     let id: &[u8] = b"\xc3\x28\xa0\xa1\xe2\x28\xa1\xf0\x28\x8c\xbc\xff\xfe\xfd";
     let at = register(&mut c, id, "+1+1", "1").await;
@@ -754,7 +780,7 @@ async fn invalid_utf8_is_echoed_byte_for_byte() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn whitespace_only_lines_get_no_reply() {
-    let herd = TestHerd::single("Goloman").await;
+    let herd = goloman().await;
     let mut c = herd.client("Goloman").await;
     // If any blank line were answered, its reply would come before the AT line.
     c.send(" \n\n\t\n\r\n\x0b\x0c\n  \t \r\n\n\n").await;
@@ -768,7 +794,7 @@ async fn whitespace_only_lines_get_no_reply() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn half_close_without_a_final_newline_is_answered_before_the_close() {
-    let herd = TestHerd::single("Goloman").await;
+    let herd = goloman().await;
 
     let mut c = herd.client("Goloman").await;
     c.send("IAMAT kiwi +34.068930-118.445127 1520023934.918963997")
@@ -801,7 +827,7 @@ async fn half_close_without_a_final_newline_is_answered_before_the_close() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pipelined_commands_are_answered_in_order() {
-    let herd = TestHerd::single("Goloman").await;
+    let herd = goloman().await;
     let mut c = herd.client("Goloman").await;
     let at = register(&mut c, b"kiwi", UCLA, "1520023934").await;
     let whatsat = c.whatsat("WHATSAT kiwi 20 4\n").await;
@@ -838,7 +864,7 @@ async fn pipelined_commands_are_answered_in_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_connection_stays_usable_after_bad_lines() {
-    let herd = TestHerd::single("Goloman").await;
+    let herd = goloman().await;
     let mut c = herd.client("Goloman").await;
     for i in 0..3 {
         for line in MALFORMED.iter().take(20) {
@@ -861,7 +887,7 @@ async fn the_connection_stays_usable_after_bad_lines() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_line_sent_byte_by_byte_is_reassembled() {
-    let herd = TestHerd::single("Goloman").await;
+    let herd = goloman().await;
     let mut c = herd.client("Goloman").await;
     // How the server's reads split the bytes is up to TCP; the framer's unit tests
     // (src/wire/codec.rs) feed every split deterministically.
@@ -912,7 +938,7 @@ fn garbage(len: usize) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_overlong_garbage_line_is_echoed_in_full() {
     const { assert!(200 * 1024 > MAX_LINE && 150 * 1024 > MAX_LINE && 90 * 1024 > MAX_LINE) };
-    let herd = TestHerd::single("Goloman").await;
+    let herd = goloman().await;
     let mut c = herd.client("Goloman").await;
     let mut line = garbage(200 * 1024);
     line.push(b'\n');
@@ -945,7 +971,7 @@ async fn a_line_past_the_limit_gets_the_same_reply_however_tcp_splits_it() {
     // The server reads at most MAX_LINE bytes as a command (README): a longer line,
     // even a would-be valid IAMAT with a huge client ID, is answered `?` with its
     // bytes, and the same bytes get the same reply in one read or several.
-    let herd = TestHerd::single("Goloman").await;
+    let herd = goloman().await;
     let id = garbage(MAX_LINE + 1024);
     let line = iamat(&id, "+1+1", "1");
     let mut c = herd.client("Goloman").await;
@@ -969,7 +995,7 @@ async fn a_line_past_the_limit_gets_the_same_reply_however_tcp_splits_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_overlong_line_ended_by_crlf_is_echoed_without_the_cr() {
-    let herd = TestHerd::single("Goloman").await;
+    let herd = goloman().await;
     let mut c = herd.client("Goloman").await;
     // The CR comes at the end of one write and the LF in the next: the CR still
     // belongs to the line end.
@@ -994,7 +1020,7 @@ async fn an_overlong_line_ended_by_crlf_is_echoed_without_the_cr() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_overlong_line_ended_by_eof_gets_a_whole_reply_line() {
     // "Every reply line ends with LF", a last line ended by EOF included.
-    let herd = TestHerd::single("Goloman").await;
+    let herd = goloman().await;
     let body = garbage(90 * 1024);
     let mut c = herd.client("Goloman").await;
     c.send(&body).await;
@@ -1012,7 +1038,7 @@ async fn an_overlong_line_ended_by_eof_gets_a_whole_reply_line() {
 async fn whitespace_only_lines_up_to_the_limit_get_no_reply() {
     // PROTOCOL.md: "A line with only whitespace gets no reply"; past MAX_LINE the
     // server does not hold the line, so it answers `?` and echoes it like any other.
-    let herd = TestHerd::single("Goloman").await;
+    let herd = goloman().await;
     let mut c = herd.client("Goloman").await;
     let mut blank: Vec<u8> = b" \t\x0b\x0c\r".repeat(MAX_LINE / 5);
     blank.truncate(MAX_LINE);
@@ -1030,7 +1056,7 @@ async fn whitespace_only_lines_up_to_the_limit_get_no_reply() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_iamat_padded_with_whitespace_up_to_the_limit_is_answered() {
     // Leading, trailing and separating whitespace is ignored, up to the line limit.
-    let herd = TestHerd::single("Goloman").await;
+    let herd = goloman().await;
     let mut c = herd.client("Goloman").await;
     let core_len = "IAMAT kiwi +1+1 1".len();
     let pad = vec![b' '; (MAX_LINE - core_len) / 3];
@@ -1074,7 +1100,7 @@ async fn replies_past_the_held_bound_are_written_early_and_arrive_whole() {
     const EARLY: &str = r#"herd_client_replies_written_early_total{server="Goloman"}"#;
     const BOUND: usize = 256 * 1024;
     const COUNT: usize = 300;
-    let herd = TestHerd::single("Goloman").await;
+    let herd = goloman().await;
     let mut c = herd.client("Goloman").await;
     register(&mut c, b"kiwi", UCLA, "1520023934").await;
     let one = c.whatsat("WHATSAT kiwi 50 20\n").await;
@@ -1108,7 +1134,7 @@ async fn replies_past_the_held_bound_are_written_early_and_arrive_whole() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replies_are_flushed_while_the_connection_stays_open() {
     // A reply does not wait for more input or for the close.
-    let herd = TestHerd::single("Goloman").await;
+    let herd = goloman().await;
     let mut c = herd.client("Goloman").await;
     let started = Instant::now();
     for i in 0..20 {
