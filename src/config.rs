@@ -216,6 +216,43 @@ fn check_url(url: &str) -> Result<String, String> {
     Ok(url.trim_end_matches('/').to_owned())
 }
 
+/// The client gateway's settings: the herd file's `[gateway]` table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GatewayConfig {
+    /// `max_held_reply_bytes`: the replies one client connection may hold before they
+    /// are written. Past it, they are written before the rest of a read's lines are
+    /// answered, instead of all together once the read is answered (a reply is never
+    /// split: a connection holds at most this plus one reply). Default 262144 (256 KiB).
+    pub max_held_replies: usize,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> GatewayConfig {
+        GatewayConfig {
+            max_held_replies: 256 * 1024,
+        }
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawGateway {
+    max_held_reply_bytes: Option<usize>,
+}
+
+impl RawGateway {
+    fn validate(self) -> Result<GatewayConfig, String> {
+        let d = GatewayConfig::default();
+        let gateway = GatewayConfig {
+            max_held_replies: self.max_held_reply_bytes.unwrap_or(d.max_held_replies),
+        };
+        if gateway.max_held_replies == 0 {
+            return Err("gateway.max_held_reply_bytes must be above 0".into());
+        }
+        Ok(gateway)
+    }
+}
+
 /// One server of the herd, validated.
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
@@ -253,6 +290,7 @@ pub struct HerdConfig {
     pub origin: String,
     pub servers: Vec<ServerConfig>,
     pub places: PlacesConfig,
+    pub gateway: GatewayConfig,
 }
 
 #[derive(Deserialize)]
@@ -260,6 +298,8 @@ pub struct HerdConfig {
 struct RawHerd {
     #[serde(default)]
     places: RawPlaces,
+    #[serde(default)]
+    gateway: RawGateway,
     #[serde(default)]
     server: Vec<RawServer>,
 }
@@ -529,11 +569,13 @@ impl HerdConfig {
         }
 
         let places = raw.places.validate().map_err(invalid)?;
+        let gateway = raw.gateway.validate().map_err(invalid)?;
 
         Ok(HerdConfig {
             origin: origin.to_owned(),
             servers,
             places,
+            gateway,
         })
     }
 
@@ -780,6 +822,19 @@ max_response_bytes = 65536
             "no key in the file"
         );
         assert!(bad("max_attempts = -1").contains("malformed"));
+    }
+
+    #[test]
+    fn gateway_settings_have_defaults_and_are_checked() {
+        let herd = HerdConfig::parse(TWO, "t.toml").unwrap();
+        assert_eq!(herd.gateway.max_held_replies, 256 * 1024);
+        let text = format!("[gateway]\nmax_held_reply_bytes = 4096\n{TWO}");
+        let herd = HerdConfig::parse(&text, "t.toml").unwrap();
+        assert_eq!(herd.gateway.max_held_replies, 4096);
+        let bad = |line: &str| err(&format!("[gateway]\n{line}\n{TWO}"));
+        assert!(bad("max_held_reply_bytes = 0").contains("gateway.max_held_reply_bytes"));
+        assert!(bad("max_held_reply_bytes = -1").contains("malformed"));
+        assert!(bad("max_line = 10").contains("max_line"));
     }
 
     #[test]

@@ -3,25 +3,27 @@
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
-use bytes::{Buf as _, BytesMut};
+use bytes::BytesMut;
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
     net::{TcpListener, TcpStream},
     sync::Semaphore,
 };
-use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tokio_util::{codec::Decoder as _, sync::CancellationToken, task::TaskTracker};
 use tracing::Instrument as _;
 
 use crate::{
+    config::GatewayConfig,
     logging::Escaped,
     node::Node,
-    wire::{self, Command, Timestamp},
+    wire::{self, Command, Frame, LineCodec, Timestamp},
 };
 
 /// The longest line (line end excluded) the server reads as a command, like Redis's
 /// inline-command limit: it bounds what one connection can make the server hold.
 /// A longer line, whatever it holds, is answered `? ` and its bytes, streamed out as
-/// they arrive, so memory stays bounded and the reply still echoes every byte.
+/// they arrive ([`LineCodec`] hands it out in pieces), so memory stays bounded and
+/// the reply still echoes every byte.
 pub const MAX_LINE: usize = 64 * 1024;
 
 /// The most client connections one server holds at once; more wait in the kernel's
@@ -33,6 +35,7 @@ pub const MAX_CLIENTS: usize = 50_000;
 pub async fn run(
     listener: TcpListener,
     node: Arc<Node>,
+    limits: GatewayConfig,
     shutdown: CancellationToken,
     tasks: TaskTracker,
 ) {
@@ -53,7 +56,7 @@ pub async fn run(
         let shutdown = shutdown.clone();
         tasks.spawn(
             async move {
-                connection(socket, addr, node, shutdown).await;
+                connection(socket, addr, node, limits, shutdown).await;
                 drop(permit);
             }
             .instrument(span),
@@ -79,23 +82,32 @@ async fn connection(
     socket: TcpStream,
     addr: SocketAddr,
     node: Arc<Node>,
+    limits: GatewayConfig,
     shutdown: CancellationToken,
 ) {
     tracing::debug!("connected");
     node.metrics().connections_opened.inc();
     node.metrics().connections_open.inc();
-    match serve(socket, &node, &shutdown).await {
+    match serve(socket, &node, limits, &shutdown).await {
         Ok(()) => tracing::debug!(%addr, "closed"),
         Err(e) => tracing::debug!(%addr, error = %e, "connection failed"),
     }
     node.metrics().connections_open.dec();
 }
 
-/// Serves one connection: reads lines, answers them in order, writes each batch of
-/// replies in one write, and answers a last line ended by EOF before closing.
+/// Serves one connection: reads lines, answers them in order, writes the replies to
+/// the lines of one read in one write (or in several past `limits.max_held_replies`),
+/// and answers a last line ended by EOF before closing.
+///
+/// The framing is [`LineCodec`], called here on the connection's own buffer rather
+/// than through `FramedRead`: the loop has to know where one read's lines end (one
+/// receive time for all of them, one write for their replies), and `FramedRead` hides
+/// that; it also allocates its buffer up front and keeps it, where an idle connection
+/// here holds none.
 async fn serve(
     mut socket: TcpStream,
     node: &Node,
+    limits: GatewayConfig,
     shutdown: &CancellationToken,
 ) -> std::io::Result<()> {
     socket.set_nodelay(true)?;
@@ -103,10 +115,7 @@ async fn serve(
     // idle connection holds no buffer at all.
     let mut buf = BytesMut::new();
     let mut out = Vec::new();
-    // Inside a line too long to hold: its "? " and start are already written.
-    let mut overlong = false;
-    // How much of `buf` is known to hold no LF (a long line is scanned once).
-    let mut scanned = 0;
+    let mut codec = LineCodec::new(MAX_LINE);
     // Registered once per connection, not once per read: the token's waiter list
     // is shared by every connection.
     let cancelled = shutdown.cancelled();
@@ -116,63 +125,45 @@ async fn serve(
             _ = &mut cancelled => return Ok(()),
             n = read(&mut socket, &mut buf) => n?,
         };
+        let eof = n == 0;
         // Every line of this read was received now, whatever the lines before it cost.
         let received = Timestamp::now();
-        let mut start = 0;
-        while let Some(pos) = buf[scanned..].iter().position(|&b| b == b'\n') {
-            let end = scanned + pos + 1;
-            let line = wire::strip_line_end(&buf[start..end]);
-            if overlong {
-                overlong = false;
-                out.extend_from_slice(line);
-                out.push(b'\n');
-            } else if line.len() > MAX_LINE {
-                // Held whole this time, but past the limit: answered as if streamed, so
-                // the reply does not depend on how TCP split the line.
-                too_long(node, line, &mut out);
+        loop {
+            let frame = if eof {
+                codec.decode_eof(&mut buf)?
             } else {
-                answer(node, line, received, &mut out).await;
-            }
-            start = end;
-            scanned = end;
-        }
-        buf.advance(start);
-        scanned = buf.len();
-
-        if n == 0 {
-            let line = wire::strip_line_end(&buf);
-            if overlong {
-                out.extend_from_slice(line);
-                out.push(b'\n');
-            } else if line.len() > MAX_LINE {
-                too_long(node, line, &mut out);
-            } else if !buf.is_empty() {
-                answer(node, line, received, &mut out).await;
-            }
-            if !out.is_empty() {
+                codec.decode(&mut buf)?
+            };
+            let Some(frame) = frame else { break };
+            // Past the bound, what is held goes out before the next line is answered:
+            // a read full of WHATSATs would otherwise hold megabytes. Checked before a
+            // reply, not after, so no reply is split and the last write is not early.
+            if out.len() >= limits.max_held_replies {
+                node.metrics().replies_written_early.inc();
                 socket.write_all(&out).await?;
+                out.clear();
             }
-            socket.shutdown().await?;
-            return Ok(());
-        }
-
-        // A trailing CR may belong to the line end: it stays until the next read.
-        let pending_cr = usize::from(buf.last() == Some(&b'\r'));
-        let held = buf.len() - pending_cr;
-        if held > MAX_LINE || (overlong && held > 0) {
-            if !overlong {
-                overlong = true;
-                out.extend_from_slice(b"? ");
-                count_too_long(node, &buf[..held]);
+            match frame {
+                Frame::Line(line) => answer(node, &line, received, &mut out).await,
+                Frame::LongStart(head) => {
+                    count_too_long(node, &head);
+                    out.extend_from_slice(b"? ");
+                    out.extend_from_slice(&head);
+                }
+                Frame::LongMore(more) => out.extend_from_slice(&more),
+                Frame::LongEnd(tail) => {
+                    out.extend_from_slice(&tail);
+                    out.push(b'\n');
+                }
             }
-            out.extend_from_slice(&buf[..held]);
-            buf.advance(held);
-            scanned = buf.len();
         }
-
         if !out.is_empty() {
             socket.write_all(&out).await?;
             out = Vec::new();
+        }
+        if eof {
+            socket.shutdown().await?;
+            return Ok(());
         }
         if buf.is_empty() {
             buf = BytesMut::new();
@@ -194,14 +185,6 @@ async fn read(socket: &mut TcpStream, buf: &mut BytesMut) -> std::io::Result<usi
 
 /// How much room a read makes in the buffer.
 const READ_SIZE: usize = 16 * 1024;
-
-/// Answers a line longer than [`MAX_LINE`] that happens to be held whole.
-fn too_long(node: &Node, line: &[u8], out: &mut Vec<u8>) {
-    count_too_long(node, line);
-    out.extend_from_slice(b"? ");
-    out.extend_from_slice(line);
-    out.push(b'\n');
-}
 
 fn count_too_long(node: &Node, head: &[u8]) {
     tracing::debug!(

@@ -4,8 +4,11 @@
 //!
 //! The data path, one module each:
 //!
-//! - [`wire`]: the client line protocol: bytes in, [`wire::Command`] out; replies byte for byte.
-//! - [`gateway`]: the accept loop and per-connection task; turns lines into [`node::Node`] calls.
+//! - [`wire`]: the client line protocol: the framing ([`wire::LineCodec`], a `Decoder`:
+//!   lines and overlong-line pieces out of bytes in any split), bytes in,
+//!   [`wire::Command`] out; replies byte for byte.
+//! - [`gateway`]: the accept loop and per-connection task; runs the framer on each read
+//!   and turns lines into [`node::Node`] calls.
 //! - [`node`]: one server: its store, the flood decision, and the calls the gateway and peers make.
 //! - [`store`]: client records and "is this newer?".
 //! - [`peer`]: the gRPC backbone: the `Link` service, the dialer per neighbour, link states.

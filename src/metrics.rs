@@ -72,6 +72,9 @@ pub struct Metrics {
     pub connections_open: Gauge,
     pub commands: Family<CommandLabels, Counter>,
     pub questions: Counter,
+    /// Times a client connection's held replies passed `gateway.max_held_reply_bytes`
+    /// and were written before the rest of a read's lines were answered.
+    pub replies_written_early: Counter,
     pub updates_received: Counter,
     pub updates_applied: Counter,
     pub updates_forwarded: Counter,
@@ -107,6 +110,7 @@ impl Metrics {
             connections_open: Gauge::default(),
             commands: Family::default(),
             questions: Counter::default(),
+            replies_written_early: Counter::default(),
             updates_received: Counter::default(),
             updates_applied: Counter::default(),
             updates_forwarded: Counter::default(),
@@ -138,6 +142,11 @@ impl Metrics {
             "question_replies",
             "Lines answered with '?'",
             m.questions.clone(),
+        );
+        r.register(
+            "client_replies_written_early",
+            "Times a client connection's held replies passed gateway.max_held_reply_bytes and were written before its read was fully answered",
+            m.replies_written_early.clone(),
         );
         r.register(
             "updates_received",

@@ -98,6 +98,7 @@ async fn serve(
         gateway::run(
             listeners.client,
             node.clone(),
+            herd.gateway,
             shutdown.clone(),
             tasks.clone(),
         )

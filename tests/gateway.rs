@@ -7,17 +7,46 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{
-    Client, TestHerd, assert_bytes, at_fields, check_at, diff_nanos, iamat, now_nanos, question,
-    show, time_field,
+    Client, IO_TIMEOUT, TestHerd, assert_bytes, at_fields, check_at, diff_nanos, iamat, now_nanos,
+    question, show, time_field,
 };
-use herd::gateway::MAX_LINE;
+use herd::{gateway::MAX_LINE, places::PlacesRequest};
 use serde_json::Value;
-use tokio::io::AsyncWriteExt as _;
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    net::TcpStream,
+};
 
 const UCLA: &str = "+34.068930-118.445127";
 /// Open ocean, far from any island: no place within 50 km.
 const PACIFIC: &str = "-30.000000-140.000000";
 const SECOND: i128 = 1_000_000_000;
+
+/// How long the offline places index may take to build. It is built once per test
+/// process, in the background: seconds in a debug build, many more on a loaded 2-core
+/// machine running other test processes that build it too.
+const INDEX_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Server Goloman alone, once the places index is built: the first WHATSAT of a test
+/// process would otherwise wait for the build under the client's per-read deadline,
+/// which is there to catch a server that does not answer, not a slow build.
+async fn goloman() -> TestHerd {
+    let herd = TestHerd::single("Goloman").await;
+    let probe = PlacesRequest {
+        lat: 0.0,
+        lon: 0.0,
+        radius_m: 1.0,
+        bound: 1,
+    };
+    tokio::time::timeout(
+        INDEX_TIMEOUT,
+        tower::ServiceExt::oneshot(common::offline(), probe),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("the places index was not built within {INDEX_TIMEOUT:?}"))
+    .expect("the offline places lookup");
+    herd
+}
 
 /// Sends an IAMAT and returns its reply (checked byte for byte but for the diff).
 async fn register(c: &mut Client, id: &[u8], location: &str, time: &str) -> Vec<u8> {
@@ -97,7 +126,7 @@ fn result_distance(r: &Value, lat: f64, lon: f64) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn iamat_reply_is_exact_and_its_difference_is_now_minus_client_time() {
-    let herd = TestHerd::single("Goloman").await;
+    let herd = goloman().await;
     let mut c = herd.client("Goloman").await;
     // 5.123456789 s ago, to the nanosecond.
     let before = now_nanos();
@@ -127,7 +156,7 @@ async fn iamat_reply_is_exact_and_its_difference_is_now_minus_client_time() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn iamat_from_the_future_has_a_minus_sign() {
-    let herd = TestHerd::single("Goloman").await;
+    let herd = goloman().await;
     let mut c = herd.client("Goloman").await;
     let before = now_nanos();
     let t = before + 100 * SECOND + 1;
@@ -203,7 +232,7 @@ fn dec_sub(a: &str, b: &str) -> String {
 async fn huge_client_times_are_differenced_exactly() {
     // A float would lose every digit below ~1e-7 of these times; the exact difference
     // lets us recover the server's clock reading: now = client time + diff.
-    let herd = TestHerd::single("Goloman").await;
+    let herd = goloman().await;
     let mut c = herd.client("Goloman").await;
     for (id, time, nanos) in [
         (
@@ -239,7 +268,7 @@ async fn huge_client_times_are_differenced_exactly() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn iamat_fields_are_echoed_verbatim() {
-    let herd = TestHerd::single("Goloman").await;
+    let herd = goloman().await;
     let mut c = herd.client("Goloman").await;
     let cases: &[(&[u8], &str, &str)] = &[
         (
@@ -276,7 +305,7 @@ async fn iamat_fields_are_echoed_verbatim() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stale_iamat_gets_the_stored_line_and_a_newer_one_replaces_it() {
-    let herd = TestHerd::single("Goloman").await;
+    let herd = goloman().await;
     let mut c = herd.client("Goloman").await;
     let first = register(&mut c, b"kiwi", UCLA, "1520023934.5").await;
     // Same time (written differently), older time, and a time equal once cut to nanoseconds:
@@ -311,7 +340,7 @@ async fn stale_iamat_gets_the_stored_line_and_a_newer_one_replaces_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn whatsat_reply_is_the_at_line_then_nearby_json_then_an_empty_line() {
-    let herd = TestHerd::single("Goloman").await;
+    let herd = goloman().await;
     let mut c = herd.client("Goloman").await;
     let at = register(&mut c, b"kiwi.cs.ucla.edu", UCLA, "1520023934.918963997").await;
     let reply = c.whatsat("WHATSAT kiwi.cs.ucla.edu 10 5\n").await;
@@ -329,7 +358,7 @@ async fn whatsat_reply_is_the_at_line_then_nearby_json_then_an_empty_line() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn whatsat_gives_at_most_bound_places_nearest_first_within_the_radius() {
-    let herd = TestHerd::single("Goloman").await;
+    let herd = goloman().await;
     let mut c = herd.client("Goloman").await;
     register(&mut c, b"kiwi", UCLA, "1520023934.918963997").await;
     let (lat, lon) = (34.068930, -118.445127);
@@ -376,7 +405,7 @@ async fn whatsat_gives_at_most_bound_places_nearest_first_within_the_radius() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn whatsat_in_the_middle_of_the_pacific_has_zero_results() {
-    let herd = TestHerd::single("Goloman").await;
+    let herd = goloman().await;
     let mut c = herd.client("Goloman").await;
     let at = register(&mut c, b"boat", PACIFIC, "1520023934").await;
     for bound in [0, 5, 20] {
@@ -389,7 +418,7 @@ async fn whatsat_in_the_middle_of_the_pacific_has_zero_results() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn whatsat_with_bound_zero_near_places_is_ok_and_empty() {
-    let herd = TestHerd::single("Goloman").await;
+    let herd = goloman().await;
     let mut c = herd.client("Goloman").await;
     let at = register(&mut c, b"kiwi", UCLA, "1520023934").await;
     let reply = c.whatsat("WHATSAT kiwi 10 0\n").await;
@@ -406,7 +435,7 @@ async fn whatsat_with_bound_zero_near_places_is_ok_and_empty() {
 async fn whatsat_reply_arrives_in_one_piece() {
     // The reply leaves in one write: on loopback the first read after it arrives holds
     // all of it (a reply written in pieces would show its first piece alone).
-    let herd = TestHerd::single("Goloman").await;
+    let herd = goloman().await;
     let mut c = herd.client("Goloman").await;
     register(&mut c, b"kiwi", UCLA, "1520023934").await;
     // Warm the places index so that the timed reply is not split by its build.
@@ -426,7 +455,7 @@ async fn whatsat_reply_arrives_in_one_piece() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn whatsat_edges_of_radius_and_bound_are_accepted() {
-    let herd = TestHerd::single("Goloman").await;
+    let herd = goloman().await;
     let mut c = herd.client("Goloman").await;
     let at = register(&mut c, b"kiwi", UCLA, "1520023934").await;
     for (radius, bound, most) in [
@@ -455,7 +484,7 @@ async fn whatsat_edges_of_radius_and_bound_are_accepted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn whatsat_for_an_unknown_client_is_a_question_mark() {
-    let herd = TestHerd::single("Goloman").await;
+    let herd = goloman().await;
     let mut c = herd.client("Goloman").await;
     for line in [
         &b"WHATSAT nobody 10 5\n"[..],
@@ -598,7 +627,7 @@ const MALFORMED: &[&[u8]] = &[
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_lines_are_answered_with_a_question_mark_and_a_copy() {
-    let herd = TestHerd::single("Goloman").await;
+    let herd = goloman().await;
     let mut c = herd.client("Goloman").await;
     let at = register(&mut c, b"kiwi", UCLA, "1520023934.918963997").await;
     // One by one...
@@ -628,7 +657,7 @@ async fn malformed_lines_are_answered_with_a_question_mark_and_a_copy() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn coordinates_on_the_bounds_are_accepted() {
-    let herd = TestHerd::single("Goloman").await;
+    let herd = goloman().await;
     let mut c = herd.client("Goloman").await;
     for (i, location) in [
         "+90-180",
@@ -659,7 +688,7 @@ async fn coordinates_on_the_bounds_are_accepted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tabs_vertical_tabs_and_form_feeds_separate_fields() {
-    let herd = TestHerd::single("Goloman").await;
+    let herd = goloman().await;
     let mut c = herd.client("Goloman").await;
     for (i, line) in [
         &b"IAMAT\tkiwi\t+1+1\t1\n"[..],
@@ -687,7 +716,7 @@ async fn tabs_vertical_tabs_and_form_feeds_separate_fields() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn non_ascii_spaces_are_not_separators() {
-    let herd = TestHerd::single("Goloman").await;
+    let herd = goloman().await;
     let mut c = herd.client("Goloman").await;
     // U+00A0 (UTF-8 and Latin-1), U+2003, U+3000, U+0085, and NUL: all field bytes.
     for line in [
@@ -710,7 +739,7 @@ async fn non_ascii_spaces_are_not_separators() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crlf_line_ends_are_not_echoed() {
-    let herd = TestHerd::single("Goloman").await;
+    let herd = goloman().await;
     let mut c = herd.client("Goloman").await;
     let reply = c.ask("IAMAT kiwi +1+1 1\r\n").await;
     check_at(&reply, "Goloman", b"kiwi", b"+1+1", b"1");
@@ -730,7 +759,7 @@ async fn crlf_line_ends_are_not_echoed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_utf8_is_echoed_byte_for_byte() {
-    let herd = TestHerd::single("Goloman").await;
+    let herd = goloman().await;
     let mut c = herd.client("Goloman").await;
     let id: &[u8] = b"\xc3\x28\xa0\xa1\xe2\x28\xa1\xf0\x28\x8c\xbc\xff\xfe\xfd";
     let at = register(&mut c, id, "+1+1", "1").await;
@@ -751,7 +780,7 @@ async fn invalid_utf8_is_echoed_byte_for_byte() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn whitespace_only_lines_get_no_reply() {
-    let herd = TestHerd::single("Goloman").await;
+    let herd = goloman().await;
     let mut c = herd.client("Goloman").await;
     // If any blank line were answered, its reply would come before the AT line.
     c.send(" \n\n\t\n\r\n\x0b\x0c\n  \t \r\n\n\n").await;
@@ -765,7 +794,7 @@ async fn whitespace_only_lines_get_no_reply() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn half_close_without_a_final_newline_is_answered_before_the_close() {
-    let herd = TestHerd::single("Goloman").await;
+    let herd = goloman().await;
 
     let mut c = herd.client("Goloman").await;
     c.send("IAMAT kiwi +34.068930-118.445127 1520023934.918963997")
@@ -798,7 +827,7 @@ async fn half_close_without_a_final_newline_is_answered_before_the_close() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pipelined_commands_are_answered_in_order() {
-    let herd = TestHerd::single("Goloman").await;
+    let herd = goloman().await;
     let mut c = herd.client("Goloman").await;
     let at = register(&mut c, b"kiwi", UCLA, "1520023934").await;
     let whatsat = c.whatsat("WHATSAT kiwi 20 4\n").await;
@@ -835,7 +864,7 @@ async fn pipelined_commands_are_answered_in_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_connection_stays_usable_after_bad_lines() {
-    let herd = TestHerd::single("Goloman").await;
+    let herd = goloman().await;
     let mut c = herd.client("Goloman").await;
     for i in 0..3 {
         for line in MALFORMED.iter().take(20) {
@@ -858,16 +887,14 @@ async fn the_connection_stays_usable_after_bad_lines() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_line_sent_byte_by_byte_is_reassembled() {
-    let herd = TestHerd::single("Goloman").await;
+    let herd = goloman().await;
     let mut c = herd.client("Goloman").await;
+    // How the server's reads split the bytes is up to TCP; the framer's unit tests
+    // (src/wire/codec.rs) feed every split deterministically.
     let line = iamat(b"kiwi", UCLA, "1520023934.918963997");
-    for (i, b) in line.iter().enumerate() {
+    for b in &line {
         c.send([*b]).await;
         c.stream().flush().await.expect("flush");
-        // Let the server see each fragment on its own now and then.
-        if i % 8 == 0 {
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
     }
     let reply = c.line().await;
     check_at(
@@ -880,13 +907,11 @@ async fn a_line_sent_byte_by_byte_is_reassembled() {
     // CR and LF split across writes, and a `?` line in fragments.
     for part in [&b"FO"[..], b"O ", b"b\xff", b"ar\r"] {
         c.send(part).await;
-        tokio::time::sleep(Duration::from_millis(5)).await;
     }
     c.send("\n").await;
     assert_bytes(&c.line().await, b"? FOO b\xffar\n");
     for part in [&b"WHAT"[..], b"SAT kiwi 1", b"0 ", b"1", b"\r", b"\n"] {
         c.send(part).await;
-        tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let (at, _) = split_whatsat(&c.whatsat_reply().await);
     assert_bytes(&at, &reply);
@@ -913,7 +938,7 @@ fn garbage(len: usize) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_overlong_garbage_line_is_echoed_in_full() {
     const { assert!(200 * 1024 > MAX_LINE && 150 * 1024 > MAX_LINE && 90 * 1024 > MAX_LINE) };
-    let herd = TestHerd::single("Goloman").await;
+    let herd = goloman().await;
     let mut c = herd.client("Goloman").await;
     let mut line = garbage(200 * 1024);
     line.push(b'\n');
@@ -936,7 +961,6 @@ async fn an_overlong_garbage_line_is_echoed_in_full() {
     let line = garbage(300 * 1024);
     for chunk in line.chunks(7 * 1024 + 3) {
         c.send(chunk).await;
-        tokio::time::sleep(Duration::from_millis(1)).await;
     }
     c.send("\n").await;
     assert_bytes(&c.line().await, &question(&line));
@@ -947,7 +971,7 @@ async fn a_line_past_the_limit_gets_the_same_reply_however_tcp_splits_it() {
     // The server reads at most MAX_LINE bytes as a command (README): a longer line,
     // even a would-be valid IAMAT with a huge client ID, is answered `?` with its
     // bytes, and the same bytes get the same reply in one read or several.
-    let herd = TestHerd::single("Goloman").await;
+    let herd = goloman().await;
     let id = garbage(MAX_LINE + 1024);
     let line = iamat(&id, "+1+1", "1");
     let mut c = herd.client("Goloman").await;
@@ -955,7 +979,6 @@ async fn a_line_past_the_limit_gets_the_same_reply_however_tcp_splits_it() {
     let whole = c.line().await;
     let mut c = herd.client("Goloman").await;
     c.send(&line[..MAX_LINE / 2]).await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
     c.send(&line[MAX_LINE / 2..]).await;
     let split = c.line().await;
     assert_bytes(&whole, &question(&line));
@@ -966,14 +989,13 @@ async fn a_line_past_the_limit_gets_the_same_reply_however_tcp_splits_it() {
     assert_eq!(line.len(), MAX_LINE + 1, "the line and its LF");
     let mut c = herd.client("Goloman").await;
     c.send(&line[..1000]).await;
-    tokio::time::sleep(Duration::from_millis(50)).await;
     c.send(&line[1000..]).await;
     check_at(&c.line().await, "Goloman", &id, b"+1+1", b"1");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_overlong_line_ended_by_crlf_is_echoed_without_the_cr() {
-    let herd = TestHerd::single("Goloman").await;
+    let herd = goloman().await;
     let mut c = herd.client("Goloman").await;
     // The CR comes at the end of one write and the LF in the next: the CR still
     // belongs to the line end.
@@ -981,7 +1003,6 @@ async fn an_overlong_line_ended_by_crlf_is_echoed_without_the_cr() {
     let mut first = body.clone();
     first.push(b'\r');
     c.send(&first).await;
-    tokio::time::sleep(Duration::from_millis(50)).await;
     c.send("\n").await;
     let mut want = question(&body);
     assert_bytes(&c.line().await, &want);
@@ -989,7 +1010,6 @@ async fn an_overlong_line_ended_by_crlf_is_echoed_without_the_cr() {
     let mut line = body.clone();
     line.push(b'\r');
     c.send(&line).await;
-    tokio::time::sleep(Duration::from_millis(50)).await;
     c.send("x\r\n").await;
     want = question(&line);
     want.truncate(want.len() - 1);
@@ -1000,7 +1020,7 @@ async fn an_overlong_line_ended_by_crlf_is_echoed_without_the_cr() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_overlong_line_ended_by_eof_gets_a_whole_reply_line() {
     // "Every reply line ends with LF", a last line ended by EOF included.
-    let herd = TestHerd::single("Goloman").await;
+    let herd = goloman().await;
     let body = garbage(90 * 1024);
     let mut c = herd.client("Goloman").await;
     c.send(&body).await;
@@ -1018,7 +1038,7 @@ async fn an_overlong_line_ended_by_eof_gets_a_whole_reply_line() {
 async fn whitespace_only_lines_up_to_the_limit_get_no_reply() {
     // PROTOCOL.md: "A line with only whitespace gets no reply"; past MAX_LINE the
     // server does not hold the line, so it answers `?` and echoes it like any other.
-    let herd = TestHerd::single("Goloman").await;
+    let herd = goloman().await;
     let mut c = herd.client("Goloman").await;
     let mut blank: Vec<u8> = b" \t\x0b\x0c\r".repeat(MAX_LINE / 5);
     blank.truncate(MAX_LINE);
@@ -1036,7 +1056,7 @@ async fn whitespace_only_lines_up_to_the_limit_get_no_reply() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_iamat_padded_with_whitespace_up_to_the_limit_is_answered() {
     // Leading, trailing and separating whitespace is ignored, up to the line limit.
-    let herd = TestHerd::single("Goloman").await;
+    let herd = goloman().await;
     let mut c = herd.client("Goloman").await;
     let core_len = "IAMAT kiwi +1+1 1".len();
     let pad = vec![b' '; (MAX_LINE - core_len) / 3];
@@ -1052,10 +1072,69 @@ async fn an_iamat_padded_with_whitespace_up_to_the_limit_is_answered() {
     check_at(&c.line().await, "Goloman", b"kiwi", b"+1+1", b"1");
 }
 
+// ---------------------------------------------------------------- replies held
+
+/// One series of `name`'s Prometheus metrics, scraped over HTTP/1.1 on its peer port.
+async fn metric(herd: &TestHerd, name: &str, series: &str) -> u64 {
+    let mut s = TcpStream::connect(herd.peer_addr(name))
+        .await
+        .expect("connect to the peer port");
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("ask for the metrics");
+    let mut text = String::new();
+    tokio::time::timeout(IO_TIMEOUT, s.read_to_string(&mut text))
+        .await
+        .expect("the metrics in time")
+        .expect("read the metrics");
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {series} in {text}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replies_past_the_held_bound_are_written_early_and_arrive_whole() {
+    // gateway.max_held_reply_bytes is 256 KiB by default: a few hundred WHATSATs in
+    // one write (one read, a few KB) make megabytes of replies, which the server
+    // writes out as it goes instead of holding them until the read is answered.
+    const EARLY: &str = r#"herd_client_replies_written_early_total{server="Goloman"}"#;
+    const BOUND: usize = 256 * 1024;
+    const COUNT: usize = 300;
+    let herd = goloman().await;
+    let mut c = herd.client("Goloman").await;
+    register(&mut c, b"kiwi", UCLA, "1520023934").await;
+    let one = c.whatsat("WHATSAT kiwi 50 20\n").await;
+    assert!(
+        COUNT * one.len() > 3 * BOUND,
+        "{COUNT} replies of {} bytes do not pass the bound",
+        one.len()
+    );
+    let before = metric(&herd, "Goloman", EARLY).await;
+
+    c.send(b"WHATSAT kiwi 50 20\n".repeat(COUNT)).await;
+    for _ in 0..COUNT {
+        assert_bytes(&c.whatsat_reply().await, &one);
+    }
+    // Still in step afterwards.
+    assert_bytes(&c.ask("FOO\n").await, b"? FOO\n");
+    let after = metric(&herd, "Goloman", EARLY).await;
+    assert!(
+        after > before,
+        "{EARLY} went from {before} to {after} for {} bytes of replies",
+        COUNT * one.len()
+    );
+
+    // One WHATSAT per write holds one reply at a time: the bound never bites.
+    for _ in 0..5 {
+        assert_bytes(&c.whatsat("WHATSAT kiwi 50 20\n").await, &one);
+    }
+    assert_eq!(metric(&herd, "Goloman", EARLY).await, after);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replies_are_flushed_while_the_connection_stays_open() {
     // A reply does not wait for more input or for the close.
-    let herd = TestHerd::single("Goloman").await;
+    let herd = goloman().await;
     let mut c = herd.client("Goloman").await;
     let started = Instant::now();
     for i in 0..20 {
