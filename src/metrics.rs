@@ -6,7 +6,7 @@ use std::time::Duration;
 use prometheus_client::{
     encoding::{EncodeLabelSet, text::encode},
     metrics::{
-        counter::Counter,
+        counter::{ConstCounter, Counter},
         family::Family,
         gauge::Gauge,
         histogram::{Histogram, exponential_buckets},
@@ -149,6 +149,7 @@ impl Metrics {
             "Places lookups answered from the cache",
             m.places_cache_hits.clone(),
         );
+        r.register_collector(Box::new(LogLinesDropped(server.to_owned())));
         let common_commands = COMMANDS
             .iter()
             .map(|&(kind, outcome)| {
@@ -219,6 +220,27 @@ impl Metrics {
     }
 }
 
+/// `log_lines_dropped`: the server's log lines that its log writer's queue had no
+/// room for, read from the writer at each scrape.
+#[derive(Debug)]
+struct LogLinesDropped(String);
+
+impl prometheus_client::collector::Collector for LogLinesDropped {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder<'_>,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric as _;
+        let dropped = ConstCounter::new(crate::logging::dropped_lines(&self.0));
+        dropped.encode(encoder.encode_descriptor(
+            "log_lines_dropped",
+            "Log lines dropped because the log file's writer fell a whole queue behind",
+            None,
+            dropped.metric_type(),
+        )?)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -243,6 +265,10 @@ mod tests {
         );
         assert!(
             text.contains(r#"herd_places_latency_seconds_count{server="Goloman"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"herd_log_lines_dropped_total{server="Goloman"} 0"#),
             "{text}"
         );
     }
