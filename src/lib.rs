@@ -15,7 +15,7 @@
 //! - [`server`]: one server's lifecycle: listeners, tasks, shutdown.
 //! - [`inspect`]: the operators' view: the `Inspect` gRPC service, health, reflection, metrics.
 //! - [`metrics`]: one server's Prometheus metrics.
-//! - [`logging`]: tracing to stderr and to one file per server.
+//! - [`logging`]: tracing to stderr and to one file per server (tracing-subscriber, tracing-appender).
 //! - [`bench`]: `herd bench`, the load generator (and its Redis comparison mode).
 
 pub mod bench;
