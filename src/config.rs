@@ -291,6 +291,42 @@ pub struct HerdConfig {
     pub servers: Vec<ServerConfig>,
     pub places: PlacesConfig,
     pub gateway: GatewayConfig,
+    pub log: LogConfig,
+}
+
+/// The `[log]` table: how the servers' log files are written.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogConfig {
+    /// How many lines may wait for a server's log writer; past that, lines are
+    /// dropped and counted (`herd_log_lines_dropped_total`) rather than make a
+    /// client's request wait for the disk.
+    pub queue_lines: usize,
+}
+
+impl Default for LogConfig {
+    fn default() -> LogConfig {
+        LogConfig {
+            queue_lines: crate::logging::DEFAULT_QUEUE_LINES,
+        }
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    queue_lines: Option<usize>,
+}
+
+impl RawLog {
+    fn validate(self) -> Result<LogConfig, String> {
+        let log = LogConfig {
+            queue_lines: self.queue_lines.unwrap_or(LogConfig::default().queue_lines),
+        };
+        if log.queue_lines == 0 {
+            return Err("log.queue_lines must be above 0".into());
+        }
+        Ok(log)
+    }
 }
 
 #[derive(Deserialize)]
@@ -300,6 +336,7 @@ struct RawHerd {
     places: RawPlaces,
     #[serde(default)]
     gateway: RawGateway,
+    log: RawLog,
     #[serde(default)]
     server: Vec<RawServer>,
 }
@@ -570,12 +607,14 @@ impl HerdConfig {
 
         let places = raw.places.validate().map_err(invalid)?;
         let gateway = raw.gateway.validate().map_err(invalid)?;
+        let log = raw.log.validate().map_err(invalid)?;
 
         Ok(HerdConfig {
             origin: origin.to_owned(),
             servers,
             places,
             gateway,
+            log,
         })
     }
 
@@ -835,6 +874,19 @@ max_response_bytes = 65536
         assert!(bad("max_held_reply_bytes = 0").contains("gateway.max_held_reply_bytes"));
         assert!(bad("max_held_reply_bytes = -1").contains("malformed"));
         assert!(bad("max_line = 10").contains("max_line"));
+    }
+
+    #[test]
+    fn the_log_queue_has_a_default_and_a_key() {
+        let parse = |text: &str| HerdConfig::parse(text, "test");
+        assert_eq!(
+            parse(TWO).unwrap().log.queue_lines,
+            crate::logging::DEFAULT_QUEUE_LINES
+        );
+        let set = parse(&format!("[log]\nqueue_lines = 100\n{TWO}")).unwrap();
+        assert_eq!(set.log.queue_lines, 100);
+        assert!(err(&format!("[log]\nqueue_lines = 0\n{TWO}")).contains("log.queue_lines"));
+        assert!(err(&format!("[log]\nlines = 1\n{TWO}")).contains("lines"));
     }
 
     #[test]

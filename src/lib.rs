@@ -18,7 +18,7 @@
 //! - [`server`]: one server's lifecycle: listeners, tasks, shutdown.
 //! - [`inspect`]: the operators' view: the `Inspect` gRPC service, health, reflection, metrics.
 //! - [`metrics`]: one server's Prometheus metrics.
-//! - [`logging`]: tracing to stderr and to one file per server.
+//! - [`logging`]: tracing to stderr and to one file per server (tracing-subscriber, tracing-appender).
 //!
 //! The load generator, `herd-bench`, is a crate of its own in `bench/` (a member of this
 //! workspace): it uses [`proto`] and the places dataset, and the server does not carry it.

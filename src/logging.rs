@@ -1,18 +1,16 @@
 //! Logging: to stderr at the level `RUST_LOG` sets, and to one file per server
-//! (`<log-dir>/<Name>.log`) with everything the server saw and said. Events are
-//! routed to a server's file by the `server{name=...}` span they happen in, so
-//! `herd up` (every server in one process) still gets one file per server.
+//! (`<log-dir>/<Name>.log`) with everything the server saw and said. Both are
+//! tracing-subscriber's `fmt` layers (text or JSON); the files are written by
+//! tracing-appender's non-blocking workers, one per server. Events are routed to a
+//! server's file by the `server{name=...}` span they happen in, so `herd up` (every
+//! server in one process) still gets one file per server.
 
 use std::{
-    collections::HashMap,
+    cell::Cell,
     fs::File,
-    io::{self, IsTerminal as _, Write as _},
+    io::{self, IsTerminal as _},
     path::Path,
-    sync::{
-        Arc, Condvar, Mutex, MutexGuard,
-        atomic::{AtomicBool, Ordering},
-    },
-    time::Duration,
+    sync::{Arc, OnceLock},
 };
 
 use tracing::{
@@ -21,106 +19,435 @@ use tracing::{
     level_filters::LevelFilter,
     span,
 };
+use tracing_appender::non_blocking::{ErrorCounter, NonBlocking, NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::{
     EnvFilter, Layer,
+    field::RecordFields,
     filter::Targets,
-    fmt::{MakeWriter, writer::EitherWriter},
+    fmt::{
+        FormatFields, MakeWriter,
+        format::{DefaultFields, Writer},
+        writer::EitherWriter,
+    },
     layer::{Context, SubscriberExt as _},
     registry::{LookupSpan, Registry},
     util::SubscriberInitExt as _,
 };
 
-/// Keeps the log files flushed; dropping it writes out what is buffered.
-#[must_use = "dropping the guard stops flushing the log files"]
+/// Keeps the log files' writers running; dropping it writes out every line logged
+/// before (each worker gets about a second to finish) and stops them.
+#[must_use = "dropping the guard stops writing the log files"]
 #[derive(Debug)]
 pub struct LogGuard {
-    _flusher: Flusher,
+    _workers: Vec<WorkerGuard>,
 }
 
-/// How often buffered log lines reach the files.
-const FLUSH_EVERY: Duration = Duration::from_millis(100);
+/// The default of `[log] queue_lines`: how many lines may wait for a server's log
+/// writer before new ones are dropped (and counted in `herd_log_lines_dropped_total`)
+/// rather than make a worker wait. The writer keeps up with hundreds of MB/s, so the
+/// queue only fills when the disk stalls or the writer thread gets no CPU: 16,384
+/// lines is a fifth of a second of a busy server's WHATSAT traffic, and at most
+/// about 60 MB of those 3.6 KB lines (tracing-appender's own default, 128,000, would
+/// be nearly half a GB per server).
+pub const DEFAULT_QUEUE_LINES: usize = 16_384;
 
-/// One server's log file. Events are formatted straight into an in-memory buffer
-/// under a short lock; the flusher swaps the buffer out and writes it to the file
-/// outside that lock every [`FLUSH_EVERY`], or at once when a buffer passes
-/// [`SPILL_AT`]: no allocation, channel or thread wake-up per event, no event waits
-/// for the disk (unless the disk falls [`HARD_CAP`] behind), nothing is dropped.
-#[derive(Clone, Debug)]
-struct Sink(Arc<SinkInner>);
+/// Each server's count of lines its queue had no room for (see [`dropped_lines`]).
+static DROPPED: OnceLock<Vec<(Arc<str>, ErrorCounter)>> = OnceLock::new();
 
-#[derive(Debug)]
-struct SinkInner {
-    buf: Mutex<Vec<u8>>,
-    file: Mutex<Out>,
-    /// Wakes the flusher early.
-    wake: Arc<Wake>,
-    /// The flusher was woken for this buffer and has not written it yet.
-    woken: AtomicBool,
+/// How many log lines of server `name` were dropped because its log writer fell
+/// [`DEFAULT_QUEUE_LINES`] (or `[log] queue_lines`) behind; 0 before [`init`].
+pub fn dropped_lines(name: &str) -> u64 {
+    DROPPED
+        .get()
+        .and_then(|all| all.iter().find(|(n, _)| &**n == name))
+        .map_or(0, |(_, c)| c.dropped_lines() as u64)
 }
 
-/// What the flusher waits on: its period, an early wake-up, or the stop. Both are
-/// flags under the mutex, so a wake-up asked while the flusher is busy is not lost.
-#[derive(Debug, Default)]
-struct Wake {
-    state: Mutex<WakeState>,
-    cv: Condvar,
+/// The format of log lines, on stderr and in the files alike.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines: tracing-subscriber's full format.
+    #[default]
+    Text,
+    /// One JSON object per line, for log shippers.
+    Json,
 }
 
-#[derive(Debug, Default)]
-struct WakeState {
-    stopped: bool,
-    asked: bool,
-}
-
-impl Wake {
-    fn ask(&self) {
-        crate::lock(&self.state).asked = true;
-        self.cv.notify_one();
+impl std::str::FromStr for LogFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            other => Err(format!(
+                "unknown log format {other:?} (expected text or json)"
+            )),
+        }
     }
 }
 
-/// The file and the buffer last written to it, kept to be swapped in next: the two
-/// buffers take turns, so a busy server's log reuses memory it has already touched
-/// instead of growing a fresh buffer (and faulting in its pages) every flush.
-#[derive(Debug)]
-struct Out {
+type BoxedLayer = Box<dyn Layer<Registry> + Send + Sync>;
+
+/// Installs the global subscriber: stderr filtered by `RUST_LOG` (default `info`),
+/// and a file per server in `log_dir` (created if missing) with herd's own events
+/// at debug level (every line received and reply sent) and others' at info, each
+/// written by a worker thread that holds at most `queue_lines` lines.
+pub fn init(
+    log_dir: &Path,
+    servers: &[Arc<str>],
+    format: LogFormat,
+    queue_lines: usize,
+) -> io::Result<LogGuard> {
+    let stderr_filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let ansi = io::stderr().is_terminal();
+    let stderr = tracing_subscriber::fmt::layer().with_writer(io::stderr);
+    let stderr: BoxedLayer = match format {
+        LogFormat::Text => stderr
+            .with_ansi(ansi)
+            .fmt_fields(OneLine)
+            .with_filter(stderr_filter)
+            .boxed(),
+        LogFormat::Json => stderr.json().with_filter(stderr_filter).boxed(),
+    };
+    let files = Files::open(log_dir, servers, format, queue_lines)?;
+    let _ = DROPPED.set(files.dropped.clone());
+    let mut layers = files.layers;
+    layers.push(stderr);
+    tracing_subscriber::registry()
+        .with(layers)
+        .try_init()
+        .map_err(|e| io::Error::other(format!("logging already set up: {e}")))?;
+    Ok(LogGuard {
+        _workers: files.workers,
+    })
+}
+
+/// The file side: the layers that route events to the servers' files, and what
+/// keeps those files written.
+struct Files {
+    layers: Vec<BoxedLayer>,
+    dropped: Vec<(Arc<str>, ErrorCounter)>,
+    workers: Vec<WorkerGuard>,
+}
+
+impl Files {
+    fn open(
+        log_dir: &Path,
+        servers: &[Arc<str>],
+        format: LogFormat,
+        queue_lines: usize,
+    ) -> io::Result<Files> {
+        std::fs::create_dir_all(log_dir).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("cannot create log directory {}: {e}", log_dir.display()),
+            )
+        })?;
+        let mut writers = Vec::with_capacity(servers.len());
+        let mut dropped = Vec::with_capacity(servers.len());
+        let mut workers = Vec::with_capacity(servers.len());
+        for name in servers {
+            let path = log_dir.join(format!("{name}.log"));
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .map_err(|e| {
+                    io::Error::new(
+                        e.kind(),
+                        format!("cannot open log file {}: {e}", path.display()),
+                    )
+                })?;
+            let (writer, worker) = NonBlockingBuilder::default()
+                .lossy(true)
+                .buffered_lines_limit(queue_lines)
+                .thread_name(&format!("herd-log-{name}"))
+                .finish(Paced::new(io::BufWriter::with_capacity(
+                    WRITE_SIZE,
+                    DropBehind::new(file, path),
+                )));
+            dropped.push((name.clone(), writer.error_counter()));
+            writers.push(writer);
+            workers.push(worker);
+        }
+        let router = Router { writers };
+        let levels = Targets::new()
+            .with_target("herd", LevelFilter::DEBUG)
+            .with_default(LevelFilter::INFO);
+        let file = tracing_subscriber::fmt::layer()
+            .with_writer(router)
+            .with_ansi(false);
+        let file: BoxedLayer = match format {
+            LogFormat::Text => file.fmt_fields(OneLine).with_filter(levels).boxed(),
+            LogFormat::Json => file.json().with_filter(levels).boxed(),
+        };
+        let tags = TagServers {
+            names: servers.to_vec(),
+        };
+        Ok(Files {
+            // In this order: the tags layer sees each event first, for the router.
+            layers: vec![Box::new(tags), file],
+            dropped,
+            workers,
+        })
+    }
+}
+
+/// How much the writer gathers before it writes to the file (and whatever it holds
+/// once its queue is empty).
+const WRITE_SIZE: usize = 64 << 10;
+
+/// Picks the file of the server whose span the event happens in (events outside any
+/// server's span go to no file; with one server, every event goes to its file), for
+/// the text and JSON formats alike.
+///
+/// One layer that picks its writer, rather than a layer per server each filtered to
+/// its server's spans: an event then costs one look at its span's tag whatever the
+/// number of servers (a filter per server would ask each of `herd up`'s five on
+/// every event). A `MakeWriter` is not shown the event, and cannot ask the
+/// dispatcher for the current span while it handles one (the dispatcher refuses
+/// re-entry, except a global one), so [`TagServers`], the layer just before the
+/// file layer, leaves the event's server in [`EVENT_SERVER`] for it.
+struct Router {
+    /// In the order of [`TagServers::names`].
+    writers: Vec<NonBlocking>,
+}
+
+impl Router {
+    fn pick(&self) -> Option<&NonBlocking> {
+        if let [only] = &self.writers[..] {
+            return Some(only);
+        }
+        let server = EVENT_SERVER.try_with(Cell::get).ok().flatten()?;
+        self.writers.get(server)
+    }
+}
+
+thread_local! {
+    /// The server of the event this thread is handling, set by [`TagServers`].
+    static EVENT_SERVER: Cell<Option<usize>> = const { Cell::new(None) };
+}
+
+impl<'a> MakeWriter<'a> for Router {
+    type Writer = EitherWriter<NonBlocking, io::Sink>;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        EitherWriter::B(io::sink())
+    }
+
+    fn make_writer_for(&'a self, _: &tracing::Metadata<'_>) -> Self::Writer {
+        match self.pick() {
+            Some(writer) => EitherWriter::A(writer.clone()),
+            None => EitherWriter::B(io::sink()),
+        }
+    }
+}
+
+/// The server (its index in [`TagServers::names`]) a span belongs to, kept in the
+/// extensions of its `server` span and of every span inside it.
+#[derive(Clone, Copy)]
+struct ServerTag(usize);
+
+/// Tags every `server` span by its `name` field, and every span inside one with the
+/// same tag.
+struct TagServers {
+    names: Vec<Arc<str>>,
+}
+
+struct NameVisitor(Option<String>);
+
+impl Visit for NameVisitor {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if field.name() == "name" {
+            self.0 = Some(value.to_owned());
+        }
+    }
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        if field.name() == "name" {
+            self.0 = Some(format!("{value:?}"));
+        }
+    }
+}
+
+impl<S: Subscriber + for<'a> LookupSpan<'a>> Layer<S> for TagServers {
+    fn on_new_span(&self, attrs: &span::Attributes<'_>, id: &span::Id, ctx: Context<'_, S>) {
+        let Some(span) = ctx.span(id) else { return };
+        let tag = if attrs.metadata().name() == "server" {
+            let mut visitor = NameVisitor(None);
+            attrs.record(&mut visitor);
+            visitor
+                .0
+                .and_then(|name| self.names.iter().position(|n| **n == *name))
+                .map(ServerTag)
+        } else {
+            span.parent()
+                .and_then(|p| p.extensions().get::<ServerTag>().copied())
+        };
+        if let Some(tag) = tag {
+            span.extensions_mut().insert(tag);
+        }
+    }
+
+    fn on_event(&self, event: &tracing::Event<'_>, ctx: Context<'_, S>) {
+        // The event's own span (its explicit parent, or the current span) holds the
+        // tag if any span around it does.
+        let server = ctx
+            .event_span(event)
+            .and_then(|s| s.extensions().get::<ServerTag>().map(|t| t.0));
+        let _ = EVENT_SERVER.try_with(|cell| cell.set(server));
+    }
+}
+
+/// tracing-subscriber's field format, with every character that could end a line
+/// or move a terminal's cursor written as an escape (`\n`, `\x1b`, `\u{2028}`): a
+/// field or message made of remote text (a Google or peer error message, a
+/// client's bytes) cannot start a line of its own. tracing-subscriber quotes `str`
+/// fields and escapes ANSI in messages, but writes `%` values and the line ends in
+/// messages as they are. Backslashes are left alone: `Escaped` values and quoted
+/// strings are escaped already.
+struct OneLine;
+
+impl<'writer> FormatFields<'writer> for OneLine {
+    fn format_fields<R: RecordFields>(
+        &self,
+        mut writer: Writer<'writer>,
+        fields: R,
+    ) -> std::fmt::Result {
+        DefaultFields::new().format_fields(Writer::new(&mut Unbroken(&mut writer)), fields)
+    }
+}
+
+/// Writes to `.0` with line ends and other control characters escaped.
+struct Unbroken<'a, 'w>(&'a mut Writer<'w>);
+
+impl std::fmt::Write for Unbroken<'_, '_> {
+    fn write_str(&mut self, text: &str) -> std::fmt::Result {
+        let bytes = text.as_bytes();
+        // Where the text not yet written starts; where the scan goes on.
+        let (mut from, mut at) = (0, 0);
+        let word = |w| below_space(w) | has_byte(w, 0x7f) | (w & HI);
+        while let Some(found) = find(&bytes[at..], word, |b| !(0x20..0x7f).contains(&b)) {
+            let i = at + found;
+            let c = text[i..].chars().next().expect("a char starts here");
+            at = i + c.len_utf8();
+            // C0 controls, DEL, C1 controls (NEL among them), and the Unicode line
+            // and paragraph separators; any other non-ASCII text is kept.
+            if !(c.is_control() || c == '\u{2028}' || c == '\u{2029}') {
+                continue;
+            }
+            self.0.write_str(&text[from..i])?;
+            match c {
+                '\n' => self.0.write_str("\\n")?,
+                '\r' => self.0.write_str("\\r")?,
+                '\t' => self.0.write_str("\\t")?,
+                c if c.is_ascii() => write!(self.0, "\\x{:02x}", c as u32)?,
+                c => write!(self.0, "\\u{{{:x}}}", c as u32)?,
+            }
+            from = at;
+        }
+        self.0.write_str(&text[from..])
+    }
+}
+
+/// How often, at most, a busy server's log writer wakes to write out what has queued.
+const WRITE_EVERY: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// Paces the non-blocking worker. The worker writes out after every batch it takes
+/// off its queue, then sleeps until the next line: on a server answering 50,000
+/// IAMATs a second that is a wake-up (a futex call by the sender, a context switch)
+/// and a `write` per line or two: 16-17 us of server CPU per IAMAT, against 11-15
+/// with the pacing below (and 10-12 for the writer herd had before; short runs on a
+/// loaded 2-core machine, so noisy). After writing out, the worker sleeps out the
+/// rest of [`WRITE_EVERY`] since it last did; lines queue meanwhile without waking it (a
+/// busy server queues a few thousand, well within the queue), and none waits longer
+/// than about that for the file. An idle server's first line is written at once.
+struct Paced<W> {
+    inner: W,
+    last: std::time::Instant,
+}
+
+impl<W> Paced<W> {
+    fn new(inner: W) -> Paced<W> {
+        Paced {
+            inner,
+            last: std::time::Instant::now(),
+        }
+    }
+}
+
+impl<W: io::Write> io::Write for Paced<W> {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        self.inner.write(data)
+    }
+
+    fn write_all(&mut self, data: &[u8]) -> io::Result<()> {
+        self.inner.write_all(data)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        let written = self.inner.flush();
+        let next = self.last + WRITE_EVERY;
+        let now = std::time::Instant::now();
+        if now < next {
+            std::thread::sleep(next - now);
+            self.last = next;
+        } else {
+            self.last = now;
+        }
+        written
+    }
+}
+
+/// The log file under a server's non-blocking writer. A log is written once and
+/// seldom read: written fast (a busy server logs hundreds of MB/s of WHATSAT
+/// replies), it would fill memory that the kernel must first clear (on a VM each
+/// fresh page-cache page cost about 3 s of CPU per GB) and push out what the machine
+/// does read. So once [`DROP_EVERY`] bytes have been written since it last acted, it
+/// starts writing those back, and drops from the page cache what it started writing
+/// back the time before (on disk by now): drop-behind, as `dd oflag=nocache` does.
+/// A slowly written log is left to the kernel's usual write-back, and the page still
+/// being filled is never dropped.
+struct DropBehind {
     file: File,
-    spare: Vec<u8>,
+    path: std::path::PathBuf,
     /// Where the next write lands; where write-back was last started from, and up
-    /// to; where the pages this sink may still have in the page cache begin.
+    /// to; where the pages this file may still have in the page cache begin.
     end: u64,
     synced_to: u64,
     cached_from: u64,
+    /// The last write failed (said once on stderr, not once a line).
+    failing: bool,
 }
 
-/// How much a sink buffers before the flusher is woken early to write it (a busy
-/// server's WHATSAT replies fill that in 15 ms), and the most it ever buffers:
-/// past that, writers wait for the disk rather than drop a line or grow without bound.
-const SPILL_AT: usize = 4 << 20;
-const HARD_CAP: usize = 256 << 20;
-const BUFFER: usize = 1 << 20;
-/// A buffer that grew past this (a burst) is not kept for reuse.
-const KEEP: usize = 2 * SPILL_AT;
+/// How much a log is written between two rounds of [`DropBehind::forget`].
+const DROP_EVERY: u64 = 1 << 20;
 
-impl Out {
-    /// Called after each write. Once [`FORGET_EVERY`] bytes have been written since it
-    /// last acted: starts writing those back, and drops from the page cache what it
-    /// started writing back the time before (on disk by now). A log is written once
-    /// and seldom read: it should not fill memory that the kernel must first clear
-    /// (on a VM each fresh page-cache page cost about 3 s of CPU per GB), nor push
-    /// out what the machine does read. A slowly written log is left to the kernel's
-    /// usual write-back, and the page still being filled is never dropped.
+impl DropBehind {
+    fn new(file: File, path: std::path::PathBuf) -> DropBehind {
+        // What the file held before is left as it is.
+        let len = file.metadata().map_or(0, |m| m.len());
+        DropBehind {
+            file,
+            path,
+            end: len,
+            synced_to: len,
+            cached_from: len,
+            failing: false,
+        }
+    }
+
     #[cfg(target_os = "linux")]
     fn forget(&mut self) {
         use std::os::fd::AsRawFd as _;
-        if self.end - self.synced_to < FORGET_EVERY {
+        if self.end - self.synced_to < DROP_EVERY {
             return;
         }
         let fd = self.file.as_raw_fd();
         // Advice only: a failure (say, on a file system without page cache) changes
         // nothing that matters, so errors are ignored. DONTNEED drops only the whole
         // pages inside the range.
-        // SAFETY: plain system calls on an open file descriptor this sink owns.
+        // SAFETY: plain system calls on an open file descriptor this writer owns.
         unsafe {
             if self.synced_to > self.cached_from {
                 // From the start of the page that straddled the last range's start:
@@ -148,543 +475,33 @@ impl Out {
     fn forget(&mut self) {}
 }
 
-/// How much a log is written between two rounds of [`Out::forget`].
-const FORGET_EVERY: u64 = 1 << 20;
-
-impl Sink {
-    fn new(file: File, wake: Arc<Wake>) -> Sink {
-        let len = file.metadata().map_or(0, |m| m.len());
-        Sink(Arc::new(SinkInner {
-            wake,
-            woken: AtomicBool::new(false),
-            buf: Mutex::new(Vec::with_capacity(BUFFER)),
-            file: Mutex::new(Out {
-                end: len,
-                // What the file held before is left as it is.
-                synced_to: len,
-                cached_from: len,
-                file,
-                spare: Vec::with_capacity(BUFFER),
-            }),
-        }))
-    }
-
-    fn buf(&self) -> MutexGuard<'_, Vec<u8>> {
-        crate::lock(&self.0.buf)
-    }
-
-    fn file(&self) -> MutexGuard<'_, Out> {
-        crate::lock(&self.0.file)
-    }
-
-    /// Writes out what `buf` holds. The file is locked before the buffer is let go,
-    /// so lines reach the file in the order they were buffered.
-    fn write_out(&self, mut buf: MutexGuard<'_, Vec<u8>>, mut out: MutexGuard<'_, Out>) {
-        if buf.is_empty() {
-            return;
-        }
-        let spare = std::mem::take(&mut out.spare);
-        let mut data = std::mem::replace(&mut *buf, spare);
-        self.0.woken.store(false, Ordering::Relaxed);
-        drop(buf);
-        match out.file.write_all(&data) {
-            Ok(()) => {
-                out.end += data.len() as u64;
-                out.forget();
+impl io::Write for DropBehind {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        match self.file.write(data) {
+            Ok(n) => {
+                if std::mem::take(&mut self.failing) {
+                    eprintln!("herd: log file {} is written again", self.path.display());
+                }
+                self.end += n as u64;
+                self.forget();
+                Ok(n)
             }
             Err(e) => {
-                eprintln!("herd: cannot write a log file: {e}");
+                if !std::mem::replace(&mut self.failing, true) {
+                    eprintln!("herd: cannot write log file {}: {e}", self.path.display());
+                }
                 // Part may have been written: page-cache advice starts over from the
                 // file's real end.
-                let len = out.file.metadata().map_or(out.end, |m| m.len());
-                (out.end, out.synced_to, out.cached_from) = (len, len, len);
+                let len = self.file.metadata().map_or(self.end, |m| m.len());
+                (self.end, self.synced_to, self.cached_from) = (len, len, len);
+                Err(e)
             }
         }
-        data.clear();
-        if data.capacity() > KEEP {
-            data = Vec::with_capacity(BUFFER);
-        }
-        out.spare = data;
     }
 
-    /// Appends a writer's bytes; then wakes the flusher once the buffer passes
-    /// [`SPILL_AT`] (once per buffer: `woken` changes only under the buffer's lock, and
-    /// is cleared when the buffer is swapped out), or waits for the disk when it is
-    /// [`HARD_CAP`] behind.
-    fn append(&self, data: &[u8]) {
-        let mut buf = self.buf();
-        buf.extend_from_slice(data);
-        let held = buf.len();
-        let wake = held >= SPILL_AT && !self.0.woken.swap(true, Ordering::Relaxed);
-        drop(buf);
-        if held >= HARD_CAP {
-            self.flush();
-        } else if wake {
-            // The writer goes on serving; the flusher writes.
-            self.0.wake.ask();
-        }
-    }
-
-    fn flush(&self) {
-        let file = self.file();
-        self.write_out(self.buf(), file);
-    }
-}
-
-/// Writes one event into a sink.
-struct SinkWriter<'a>(&'a Sink);
-
-impl io::Write for SinkWriter<'_> {
-    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        self.write_all(data)?;
-        Ok(data.len())
-    }
-    fn write_all(&mut self, data: &[u8]) -> io::Result<()> {
-        self.0.append(data);
-        Ok(())
-    }
     fn flush(&mut self) -> io::Result<()> {
-        Ok(())
+        self.file.flush()
     }
-}
-
-/// Sends each event to the file of the server whose span it happens in (events
-/// outside any server's span go to no file).
-struct Router {
-    /// The one sink when the process runs one server: no lookup needed.
-    only: Option<Sink>,
-    sinks: HashMap<Arc<str>, Sink>,
-}
-
-impl Router {
-    /// The sink of the server whose span `spans` (an event's spans, innermost first)
-    /// holds; with one server, that one without looking.
-    fn pick<'s, R: LookupSpan<'s> + 's>(
-        &self,
-        spans: impl FnOnce() -> Option<tracing_subscriber::registry::Scope<'s, R>>,
-    ) -> Option<&Sink> {
-        if let Some(only) = &self.only {
-            return Some(only);
-        }
-        let name = spans()?.find_map(|s| s.extensions().get::<ServerTag>().map(|t| t.0.clone()))?;
-        self.sinks.get(&name)
-    }
-
-    /// The sink for an event in the current span (the JSON format's writer).
-    fn sink(&self) -> Option<&Sink> {
-        tracing::Span::current()
-            .with_subscriber(|(id, dispatch)| {
-                let registry = dispatch.downcast_ref::<Registry>()?;
-                self.pick(|| registry.span(id).map(|s| s.scope()))
-            })
-            .flatten()
-    }
-}
-
-impl<'a> MakeWriter<'a> for Router {
-    type Writer = EitherWriter<SinkWriter<'a>, io::Sink>;
-
-    fn make_writer(&'a self) -> Self::Writer {
-        EitherWriter::B(io::sink())
-    }
-
-    fn make_writer_for(&'a self, _: &tracing::Metadata<'_>) -> Self::Writer {
-        match self.sink() {
-            Some(sink) => EitherWriter::A(SinkWriter(sink)),
-            None => EitherWriter::B(io::sink()),
-        }
-    }
-}
-
-/// The text format of the log files, written straight into the server's buffer: the
-/// same lines as tracing-subscriber's full format without colours (`TIME LEVEL
-/// span{fields}:span{fields}: target: message field=value ...`), with no string built
-/// per event and copied again, each span's text made once when the span is created, and
-/// the date and time of day formatted once a second. Logging every line and reply is
-/// a large part of what a server does per request, so it is kept this lean.
-struct FileText {
-    router: Router,
-}
-
-/// A span's `name{field=value ...}`, made when the span is created (and again when
-/// it records more fields), from its fields kept as written.
-struct SpanText {
-    fields: Vec<u8>,
-    text: String,
-}
-
-impl SpanText {
-    fn new(name: &str, fields: Vec<u8>) -> SpanText {
-        let mut text = name.to_owned();
-        if !fields.is_empty() {
-            text.push('{');
-            text.push_str(&String::from_utf8_lossy(&fields));
-            text.push('}');
-        }
-        SpanText { fields, text }
-    }
-}
-
-impl<S: Subscriber + for<'a> LookupSpan<'a>> Layer<S> for FileText {
-    fn on_new_span(&self, attrs: &span::Attributes<'_>, id: &span::Id, ctx: Context<'_, S>) {
-        let Some(span) = ctx.span(id) else { return };
-        let mut fields = Vec::new();
-        attrs.record(&mut FieldText::new(&mut fields));
-        span.extensions_mut()
-            .insert(SpanText::new(attrs.metadata().name(), fields));
-    }
-
-    fn on_record(&self, id: &span::Id, values: &span::Record<'_>, ctx: Context<'_, S>) {
-        let Some(span) = ctx.span(id) else { return };
-        let mut ext = span.extensions_mut();
-        if let Some(SpanText { fields, .. }) = ext.remove::<SpanText>() {
-            let mut fields = fields;
-            values.record(&mut FieldText {
-                any: !fields.is_empty(),
-                out: &mut fields,
-            });
-            ext.insert(SpanText::new(span.name(), fields));
-        }
-    }
-
-    fn on_event(&self, event: &tracing::Event<'_>, ctx: Context<'_, S>) {
-        let Some(sink) = self.router.pick(|| ctx.event_scope(event)) else {
-            return;
-        };
-        // Formatted outside the sink's lock (escaping a 3 KB reply takes a while, and
-        // a worker that finds the lock taken sleeps in the kernel), then copied in.
-        thread_local! {
-            static LINE: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
-        }
-        let write = |line: &mut Vec<u8>| {
-            line.clear();
-            self.format(event, &ctx, line);
-            sink.append(line);
-        };
-        // The thread's line buffer, unless it is in use (an event logged while one is
-        // formatted) or already gone (a thread that is exiting): then a fresh one.
-        let done = LINE
-            .try_with(|cell| {
-                let Ok(mut line) = cell.try_borrow_mut() else {
-                    return false;
-                };
-                write(&mut line);
-                if line.capacity() > 64 * 1024 {
-                    *line = Vec::new();
-                }
-                true
-            })
-            .unwrap_or(false);
-        if !done {
-            write(&mut Vec::new());
-        }
-    }
-}
-
-impl FileText {
-    fn format<S: Subscriber + for<'a> LookupSpan<'a>>(
-        &self,
-        event: &tracing::Event<'_>,
-        ctx: &Context<'_, S>,
-        buf: &mut Vec<u8>,
-    ) {
-        write_time(buf);
-        let meta = event.metadata();
-        buf.extend_from_slice(match *meta.level() {
-            tracing::Level::TRACE => b" TRACE ",
-            tracing::Level::DEBUG => b" DEBUG ",
-            tracing::Level::INFO => b"  INFO ",
-            tracing::Level::WARN => b"  WARN ",
-            tracing::Level::ERROR => b" ERROR ",
-        });
-        if let Some(scope) = ctx.event_scope(event) {
-            let mut any = false;
-            for span in scope.from_root() {
-                if let Some(SpanText { text, .. }) = span.extensions().get::<SpanText>() {
-                    buf.extend_from_slice(text.as_bytes());
-                    buf.push(b':');
-                    any = true;
-                }
-            }
-            if any {
-                buf.push(b' ');
-            }
-        }
-        buf.extend_from_slice(meta.target().as_bytes());
-        buf.extend_from_slice(b": ");
-        event.record(&mut FieldText::new(buf));
-        buf.push(b'\n');
-    }
-}
-
-/// Writes fields as `message field=value ...`, each value by its `Debug` form (which
-/// for `%` values is their `Display`).
-struct FieldText<'a> {
-    out: &'a mut Vec<u8>,
-    any: bool,
-}
-
-impl FieldText<'_> {
-    fn new(out: &mut Vec<u8>) -> FieldText<'_> {
-        FieldText { out, any: false }
-    }
-}
-
-impl Visit for FieldText<'_> {
-    fn record_str(&mut self, field: &Field, value: &str) {
-        if field.name() == "message" {
-            self.record_debug(field, &format_args!("{value}"));
-        } else {
-            self.record_debug(field, &value);
-        }
-    }
-
-    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-        let out = &mut *self.out;
-        if std::mem::replace(&mut self.any, true) {
-            out.push(b' ');
-        }
-        // Writing into a Vec cannot fail.
-        let _ = if field.name() == "message" {
-            write!(out, "{value:?}")
-        } else {
-            write!(out, "{}={value:?}", field.name())
-        };
-    }
-}
-
-/// `2026-11-27T05:56:54.570609Z`, as tracing-subscriber writes it; the part up to the
-/// second is made once a second per thread.
-fn write_time(out: &mut Vec<u8>) {
-    use std::cell::Cell;
-    thread_local! {
-        static SECOND: Cell<(u64, [u8; 19])> = const { Cell::new((u64::MAX, [0; 19])) };
-    }
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    let secs = now.as_secs();
-    let text = SECOND
-        .try_with(|cached| match cached.get() {
-            (second, text) if second == secs => text,
-            _ => {
-                let text = date_time(secs);
-                cached.set((secs, text));
-                text
-            }
-        })
-        // A thread that is exiting has no cache left.
-        .unwrap_or_else(|_| date_time(secs));
-    out.extend_from_slice(&text);
-    let _ = write!(out, ".{:06}Z", now.subsec_micros());
-}
-
-/// `YYYY-MM-DDTHH:MM:SS` of a Unix time (UTC), by Howard Hinnant's days-to-civil.
-fn date_time(unix: u64) -> [u8; 19] {
-    let days = (unix / 86_400) as i64;
-    let secs = unix % 86_400;
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    let mut text = [0u8; 19];
-    let _ = write!(
-        &mut text[..],
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}",
-        secs / 3_600,
-        secs / 60 % 60,
-        secs % 60
-    );
-    text
-}
-
-/// The thread that writes buffered log lines out every [`FLUSH_EVERY`], or sooner
-/// when a sink asks.
-#[derive(Debug)]
-struct Flusher {
-    sinks: Vec<Sink>,
-    wake: Arc<Wake>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Flusher {
-    fn start(sinks: Vec<Sink>, wake: Arc<Wake>) -> io::Result<Flusher> {
-        let thread = {
-            let (sinks, wake) = (sinks.clone(), wake.clone());
-            std::thread::Builder::new()
-                .name("herd-log-flush".into())
-                .spawn(move || {
-                    let mut state = crate::lock(&wake.state);
-                    while !state.stopped {
-                        if !state.asked {
-                            state = wake
-                                .cv
-                                .wait_timeout(state, FLUSH_EVERY)
-                                .unwrap_or_else(|p| p.into_inner())
-                                .0;
-                        }
-                        state.asked = false;
-                        // Writers asking for a flush take this lock: write without it.
-                        drop(state);
-                        sinks.iter().for_each(Sink::flush);
-                        state = crate::lock(&wake.state);
-                    }
-                })?
-        };
-        Ok(Flusher {
-            sinks,
-            wake,
-            thread: Some(thread),
-        })
-    }
-}
-
-impl Drop for Flusher {
-    /// Stops the thread and writes out what is left.
-    fn drop(&mut self) {
-        crate::lock(&self.wake.state).stopped = true;
-        self.wake.cv.notify_all();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-        self.sinks.iter().for_each(Sink::flush);
-    }
-}
-
-/// The name of the server a span belongs to, kept in the span's extensions.
-struct ServerTag(Arc<str>);
-
-/// Records the `name` field of every `server` span as a [`ServerTag`].
-struct TagServers;
-
-struct NameVisitor(Option<String>);
-
-impl Visit for NameVisitor {
-    fn record_str(&mut self, field: &Field, value: &str) {
-        if field.name() == "name" {
-            self.0 = Some(value.to_owned());
-        }
-    }
-    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-        if field.name() == "name" {
-            self.0 = Some(format!("{value:?}"));
-        }
-    }
-}
-
-impl<S: Subscriber + for<'a> LookupSpan<'a>> Layer<S> for TagServers {
-    fn on_new_span(&self, attrs: &span::Attributes<'_>, id: &span::Id, ctx: Context<'_, S>) {
-        if attrs.metadata().name() != "server" {
-            return;
-        }
-        let mut visitor = NameVisitor(None);
-        attrs.record(&mut visitor);
-        if let (Some(name), Some(span)) = (visitor.0, ctx.span(id)) {
-            span.extensions_mut().insert(ServerTag(name.into()));
-        }
-    }
-}
-
-/// The format of log lines, on stderr and in the files alike.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum LogFormat {
-    /// Human-readable lines.
-    #[default]
-    Text,
-    /// One JSON object per line, for log shippers.
-    Json,
-}
-
-impl std::str::FromStr for LogFormat {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "text" => Ok(LogFormat::Text),
-            "json" => Ok(LogFormat::Json),
-            other => Err(format!(
-                "unknown log format {other:?} (expected text or json)"
-            )),
-        }
-    }
-}
-
-type BoxedLayer = Box<dyn Layer<Registry> + Send + Sync>;
-
-/// Installs the global subscriber: stderr filtered by `RUST_LOG` (default `info`),
-/// and a file per server in `log_dir` (created if missing) with herd's own events
-/// at debug level (every line received and reply sent) and others' at info.
-pub fn init(log_dir: &Path, servers: &[Arc<str>], format: LogFormat) -> io::Result<LogGuard> {
-    std::fs::create_dir_all(log_dir).map_err(|e| {
-        io::Error::new(
-            e.kind(),
-            format!("cannot create log directory {}: {e}", log_dir.display()),
-        )
-    })?;
-    let stderr_filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let stderr = tracing_subscriber::fmt::layer().with_writer(io::stderr);
-    let stderr: BoxedLayer = match format {
-        LogFormat::Text => stderr
-            .with_ansi(io::stderr().is_terminal())
-            .with_filter(stderr_filter)
-            .boxed(),
-        LogFormat::Json => stderr.json().with_filter(stderr_filter).boxed(),
-    };
-    let mut layers: Vec<BoxedLayer> = vec![Box::new(TagServers), stderr];
-
-    let mut sinks = HashMap::new();
-    let wake = Arc::new(Wake::default());
-    for name in servers {
-        let path = log_dir.join(format!("{name}.log"));
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .map_err(|e| {
-                io::Error::new(
-                    e.kind(),
-                    format!("cannot open log file {}: {e}", path.display()),
-                )
-            })?;
-        sinks.insert(name.clone(), Sink::new(file, wake.clone()));
-    }
-    let router = Router {
-        only: if sinks.len() == 1 {
-            sinks.values().next().cloned()
-        } else {
-            None
-        },
-        sinks: sinks.clone(),
-    };
-    let levels = Targets::new()
-        .with_target("herd", LevelFilter::DEBUG)
-        .with_default(LevelFilter::INFO);
-    layers.push(match format {
-        LogFormat::Text => FileText { router }.with_filter(levels).boxed(),
-        LogFormat::Json => tracing_subscriber::fmt::layer()
-            .with_writer(router)
-            .with_ansi(false)
-            .json()
-            .with_filter(levels)
-            .boxed(),
-    });
-    let flusher = Flusher::start(sinks.into_values().collect(), wake).map_err(|e| {
-        io::Error::new(
-            e.kind(),
-            format!("cannot start the log flusher thread: {e}"),
-        )
-    })?;
-
-    tracing_subscriber::registry()
-        .with(layers)
-        .try_init()
-        .map_err(|e| io::Error::other(format!("logging already set up: {e}")))?;
-    Ok(LogGuard { _flusher: flusher })
 }
 
 /// Bytes from the wire as one log-friendly line: UTF-8 text as it is; line ends,
@@ -710,8 +527,9 @@ impl std::fmt::Display for Escaped<'_> {
 
 fn write_escaped(text: &str, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
     let bytes = text.as_bytes();
+    let word = |w| below_space(w) | has_byte(w, 0x7f) | has_byte(w, b'\\');
     let mut from = 0;
-    while let Some(at) = find_escape(&bytes[from..]) {
+    while let Some(at) = find(&bytes[from..], word, needs_escape) {
         let i = from + at;
         f.write_str(&text[from..i])?;
         match bytes[i] {
@@ -730,27 +548,38 @@ fn needs_escape(b: u8) -> bool {
     b < 0x20 || b == 0x7f || b == b'\\'
 }
 
-/// The first byte that needs escaping, eight bytes at a time.
-fn find_escape(bytes: &[u8]) -> Option<usize> {
-    const LO: u64 = 0x0101_0101_0101_0101;
-    const HI: u64 = 0x8080_8080_8080_8080;
-    // Non-zero when some byte of `w` is zero.
-    let zero = |w: u64| w.wrapping_sub(LO) & !w & HI;
+const LO: u64 = 0x0101_0101_0101_0101;
+const HI: u64 = 0x8080_8080_8080_8080;
+
+/// Non-zero when some byte of `w` is below 0x20 (bytes of 0x80 and above never match).
+fn below_space(w: u64) -> u64 {
+    w.wrapping_sub(0x20 * LO) & !w & HI
+}
+
+/// Non-zero when some byte of `w` is `b`.
+fn has_byte(w: u64, b: u8) -> u64 {
+    let x = w ^ (u64::from(b) * LO);
+    x.wrapping_sub(LO) & !x & HI
+}
+
+/// The first byte for which `byte` holds, eight bytes at a time: `word` is non-zero
+/// for a word (eight bytes, little-endian) that holds such a byte.
+fn find(bytes: &[u8], word: impl Fn(u64) -> u64, byte: impl Fn(u8) -> bool) -> Option<usize> {
     let mut words = bytes.chunks_exact(8);
     let mut base = 0;
-    for word in &mut words {
-        let w = u64::from_le_bytes(word.try_into().expect("eight bytes"));
-        // A byte below 0x20 (bytes of 0x80 and above never match), or 0x7f, or '\'.
-        let below = w.wrapping_sub(0x20 * LO) & !w & HI;
-        if below | zero(w ^ (0x7f * LO)) | zero(w ^ (u64::from(b'\\') * LO)) != 0 {
-            return word.iter().position(|&b| needs_escape(b)).map(|i| base + i);
+    for chunk in &mut words {
+        let w = u64::from_le_bytes(chunk.try_into().expect("eight bytes"));
+        if word(w) != 0
+            && let Some(i) = chunk.iter().position(|&b| byte(b))
+        {
+            return Some(base + i);
         }
         base += 8;
     }
     words
         .remainder()
         .iter()
-        .position(|&b| needs_escape(b))
+        .position(|&b| byte(b))
         .map(|i| base + i)
 }
 
@@ -758,68 +587,39 @@ fn find_escape(bytes: &[u8]) -> Option<usize> {
 mod tests {
     use super::*;
 
-    fn temp_log(name: &str, content: &[u8]) -> std::path::PathBuf {
-        let path = std::env::temp_dir().join(format!(
-            "herd-{name}-{}-{:?}.log",
+    use std::{io::Write as _, path::PathBuf, time::Duration};
+
+    /// A fresh, empty directory for one test's logs.
+    fn temp_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "herd-logging-{name}-{}-{:?}",
             std::process::id(),
             std::time::SystemTime::now()
         ));
-        std::fs::write(&path, content).unwrap();
-        path
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
     }
 
-    fn open_sink(path: &Path) -> Sink {
-        let file = std::fs::OpenOptions::new().append(true).open(path).unwrap();
-        Sink::new(file, Arc::new(Wake::default()))
-    }
-
-    #[test]
-    fn a_sink_appends_every_line_in_order_across_flushes() {
-        let path = temp_log("order", b"from before\n");
-        let sink = open_sink(&path);
-        let mut want = b"from before\n".to_vec();
-        for round in 0..4 {
-            // About 2.4 MB a round: past FORGET_EVERY, so pages are dropped as well.
-            for i in 0..100_000 {
-                let line = format!("round {round} line {i}\n");
-                SinkWriter(&sink).write_all(line.as_bytes()).unwrap();
-                want.extend_from_slice(line.as_bytes());
-            }
-            sink.flush();
-            // Written, and dropped from the page cache, yet all there.
-            assert_eq!(std::fs::read(&path).unwrap(), want);
-        }
-        // The two buffers took turns: the one waiting kept its memory.
-        assert!(sink.file().spare.capacity() >= BUFFER);
-        assert_eq!(sink.file().end, want.len() as u64);
-        std::fs::remove_file(&path).unwrap();
-    }
-
-    #[test]
-    fn dates_are_written_as_rfc_3339() {
-        for (unix, want) in [
-            (0, "1970-01-01T00:00:00"),
-            (951_782_400, "2000-02-29T00:00:00"),
-            (1_795_759_014, "2026-11-27T05:56:54"),
-            (4_102_444_799, "2099-12-31T23:59:59"),
-            (253_402_300_799, "9999-12-31T23:59:59"),
-        ] {
-            assert_eq!(std::str::from_utf8(&date_time(unix)).unwrap(), want);
-        }
+    /// Runs `f` under the file layers of `servers` in `format`, then writes everything
+    /// out (as at exit) and returns each server's log.
+    fn logged(name: &str, servers: &[&str], format: LogFormat, f: impl FnOnce()) -> Vec<String> {
+        let dir = temp_dir(name);
+        let names: Vec<Arc<str>> = servers.iter().map(|&s| s.into()).collect();
+        let files = Files::open(&dir, &names, format, DEFAULT_QUEUE_LINES).unwrap();
+        let subscriber = tracing_subscriber::registry().with(files.layers);
+        tracing::subscriber::with_default(subscriber, f);
+        drop(files.workers);
+        let logs = servers
+            .iter()
+            .map(|s| std::fs::read_to_string(dir.join(format!("{s}.log"))).unwrap())
+            .collect();
+        std::fs::remove_dir_all(&dir).unwrap();
+        logs
     }
 
     #[test]
     fn the_file_format_is_tracing_subscribers_full_format() {
-        let path = temp_log("format", b"");
-        let sink = open_sink(&path);
-        let router = Router {
-            only: Some(sink.clone()),
-            sinks: HashMap::new(),
-        };
-        let levels = Targets::new().with_target("herd", LevelFilter::DEBUG);
-        let subscriber =
-            tracing_subscriber::registry().with(FileText { router }.with_filter(levels));
-        tracing::subscriber::with_default(subscriber, || {
+        let logs = logged("format", &["Goloman"], LogFormat::Text, || {
             let server = tracing::info_span!("server", name = "Goloman");
             let _s = server.enter();
             let client = tracing::info_span!("client", peer = "127.0.0.1:1");
@@ -829,13 +629,12 @@ mod tests {
             tracing::info!(message = "a str", n = 3);
             tracing::trace!("filtered out");
         });
-        sink.flush();
-        let text = std::fs::read_to_string(&path).unwrap();
-        let lines: Vec<&str> = text.lines().collect();
-        assert_eq!(lines.len(), 3, "{text}");
+        let lines: Vec<&str> = logs[0].lines().collect();
+        assert_eq!(lines.len(), 3, "{}", logs[0]);
+        // An RFC 3339 time, to the microsecond, in UTC.
         let (time, rest) = lines[0].split_at(27);
         assert!(
-            time.len() == 27 && time.ends_with('Z') && time.as_bytes()[19] == b'.',
+            time.ends_with('Z') && time.as_bytes()[10] == b'T' && time.as_bytes()[19] == b'.',
             "{time}"
         );
         assert_eq!(
@@ -850,21 +649,11 @@ mod tests {
             "{}",
             lines[2]
         );
-        std::fs::remove_file(&path).unwrap();
     }
 
     #[test]
     fn fields_a_span_records_later_join_its_text() {
-        let path = temp_log("record", b"");
-        let sink = open_sink(&path);
-        let router = Router {
-            only: Some(sink.clone()),
-            sinks: HashMap::new(),
-        };
-        let levels = Targets::new().with_target("herd", LevelFilter::DEBUG);
-        let subscriber =
-            tracing_subscriber::registry().with(FileText { router }.with_filter(levels));
-        tracing::subscriber::with_default(subscriber, || {
+        let logs = logged("record", &["Goloman"], LogFormat::Text, || {
             let late = tracing::info_span!("late", a = tracing::field::Empty);
             late.record("a", 1);
             let more = tracing::info_span!(parent: &late, "more", b = 2, c = tracing::field::Empty);
@@ -872,33 +661,235 @@ mod tests {
             let _in = more.enter();
             tracing::info!("here");
         });
-        sink.flush();
-        let text = std::fs::read_to_string(&path).unwrap();
         assert!(
-            text.ends_with("  INFO late{a=1}:more{b=2 c=\"x\"}: herd::logging::tests: here\n"),
-            "{text}"
+            logs[0].ends_with("  INFO late{a=1}:more{b=2 c=\"x\"}: herd::logging::tests: here\n"),
+            "{}",
+            logs[0]
         );
-        std::fs::remove_file(&path).unwrap();
     }
 
     #[test]
-    fn a_full_buffer_asks_the_flusher_once_and_waits_for_nothing() {
-        let path = temp_log("spill", b"");
-        let sink = open_sink(&path);
-        let chunk = vec![b'x'; 1 << 20];
-        for _ in 0..(SPILL_AT >> 20) - 1 {
-            SinkWriter(&sink).write_all(&chunk).unwrap();
+    fn remote_text_cannot_start_a_log_line() {
+        let google = "Quota exceeded.\n2026-12-02T00:00:00.000000Z  INFO forged: all is well";
+        let logs = logged("one-line", &["Goloman"], LogFormat::Text, || {
+            let server = tracing::info_span!("server", name = "Goloman");
+            let _s = server.enter();
+            let peer = tracing::info_span!("peer", status = %"up\r\nforged span");
+            let _p = peer.enter();
+            tracing::warn!(error = %google, "places lookup failed");
+            tracing::warn!(reason = google, "neighbour refused the link");
+            tracing::debug!("{google}");
+            tracing::info!(sep = %"a\u{2028}b\u{85}c\x1b[2Jd", "separators");
+        });
+        let lines: Vec<&str> = logs[0].lines().collect();
+        assert_eq!(lines.len(), 4, "{}", logs[0]);
+        for line in &lines {
+            assert!(line.contains(r"peer{status=up\r\nforged span}"), "{line}");
+            assert!(!line.contains('\r'), "{line}");
         }
-        assert!(!sink.0.woken.load(Ordering::Relaxed));
-        SinkWriter(&sink).write_all(&chunk).unwrap();
-        assert!(sink.0.woken.load(Ordering::Relaxed));
-        // The writer wrote nothing itself: that is the flusher's work.
-        assert_eq!(std::fs::metadata(&path).unwrap().len(), 0);
-        SinkWriter(&sink).write_all(b"last\n").unwrap();
-        sink.flush();
-        assert!(!sink.0.woken.load(Ordering::Relaxed));
-        assert_eq!(std::fs::metadata(&path).unwrap().len(), SPILL_AT as u64 + 5);
-        std::fs::remove_file(&path).unwrap();
+        assert!(
+            lines[0].ends_with(r"places lookup failed error=Quota exceeded.\n2026-12-02T00:00:00.000000Z  INFO forged: all is well"),
+            "{}",
+            lines[0]
+        );
+        assert!(
+            lines[1].contains(r#"reason="Quota exceeded.\n2026"#),
+            "{}",
+            lines[1]
+        );
+        assert!(
+            lines[2].ends_with(
+                r"tests: Quota exceeded.\n2026-12-02T00:00:00.000000Z  INFO forged: all is well"
+            ),
+            "{}",
+            lines[2]
+        );
+        assert!(
+            lines[3].ends_with(r"separators sep=a\u{2028}b\u{85}c\x1b[2Jd"),
+            "{}",
+            lines[3]
+        );
+    }
+
+    #[test]
+    fn json_lines_are_one_object_each_and_keep_the_fields() {
+        let logs = logged("json", &["Goloman"], LogFormat::Json, || {
+            let server = tracing::info_span!("server", name = "Goloman");
+            let _s = server.enter();
+            tracing::debug!(line = %Escaped(b"IAMAT kiwi"), reply = "AT\nx", "answered");
+            tracing::trace!("filtered out");
+        });
+        let lines: Vec<&str> = logs[0].lines().collect();
+        assert_eq!(lines.len(), 1, "{}", logs[0]);
+        let v: serde_json::Value = serde_json::from_str(lines[0]).unwrap();
+        assert_eq!(v["level"], "DEBUG", "{v}");
+        assert_eq!(v["fields"]["message"], "answered", "{v}");
+        assert_eq!(v["fields"]["line"], "IAMAT kiwi", "{v}");
+        assert_eq!(v["fields"]["reply"], "AT\nx", "{v}");
+        // The server span's `name` field beside the span's own name, as
+        // tracing-subscriber writes them (two `name` keys: a reader keeps one).
+        assert!(
+            lines[0].contains(r#""span":{"name":"Goloman","name":"server"}"#),
+            "{}",
+            lines[0]
+        );
+        assert!(v["timestamp"].as_str().unwrap().ends_with('Z'), "{v}");
+    }
+
+    #[test]
+    fn each_server_gets_its_own_events_in_either_format() {
+        for format in [LogFormat::Text, LogFormat::Json] {
+            let logs = logged("route", &["A", "B"], format, || {
+                tracing::info!("outside every server");
+                let a = tracing::info_span!("server", name = "A");
+                let b = tracing::info_span!("server", name = "B");
+                a.in_scope(|| {
+                    tracing::info!("a's own");
+                    // A span made inside A's, entered later: still A's.
+                    let client = tracing::info_span!("client", peer = "1");
+                    client.in_scope(|| tracing::debug!("a's client"));
+                    let grpc = tracing::info_span!(parent: &b, "grpc", path = "/x");
+                    grpc.in_scope(|| tracing::info!("b's grpc"));
+                });
+                b.in_scope(|| tracing::info!("b's own"));
+            });
+            let has = |log: &str, what: &str| log.contains(what);
+            let (a, b) = (&logs[0], &logs[1]);
+            assert!(
+                has(a, "a's own") && has(a, "a's client"),
+                "{format:?} A:\n{a}"
+            );
+            assert!(
+                has(b, "b's own") && has(b, "b's grpc"),
+                "{format:?} B:\n{b}"
+            );
+            assert!(
+                !has(a, "b's") && !has(b, "a's"),
+                "{format:?} A:\n{a}\nB:\n{b}"
+            );
+            assert!(!has(a, "outside") && !has(b, "outside"), "{format:?}");
+            assert_eq!((a.lines().count(), b.lines().count()), (2, 2), "{format:?}");
+        }
+    }
+
+    #[test]
+    fn with_one_server_every_event_goes_to_its_file() {
+        let logs = logged("lone", &["Goloman"], LogFormat::Text, || {
+            tracing::info!("before the server span");
+        });
+        assert!(logs[0].contains("before the server span"), "{}", logs[0]);
+    }
+
+    #[test]
+    fn a_worker_never_waits_for_a_stuck_log_and_drops_are_counted() {
+        /// A log file that takes no writes until it is let go.
+        struct Stuck(std::sync::mpsc::Receiver<()>);
+        impl io::Write for Stuck {
+            fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+                let _ = self.0.recv();
+                Ok(data.len())
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let (release, stuck) = std::sync::mpsc::channel();
+        let (writer, guard) = NonBlockingBuilder::default()
+            .lossy(true)
+            .buffered_lines_limit(4)
+            .finish(Stuck(stuck));
+        let counter = writer.error_counter();
+        let (done, finished) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut writer = writer;
+            for _ in 0..100 {
+                writer.write_all(b"a line\n").unwrap();
+            }
+            done.send(()).unwrap();
+        });
+        // Generous: only a writer that waited for the stuck file would take this long.
+        finished
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the writes returned");
+        // At most the queue and the line being written got through.
+        assert!(counter.dropped_lines() >= 95, "{}", counter.dropped_lines());
+        drop(release);
+        drop(guard);
+    }
+
+    #[test]
+    fn a_busy_writer_writes_out_at_each_flush_and_at_most_every_write_every() {
+        let mut paced = Paced::new(Vec::new());
+        paced.write_all(b"one\n").unwrap();
+        paced.flush().unwrap();
+        let first = std::time::Instant::now();
+        paced.write_all(b"two\n").unwrap();
+        paced.flush().unwrap();
+        // Written out before the pause, and paused: sleeps never end early.
+        assert_eq!(paced.inner, b"one\ntwo\n");
+        assert!(first.elapsed() >= WRITE_EVERY / 2, "{:?}", first.elapsed());
+    }
+
+    #[test]
+    fn drop_behind_keeps_every_byte_in_order_while_dropping_pages() {
+        let dir = temp_dir("drop-behind");
+        let path = dir.join("log");
+        std::fs::write(&path, b"from before\n").unwrap();
+        let file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
+        let mut out = io::BufWriter::with_capacity(WRITE_SIZE, DropBehind::new(file, path.clone()));
+        let mut want = b"from before\n".to_vec();
+        for round in 0..4 {
+            // About 2.4 MB a round: past DROP_EVERY, so pages are dropped as well.
+            for i in 0..100_000 {
+                let line = format!("round {round} line {i}\n");
+                out.write_all(line.as_bytes()).unwrap();
+                want.extend_from_slice(line.as_bytes());
+            }
+            out.flush().unwrap();
+            // Written, and dropped from the page cache, yet all there.
+            assert_eq!(std::fs::read(&path).unwrap(), want);
+        }
+        let behind = out.get_ref();
+        assert_eq!(behind.end, want.len() as u64);
+        // Write-back was started and pages dropped, a round behind the end.
+        assert!(behind.cached_from > 12, "{}", behind.cached_from);
+        assert!(behind.synced_to > behind.cached_from);
+        assert!(behind.end - behind.synced_to < DROP_EVERY);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn unbroken_escapes_every_control_character_at_every_position() {
+        let show = |text: &str| {
+            let mut out = String::new();
+            std::fmt::Write::write_str(&mut Unbroken(&mut Writer::new(&mut out)), text).unwrap();
+            out
+        };
+        for c in (0..=0x2030u32).filter_map(char::from_u32) {
+            for at in 0..17 {
+                let mut text = "a".repeat(17);
+                text.replace_range(at..at + 1, c.encode_utf8(&mut [0; 4]));
+                let want = match c {
+                    '\n' => "\\n".to_owned(),
+                    '\r' => "\\r".to_owned(),
+                    '\t' => "\\t".to_owned(),
+                    c if c.is_ascii_control() => format!("\\x{:02x}", c as u32),
+                    c if c.is_control() || c == '\u{2028}' || c == '\u{2029}' => {
+                        format!("\\u{{{:x}}}", c as u32)
+                    }
+                    c => c.to_string(),
+                };
+                assert_eq!(
+                    show(&text),
+                    format!("{}{want}{}", "a".repeat(at), "a".repeat(16 - at)),
+                    "{c:?} at {at}"
+                );
+            }
+        }
+        assert_eq!(show(r#"q="x\ny" café \ "#), r#"q="x\ny" café \ "#);
     }
 
     #[test]

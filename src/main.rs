@@ -170,7 +170,12 @@ async fn run(
         }
     }
 
-    match logging::init(&common.log_dir, &names, common.log_format) {
+    match logging::init(
+        &common.log_dir,
+        &names,
+        common.log_format,
+        herd.log.queue_lines,
+    ) {
         Ok(guard) => *logs = Some(guard),
         Err(e) => return fail(1, &e),
     }

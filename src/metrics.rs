@@ -6,7 +6,7 @@ use std::{sync::LazyLock, time::Duration};
 use prometheus_client::{
     encoding::{EncodeLabelSet, text::encode},
     metrics::{
-        counter::Counter,
+        counter::{ConstCounter, Counter},
         family::Family,
         gauge::Gauge,
         histogram::{Histogram, exponential_buckets},
@@ -193,6 +193,7 @@ impl Metrics {
             "Google answers cut off at places.max_response_bytes (in this process, shared by its servers)",
             places_responses_cut_off().clone(),
         );
+        r.register_collector(Box::new(LogLinesDropped(server.to_owned())));
         let common_commands = COMMANDS
             .iter()
             .map(|&(kind, outcome)| {
@@ -261,6 +262,27 @@ impl Metrics {
     }
 }
 
+/// `log_lines_dropped`: the server's log lines that its log writer's queue had no
+/// room for, read from the writer at each scrape.
+#[derive(Debug)]
+struct LogLinesDropped(String);
+
+impl prometheus_client::collector::Collector for LogLinesDropped {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder<'_>,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric as _;
+        let dropped = ConstCounter::new(crate::logging::dropped_lines(&self.0));
+        dropped.encode(encoder.encode_descriptor(
+            "log_lines_dropped",
+            "Log lines dropped because the log file's writer fell a whole queue behind",
+            None,
+            dropped.metric_type(),
+        )?)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -285,6 +307,10 @@ mod tests {
         );
         assert!(
             text.contains(r#"herd_places_latency_seconds_count{server="Goloman"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"herd_log_lines_dropped_total{server="Goloman"} 0"#),
             "{text}"
         );
     }
