@@ -336,6 +336,7 @@ struct RawHerd {
     places: RawPlaces,
     #[serde(default)]
     gateway: RawGateway,
+    #[serde(default)]
     log: RawLog,
     #[serde(default)]
     server: Vec<RawServer>,
