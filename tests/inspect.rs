@@ -529,13 +529,19 @@ fn metrics_say_what_they_are_and_carry_build_and_process_series() {
 fn the_grafana_dashboard_queries_metrics_that_exist() {
     let herd = Herd::start();
     // Every family has a series once some traffic went by (links are up already).
-    herd.send("Welsh", &format!("IAMAT dash +34.07-118.44 {}\n", now_secs()));
+    herd.send(
+        "Welsh",
+        &format!("IAMAT dash +34.07-118.44 {}\n", now_secs()),
+    );
     herd.send("Welsh", "WHATSAT dash 10 1\nFOO\n");
     let (_, body) = http_get(&herd.peer_addr("Welsh"), "/metrics").unwrap();
     let exposed = metric_names(&body);
     let dashboard: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/grafana/herd.json"))
-            .unwrap(),
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/deploy/grafana/herd.json"
+        ))
+        .unwrap(),
     )
     .unwrap();
     let mut exprs = Vec::new();
@@ -579,12 +585,17 @@ fn prometheus_scrapes_every_server() {
         return;
     };
     let herd = Herd::start();
-    let mut config =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/prometheus.yml"))
-            .unwrap();
+    let mut config = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/deploy/prometheus.yml"
+    ))
+    .unwrap();
     for (i, name) in NAMES.iter().enumerate() {
         let target = format!("{}:{}", name.to_lowercase(), 13001 + i);
-        assert!(config.contains(&target), "{target} not in deploy/prometheus.yml");
+        assert!(
+            config.contains(&target),
+            "{target} not in deploy/prometheus.yml"
+        );
         config = config.replace(&target, &herd.peer_addr(name));
     }
     config = config.replace("scrape_interval: 15s", "scrape_interval: 1s");
@@ -599,8 +610,14 @@ fn prometheus_scrapes_every_server() {
     let web = format!("127.0.0.1:{port}");
     let log = std::fs::File::create(dir.join("log")).unwrap();
     let child = Command::new(prometheus)
-        .arg(format!("--config.file={}", dir.join("prometheus.yml").display()))
-        .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+        .arg(format!(
+            "--config.file={}",
+            dir.join("prometheus.yml").display()
+        ))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.join("data").display()
+        ))
         .arg(format!("--web.listen-address={web}"))
         .stdout(Stdio::null())
         .stderr(log)
@@ -645,7 +662,11 @@ fn prometheus_scrapes_every_server() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-    for series in ["herd_records", "herd_commands_total", "process_resident_memory_bytes"] {
+    for series in [
+        "herd_records",
+        "herd_commands_total",
+        "process_resident_memory_bytes",
+    ] {
         assert_eq!(servers_of(&query(series)), all, "{series}");
     }
 }
