@@ -289,6 +289,8 @@ struct Tmux {
 impl Tmux {
     fn cmd(&self, args: &[&str]) -> Output {
         Command::new("tmux")
+            // CI runs with no terminal of its own; tmux's detached sessions need a TERM.
+            .env("TERM", "xterm-256color")
             .arg("-L")
             .arg(&self.socket)
             .args(args)
