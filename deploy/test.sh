@@ -245,7 +245,7 @@ check "image holds the licence and the data credit" \
 check "image declares no ports of its own (compose declares each service's)" \
     [ "$(docker image inspect -f '{{json .Config.ExposedPorts}}' "$image")" = null ]
 check "image is small and has no shell or compiler ($((size / 1000000)) MB, $(grep -vc '/$' <<<"$files") files)" \
-    bash -c '! grep -qE "(^|/)(sh|bash|cc|gcc|rustc|cargo)$" <<<"$1" && (( $2 < 100000000 ))' _ "$files" "$size"
+    bash -c '! grep -qE "(^|/)(sh|bash|cc|gcc|rustc|cargo)$" <<<"$1" && (( $2 < 30000000 ))' _ "$files" "$size"
 
 # ---- up ------------------------------------------------------------------------
 
