@@ -206,14 +206,15 @@ pass "published ports free: $(client_port 1)-$(client_port 5), $(peer_port 1)-$(
 # ---- the static binary (host) ------------------------------------------------
 
 triple=$(rustc -vV | sed -n 's/^host: //p')
-binary=target/$triple/release/herd
+binary=target/$triple/image/herd
 rustup target list --installed 2>/dev/null | grep -qx "$triple" ||
     abort "rust target $triple is not installed (rustup target add $triple)"
-step "cargo build --release --target $triple -p herd --bin herd (static)"
+step "cargo build --profile image --target $triple -p herd --bin herd (static, stripped)"
 t=$SECONDS
 # Only the server: the load generator (bench/) is not part of the image.
+HERD_COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo unknown) \
 RUSTFLAGS="-C target-feature=+crt-static" \
-    cargo build --release --locked --target "$triple" -p herd --bin herd || abort "cargo build"
+    cargo build --profile image --locked --target "$triple" -p herd --bin herd || abort "cargo build"
 cargo_secs=$((SECONDS - t))
 docker_start=$SECONDS
 ldd "$binary" 2>&1 | grep -qE 'statically linked|not a dynamic executable' ||
@@ -240,8 +241,12 @@ files=$(docker export "$project-probe" | tar -t)
 docker rm "$project-probe" >/dev/null
 check "image runs as non-root user ($user)" [ "$user" = 10001:10001 ]
 check "image holds the CA bundle" grep -qx 'etc/ssl/certs/ca-certificates.crt' <<<"$files"
+check "image holds the licence and the data credit" \
+    bash -c 'grep -qx usr/share/doc/herd/LICENSE <<<"$1" && grep -qx usr/share/doc/herd/DATA.md <<<"$1"' _ "$files"
+check "image declares no ports of its own (compose declares each service's)" \
+    [ "$(docker image inspect -f '{{json .Config.ExposedPorts}}' "$image")" = null ]
 check "image is small and has no shell or compiler ($((size / 1000000)) MB, $(grep -vc '/$' <<<"$files") files)" \
-    bash -c '! grep -qE "(^|/)(sh|bash|cc|gcc|rustc|cargo)$" <<<"$1" && (( $2 < 100000000 ))' _ "$files" "$size"
+    bash -c '! grep -qE "(^|/)(sh|bash|cc|gcc|rustc|cargo)$" <<<"$1" && (( $2 < 30000000 ))' _ "$files" "$size"
 
 # ---- up ------------------------------------------------------------------------
 

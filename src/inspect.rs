@@ -89,6 +89,7 @@ impl proto::inspect_server::Inspect for InspectService {
                         .map_or(0, |d| d.as_millis() as u64),
                     updates_sent: v.sent,
                     updates_received: v.received,
+                    queued: v.queued,
                 }
             })
             .collect();
@@ -98,6 +99,10 @@ impl proto::inspect_server::Inspect for InspectService {
         }))
     }
 }
+
+/// What `render` writes: prometheus-client encodes OpenMetrics text (`# EOF` last),
+/// which Prometheus parses only when told so by the content type.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// Everything a server serves on its peer port, and the health reporter that says
 /// when it is SERVING.
@@ -129,16 +134,10 @@ pub fn routes(
         .route(
             "/metrics",
             axum::routing::get(move || {
-                let text = metrics_node.metrics().render();
-                async move {
-                    (
-                        [(
-                            axum::http::header::CONTENT_TYPE,
-                            "text/plain; version=0.0.4; charset=utf-8",
-                        )],
-                        text,
-                    )
-                }
+                let m = metrics_node.metrics();
+                m.records.set(metrics_node.store().len() as i64);
+                let text = m.render();
+                async move { ([(axum::http::header::CONTENT_TYPE, CONTENT_TYPE)], text) }
             }),
         );
     (Routes::from(routes), reporter)

@@ -17,12 +17,15 @@
 //! - [`config`]: the herd file, validated before any port is bound.
 //! - [`server`]: one server's lifecycle: listeners, tasks, shutdown.
 //! - [`inspect`]: the operators' view: the `Inspect` gRPC service, health, reflection, metrics.
-//! - [`metrics`]: one server's Prometheus metrics.
+//! - [`metrics`]: one server's Prometheus metrics; [`proc_metrics`]: the process's own.
+//! - [`client`], [`status`], [`probe`]: the operators' tools `herd client`, `herd status`
+//!   and `herd topology`, and the health probe behind `herd health`.
 //! - [`logging`]: tracing to stderr and to one file per server (tracing-subscriber, tracing-appender).
 //!
 //! The load generator, `herd-bench`, is a crate of its own in `bench/` (a member of this
 //! workspace): it uses [`proto`] and the places dataset, and the server does not carry it.
 
+pub mod client;
 pub mod config;
 pub mod gateway;
 pub mod inspect;
@@ -31,7 +34,10 @@ pub mod metrics;
 pub mod node;
 pub mod peer;
 pub mod places;
+pub mod probe;
+pub mod proc_metrics;
 pub mod server;
+pub mod status;
 pub mod store;
 pub mod wire;
 

@@ -1,5 +1,7 @@
 //! The `herd` command: `serve` one server of the herd file, or bring the whole herd
 //! `up` in one process. The herd file is loaded and validated before any port is bound.
+//! The operators' tools (`client`, `status`, `topology`, `health`) live in the library
+//! (`herd::client`, `herd::status`, `herd::probe`); this file only parses and dispatches.
 
 use std::{path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
 
@@ -12,11 +14,26 @@ use herd::{
 };
 use tokio_util::sync::CancellationToken;
 
+/// Every variable herd reads, with its default, for `--help`.
+const ENVIRONMENT: &str = "\
+Environment (a flag, when given, wins):
+  HERD_CONFIG            the herd file (default: the built-in copy of deploy/herd.toml)
+  HERD_LOG_FORMAT        text (default) or json
+  RUST_LOG               stderr log filter (default: info); an invalid filter stops herd
+  HERD_PLACES            offline (default) or google; wins over the herd file
+  HERD_PLACES_API        new (default) or legacy: the Google API
+  HERD_PLACES_URL        the Google base URL (default: Google's for the API)
+  GOOGLE_PLACES_API_KEY  the Google key (read only from here; never logged)
+  HERD_HISTORY           `herd client`'s history file (default: ~/.herd_history)
+
+Docs: README.md and docs/PROTOCOL.md in the repository.";
+
 #[derive(Parser, Debug)]
 #[command(
     name = "herd",
-    version,
-    about = "A herd of location servers that flood updates over gRPC"
+    version = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("HERD_COMMIT"), ")"),
+    about = "A herd of location servers that flood updates over gRPC",
+    after_help = ENVIRONMENT
 )]
 struct Cli {
     #[command(subcommand)]
@@ -46,6 +63,81 @@ enum Command {
         #[arg(long, default_value = "")]
         service: String,
     },
+    /// Talk to a client port: interactive (history, readable replies, the reason for a
+    /// `?`), one command from the arguments, or lines from stdin.
+    /// Exit 0: every line answered; 1: some `?` reply; 2: cannot connect, or usage.
+    Client(ClientArgs),
+    /// The whole herd at a glance: every server's health, records, updates/s, and
+    /// every link's state and queue. Exit 0 when all serve and every link is up, else 1.
+    Status {
+        #[command(flatten)]
+        ask: AskArgs,
+        /// One JSON object instead of tables.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The herd file and live link states as a picture (Graphviz DOT; SVG or PNG
+    /// through `dot` when Graphviz is installed).
+    Topology {
+        #[command(flatten)]
+        ask: AskArgs,
+        /// dot, svg or png (default: from --out's extension, else dot).
+        #[arg(long, value_name = "FORMAT")]
+        format: Option<String>,
+        /// Where to write it (default: stdout, for dot only).
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
+}
+
+#[derive(Args, Debug)]
+struct ClientArgs {
+    /// HOST:PORT or PORT of a client port (default 127.0.0.1:12001), then, optionally,
+    /// one command (e.g. `herd client 12004 IAMAT kiwi +34-118 1520023934`).
+    #[arg(value_name = "ADDR] [COMMAND", num_args = 0.., trailing_var_arg = true, allow_hyphen_values = true)]
+    words: Vec<String>,
+    /// Print the server's bytes exactly (the default when stdout is not a terminal).
+    #[arg(long, conflicts_with = "pretty")]
+    raw: bool,
+    /// Print replies for reading (the default on a terminal).
+    #[arg(long)]
+    pretty: bool,
+    /// How long one reply may take.
+    #[arg(long, default_value = "10s", value_parser = parse_duration, value_name = "DURATION")]
+    timeout: Duration,
+}
+
+#[derive(Args, Debug)]
+struct AskArgs {
+    /// The herd file (default: the built-in copy of deploy/herd.toml).
+    #[arg(long, env = "HERD_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Dial every server at this host instead of the file's (e.g. 127.0.0.1 for the
+    /// compose herd, whose file names containers).
+    #[arg(long, value_name = "HOST")]
+    host: Option<String>,
+    /// Between the two metrics scrapes that give updates/s.
+    #[arg(long, default_value = "1s", value_parser = parse_duration, value_name = "DURATION")]
+    interval: Duration,
+    /// For each call to a server.
+    #[arg(long, default_value = "2s", value_parser = parse_duration, value_name = "DURATION")]
+    timeout: Duration,
+}
+
+/// `500ms`, `2s`, `1m`.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (n, unit) = s
+        .find(|c: char| !c.is_ascii_digit())
+        .map_or((s, "s"), |i| s.split_at(i));
+    let n: u64 = n
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 500ms, 2s, 1m"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        _ => Err(format!("{s:?}: the unit is ms, s or m")),
+    }
 }
 
 #[derive(Args, Debug)]
@@ -72,8 +164,22 @@ fn main() -> ExitCode {
         Command::Serve { name, common } => (common, Some(name.as_str())),
         Command::Up { common } => (common, None),
         Command::Health { addr, service } => return health(addr, service),
+        Command::Client(args) => return client(args),
+        Command::Status { ask, json } => return status(ask, *json),
+        Command::Topology { ask, format, out } => {
+            return topology(ask, format.as_deref(), out.as_deref());
+        }
     };
 
+    // An invalid filter would otherwise be dropped for the default without a word.
+    if let Ok(filter) = std::env::var("RUST_LOG")
+        && let Err(e) = tracing_subscriber::EnvFilter::builder().parse(&filter)
+    {
+        return fail(
+            2,
+            &format!("RUST_LOG={filter:?} is not a valid log filter: {e}"),
+        );
+    }
     let mut herd = match HerdConfig::load(common.config.as_deref()) {
         Ok(herd) => herd,
         Err(e) => return fail(2, &e),
@@ -111,30 +217,12 @@ fn main() -> ExitCode {
 
 /// `herd health`: one Check call, for container health checks.
 fn health(addr: &str, service: &str) -> ExitCode {
-    use tonic_health::pb::{
-        HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
-    };
-    let check = async {
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
-            .connect_timeout(Duration::from_secs(2))
-            .timeout(Duration::from_secs(2))
-            .connect()
-            .await?;
-        let reply = HealthClient::new(channel)
-            .check(HealthCheckRequest {
-                service: service.to_owned(),
-            })
-            .await?;
-        Ok::<_, Box<dyn std::error::Error>>(reply.into_inner().status())
-    };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    use herd::probe::ServingStatus;
+    let runtime = match current_thread() {
         Ok(rt) => rt,
-        Err(e) => return fail(1, &format!("cannot start the runtime: {e}")),
+        Err(code) => return code,
     };
-    match runtime.block_on(check) {
+    match runtime.block_on(herd::probe::health(addr, service, Duration::from_secs(2))) {
         Ok(ServingStatus::Serving) => {
             println!("SERVING");
             ExitCode::SUCCESS
@@ -143,7 +231,150 @@ fn health(addr: &str, service: &str) -> ExitCode {
             println!("{}", status.as_str_name());
             ExitCode::from(1)
         }
-        Err(e) => fail(1, &format!("health check of {addr} failed: {e}")),
+        Err(e) => fail(1, &format!("health check failed: {e}")),
+    }
+}
+
+fn current_thread() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| fail(1, &format!("cannot start the runtime: {e}")))
+}
+
+/// `herd client`: exit 0 when every line was answered, 1 when some got `?`, 2 when
+/// the server cannot be reached (or the arguments are wrong).
+fn client(args: &ClientArgs) -> ExitCode {
+    use herd::client::{ClientOptions, Outcome, Output};
+    let mut words = args.words.as_slice();
+    // The first word is the address when it looks like one (HOST:PORT or PORT);
+    // commands are upper-case words, never numbers or HOST:PORT.
+    let addr = match words.first() {
+        Some(w) if w.parse::<u16>().is_ok() => {
+            words = &words[1..];
+            format!("127.0.0.1:{w}")
+        }
+        Some(w) if w.contains(':') => {
+            words = &words[1..];
+            w.clone()
+        }
+        _ => "127.0.0.1:12001".to_owned(),
+    };
+    let output = if args.raw {
+        Some(Output::Raw)
+    } else if args.pretty {
+        Some(Output::Pretty)
+    } else {
+        None
+    };
+    let history = std::env::var_os("HERD_HISTORY")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".herd_history")));
+    let opts = ClientOptions {
+        addr,
+        command: (!words.is_empty()).then(|| words.join(" ")),
+        output,
+        timeout: args.timeout,
+        history,
+    };
+    match herd::client::run(&opts) {
+        Ok(Outcome::Answered) => ExitCode::SUCCESS,
+        Ok(Outcome::SomeRejected) => ExitCode::from(1),
+        Err(e) => fail(2, &e),
+    }
+}
+
+/// Loads the herd file for `status` and `topology` and asks every server.
+fn ask_herd(ask: &AskArgs) -> Result<herd::status::HerdStatus, ExitCode> {
+    let herd = HerdConfig::load(ask.config.as_deref()).map_err(|e| fail(2, &e))?;
+    let opts = herd::status::StatusOptions {
+        host: ask.host.clone(),
+        interval: ask.interval,
+        timeout: ask.timeout,
+    };
+    Ok(current_thread()?.block_on(herd::status::gather(&herd, &opts)))
+}
+
+fn status(ask: &AskArgs, json: bool) -> ExitCode {
+    let st = match ask_herd(ask) {
+        Ok(st) => st,
+        Err(code) => return code,
+    };
+    if json {
+        println!("{}", herd::status::render_json(&st));
+    } else {
+        print!("{}", herd::status::render_text(&st));
+    }
+    if st.all_well() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
+fn topology(ask: &AskArgs, format: Option<&str>, out: Option<&std::path::Path>) -> ExitCode {
+    let format = format
+        .map(str::to_owned)
+        .or_else(|| {
+            out.and_then(|p| p.extension())
+                .map(|e| e.to_string_lossy().into_owned())
+        })
+        .unwrap_or_else(|| "dot".to_owned());
+    if !matches!(format.as_str(), "dot" | "svg" | "png") {
+        return fail(2, &format!("--format {format}: dot, svg or png"));
+    }
+    if format != "dot" && out.is_none() {
+        return fail(2, &format!("--format {format} needs --out FILE"));
+    }
+    let st = match ask_herd(ask) {
+        Ok(st) => st,
+        Err(code) => return code,
+    };
+    let dot = herd::status::render_dot(&st);
+    let written = match (format.as_str(), out) {
+        ("dot", None) => {
+            print!("{dot}");
+            Ok(())
+        }
+        ("dot", Some(path)) => {
+            std::fs::write(path, &dot).map_err(|e| format!("{}: {e}", path.display()))
+        }
+        (_, Some(path)) => render(&dot, &format, path),
+        _ => unreachable!("checked above"),
+    };
+    match written {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(2, &e),
+    }
+}
+
+/// Runs Graphviz's `dot` to draw `dot` as `format` into `path`.
+fn render(dot: &str, format: &str, path: &std::path::Path) -> Result<(), String> {
+    use std::io::Write as _;
+    let mut child = std::process::Command::new("dot")
+        .arg(format!("-T{format}"))
+        .arg("-o")
+        .arg(path)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                "Graphviz's `dot` is not installed (Debian: apt-get install graphviz); \
+                 --format dot writes the graph without it"
+                    .to_owned()
+            } else {
+                format!("cannot run dot: {e}")
+            }
+        })?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(dot.as_bytes())
+            .map_err(|e| format!("writing to dot: {e}"))?;
+    }
+    match child.wait() {
+        Ok(s) if s.success() => Ok(()),
+        Ok(s) => Err(format!("dot failed ({s})")),
+        Err(e) => Err(format!("dot: {e}")),
     }
 }
 

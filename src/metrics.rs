@@ -1,4 +1,4 @@
-//! One server's metrics, in Prometheus text format: clients, commands, updates,
+//! One server's metrics, in OpenMetrics text format: clients, commands, updates,
 //! links and places. Served at `GET /metrics` on the server's peer port.
 
 use std::{sync::LazyLock, time::Duration};
@@ -10,6 +10,7 @@ use prometheus_client::{
         family::Family,
         gauge::Gauge,
         histogram::{Histogram, exponential_buckets},
+        info::Info,
     },
     registry::Registry,
 };
@@ -83,6 +84,8 @@ pub struct Metrics {
     pub places_requests: Family<PlacesLabels, Counter>,
     pub places_latency: Histogram,
     pub places_cache_hits: Counter,
+    /// Client records held, set at each scrape.
+    pub records: Gauge,
     /// The series every server has, resolved once (no label hashing per command).
     common_commands: Vec<(CommandLabels, Counter)>,
     common_places: Vec<(&'static str, Counter)>,
@@ -100,10 +103,9 @@ const COMMANDS: [(&str, &str); 6] = [
 
 impl Metrics {
     pub fn new(server: &str) -> Metrics {
-        let mut registry = Registry::with_prefix_and_labels(
-            "herd",
-            [("server".into(), server.to_owned().into())].into_iter(),
-        );
+        // The herd's own metrics are `herd_*`; the process's keep their standard names.
+        let mut registry =
+            Registry::with_labels([("server".into(), server.to_owned().into())].into_iter());
         let m = Metrics {
             registry: Registry::default(),
             connections_opened: Counter::default(),
@@ -119,10 +121,24 @@ impl Metrics {
             places_requests: Family::default(),
             places_latency: Histogram::new(exponential_buckets(0.000_05, 2.0, 18)),
             places_cache_hits: Counter::default(),
+            records: Gauge::default(),
             common_commands: Vec::new(),
             common_places: Vec::new(),
         };
-        let r = &mut registry;
+        let r = registry.sub_registry_with_prefix("herd");
+        r.register(
+            "build",
+            "The running binary: version and commit",
+            Info::new(vec![
+                ("version", env!("CARGO_PKG_VERSION")),
+                ("commit", env!("HERD_COMMIT")),
+            ]),
+        );
+        r.register(
+            "records",
+            "Client records this server holds",
+            m.records.clone(),
+        );
         r.register(
             "client_connections",
             "Client connections accepted",
@@ -194,6 +210,7 @@ impl Metrics {
             places_responses_cut_off().clone(),
         );
         r.register_collector(Box::new(LogLinesDropped(server.to_owned())));
+        registry.register_collector(Box::new(crate::proc_metrics::ProcessCollector));
         let common_commands = COMMANDS
             .iter()
             .map(|&(kind, outcome)| {
@@ -253,7 +270,7 @@ impl Metrics {
         self.places_latency.observe(took.as_secs_f64());
     }
 
-    /// The Prometheus text exposition of every metric.
+    /// The OpenMetrics text exposition of every metric (see `inspect::CONTENT_TYPE`).
     pub fn render(&self) -> String {
         let mut out = String::new();
         // Writing into a String cannot fail.

@@ -11,13 +11,16 @@ use crate::{
     config::{HerdConfig, ServerConfig},
     gateway, inspect,
     node::Node,
-    peer::{self, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, PeerService},
+    peer::{self, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, PeerService, link::LinkState},
     places::PlacesService,
     proto::peer_server::PeerServer,
 };
 
 /// How long tasks get to finish after shutdown is asked for.
 pub const GRACE: Duration = Duration::from_secs(3);
+
+/// How long the "herd ready" line waits for every link's first dial.
+const READY_WAIT: Duration = Duration::from_secs(3);
 
 /// Why a server could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -91,8 +94,9 @@ async fn serve(
     }
     let node = Arc::new(Node::new(me.name.clone(), me.neighbours.clone(), places));
     let tasks = TaskTracker::new();
-    let client_addr = listeners.client.local_addr().ok();
-    let peer_addr = listeners.peer.local_addr().ok();
+    let shown = |a: std::io::Result<std::net::SocketAddr>| a.map_or("?".into(), |a| a.to_string());
+    let client_addr = shown(listeners.client.local_addr());
+    let peer_addr = shown(listeners.peer.local_addr());
 
     tasks.spawn(
         gateway::run(
@@ -141,11 +145,26 @@ async fn serve(
     health
         .set_service_status("", tonic_health::ServingStatus::Serving)
         .await;
+    // One line for the operator once every link had its first dial (up, or waiting
+    // to redial a neighbour that is not there yet), so "ready" means what it says.
+    let dialled = node.links().iter().map(|slot| {
+        let mut state = slot.watch();
+        async move {
+            let _ = state
+                .wait_for(|s| matches!(s, LinkState::Up | LinkState::Backoff))
+                .await;
+        }
+    });
+    tokio::select! {
+        _ = tokio::time::timeout(READY_WAIT, futures_util::future::join_all(dialled)) => {}
+        _ = shutdown.cancelled() => {}
+    }
+    let up = node.links().iter().filter(|s| s.is_up()).count();
     tracing::info!(
-        clients = ?client_addr,
-        peers = ?peer_addr,
-        neighbours = ?me.neighbours,
-        "server started"
+        clients = %client_addr,
+        peers = %peer_addr,
+        links_up = %format_args!("{up}/{}", me.neighbours.len()),
+        "herd ready"
     );
 
     shutdown.cancelled().await;

@@ -469,3 +469,204 @@ fn metrics_count_the_traffic_sent() {
         );
     }
 }
+
+/// GET `path` from `addr` over HTTP/1.0 (so the answer is never chunked): the status
+/// line and headers, and the body.
+fn http_get(addr: &str, path: &str) -> std::io::Result<(String, String)> {
+    let mut s = TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
+    Ok((head.to_owned(), body.to_owned()))
+}
+
+/// The metric names of an exposition (the part of each sample line before `{` or ` `).
+fn metric_names(text: &str) -> std::collections::BTreeSet<String> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .filter_map(|l| l.split(['{', ' ']).next())
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn metrics_say_what_they_are_and_carry_build_and_process_series() {
+    let herd = Herd::start();
+    let (head, body) = http_get(&herd.peer_addr("Hands"), "/metrics").unwrap();
+    let content_type = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-type: "))
+        .unwrap_or_else(|| panic!("no content type: {head}"));
+    // What is sent is OpenMetrics text (it ends with `# EOF`), and says so.
+    assert_eq!(
+        content_type,
+        "application/openmetrics-text; version=1.0.0; charset=utf-8"
+    );
+    assert!(body.ends_with("# EOF\n"), "{body}");
+    let commit = env!("HERD_COMMIT");
+    assert!(
+        body.contains(&format!(
+            "herd_build_info{{server=\"Hands\",version=\"{}\",commit=\"{commit}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        )),
+        "{body}"
+    );
+    let resident = sample(&body, "process_resident_memory_bytes{server=\"Hands\"}").unwrap();
+    assert!(resident > 1e6, "{resident}");
+    assert!(sample(&body, "process_open_fds{server=\"Hands\"}").unwrap() >= 10.0);
+    assert!(sample(&body, "process_cpu_seconds_total{server=\"Hands\"}").unwrap() > 0.0);
+    assert_eq!(sample(&body, "herd_records{server=\"Hands\"}"), Some(0.0));
+    herd.send("Hands", &format!("IAMAT rec +1+1 {}\n", now_secs()));
+    wait_until(Duration::from_secs(10), "the record counted", || {
+        let (_, body) = http_get(&herd.peer_addr("Hands"), "/metrics").unwrap();
+        sample(&body, "herd_records{server=\"Hands\"}") == Some(1.0)
+    });
+}
+
+#[test]
+fn the_grafana_dashboard_queries_metrics_that_exist() {
+    let herd = Herd::start();
+    // Every family has a series once some traffic went by (links are up already).
+    herd.send(
+        "Welsh",
+        &format!("IAMAT dash +34.07-118.44 {}\n", now_secs()),
+    );
+    herd.send("Welsh", "WHATSAT dash 10 1\nFOO\n");
+    let (_, body) = http_get(&herd.peer_addr("Welsh"), "/metrics").unwrap();
+    let exposed = metric_names(&body);
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/deploy/grafana/herd.json"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    let mut exprs = Vec::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            exprs.push(target["expr"].as_str().unwrap().to_owned());
+        }
+    }
+    assert!(exprs.len() >= 10, "{exprs:?}");
+    for expr in &exprs {
+        // The metric names in a query: identifiers of herd's and the process's
+        // families (or Prometheus's own `up`).
+        let mut named = expr.starts_with("up{");
+        for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+            if word.starts_with("herd_") || word.starts_with("process_") {
+                named = true;
+                assert!(
+                    exposed.contains(word),
+                    "the dashboard queries {word}, which /metrics does not expose ({expr})\n{exposed:?}"
+                );
+            }
+        }
+        assert!(named, "{expr} names no metric");
+    }
+}
+
+/// Debian's Prometheus (tests/run.sh installs it) scraping the herd with
+/// deploy/prometheus.yml, its targets swapped for this herd's peer ports.
+#[test]
+fn prometheus_scrapes_every_server() {
+    let Some(prometheus) = ["prometheus", "/usr/bin/prometheus"]
+        .into_iter()
+        .find(|p| Command::new(p).arg("--version").output().is_ok())
+    else {
+        assert_ne!(
+            std::env::var("CI").as_deref(),
+            Ok("true"),
+            "prometheus is needed in CI (tests/run.sh installs Debian's package)"
+        );
+        eprintln!("SKIPPED: prometheus is not installed (Debian: apt-get install prometheus)");
+        return;
+    };
+    let herd = Herd::start();
+    let mut config = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/deploy/prometheus.yml"
+    ))
+    .unwrap();
+    for (i, name) in NAMES.iter().enumerate() {
+        let target = format!("{}:{}", name.to_lowercase(), 13001 + i);
+        assert!(
+            config.contains(&target),
+            "{target} not in deploy/prometheus.yml"
+        );
+        config = config.replace(&target, &herd.peer_addr(name));
+    }
+    config = config.replace("scrape_interval: 15s", "scrape_interval: 1s");
+    let dir = herd.dir.join("prometheus");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("prometheus.yml"), config).unwrap();
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let web = format!("127.0.0.1:{port}");
+    let log = std::fs::File::create(dir.join("log")).unwrap();
+    let child = Command::new(prometheus)
+        .arg(format!(
+            "--config.file={}",
+            dir.join("prometheus.yml").display()
+        ))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.join("data").display()
+        ))
+        .arg(format!("--web.listen-address={web}"))
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    struct Kill(Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _prometheus = Kill(child);
+    let query = |q: &str| -> Vec<serde_json::Value> {
+        let Ok((_, body)) = http_get(&web, &format!("/api/v1/query?query={q}")) else {
+            return Vec::new();
+        };
+        serde_json::from_str::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v["data"]["result"].as_array().cloned())
+            .unwrap_or_default()
+    };
+    let servers_of = |results: &[serde_json::Value]| -> std::collections::BTreeSet<String> {
+        results
+            .iter()
+            .filter_map(|r| r["metric"]["server"].as_str().map(str::to_owned))
+            .collect()
+    };
+    let all: std::collections::BTreeSet<String> = NAMES.iter().map(|n| n.to_string()).collect();
+    let log_path = dir.join("log");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let up = query("up");
+        let healthy = up.len() == NAMES.len() && up.iter().all(|r| r["value"][1] == "1");
+        if healthy && servers_of(&query("herd_build_info")) == all {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "Prometheus never saw every server: up = {up:?}\nlog:\n{}",
+            std::fs::read_to_string(&log_path).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    for series in [
+        "herd_records",
+        "herd_commands_total",
+        "process_resident_memory_bytes",
+    ] {
+        assert_eq!(servers_of(&query(series)), all, "{series}");
+    }
+}

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs every test of the project on a fresh machine: installs what the tests need
-# (cargo-nextest if missing, grpcurl in a venv), then runs the Rust test suite and
-# the docker compose deployment test. The workspace is the server (the top level) and
-# the load generator (bench/): both are built and tested.
+# (cargo-nextest if missing, grpcurl in a venv, Debian's prometheus, graphviz and
+# tmux), then runs the Rust test suite and the docker compose deployment test. The
+# workspace is the server (the top level) and the load generator (bench/): both are
+# built and tested.
 # Usage: tests/run.sh            (from anywhere; CI runs it through .ci/run)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,6 +22,19 @@ if [ ! -x "$tools/bin/grpcurl" ]; then
 fi
 export GRPCURL="$PWD/$tools/bin/grpcurl"
 "$GRPCURL" -version
+
+# Debian packages the operator tests drive: Prometheus (scrapes a herd), Graphviz
+# (renders `herd topology`), tmux (a real terminal for `herd client`).
+missing=()
+command -v prometheus >/dev/null 2>&1 || missing+=(prometheus)
+command -v dot >/dev/null 2>&1 || missing+=(graphviz)
+command -v tmux >/dev/null 2>&1 || missing+=(tmux)
+if [ "${#missing[@]}" -gt 0 ]; then
+    echo "== installing ${missing[*]} (Debian packages)"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -q >/dev/null
+    apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
+fi
 
 echo "== building"
 cargo build --workspace --all-targets --locked

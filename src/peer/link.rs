@@ -30,6 +30,9 @@ use crate::{
 /// updates are dropped and the stream sends a fresh catch-up instead (memory stays
 /// bounded and nothing is lost).
 pub const QUEUE: usize = 65_536;
+/// Why a link went down when the neighbour ended the stream cleanly.
+pub const NEIGHBOUR_CLOSED: &str = "neighbour closed the stream";
+
 /// Updates per message on the wire.
 pub const BATCH: usize = 256;
 
@@ -123,6 +126,8 @@ pub struct LinkView {
     pub since: SystemTime,
     pub sent: u64,
     pub received: u64,
+    /// Updates waiting to be sent on the live stream.
+    pub queued: u64,
 }
 
 impl LinkSlot {
@@ -179,6 +184,7 @@ impl LinkSlot {
         cancel: CancellationToken,
     ) -> Result<u64, Superseded> {
         let mut inner = self.lock();
+        let mut replaced = None;
         if let Some(live) = &inner.active {
             // The stream dialled by the server whose name sorts first wins.
             let me_first = self.me < self.peer;
@@ -194,8 +200,8 @@ impl LinkSlot {
                 });
             }
             if let Some(old) = inner.active.take() {
-                tracing::info!(peer = %self.peer, old = old.id, "link replaced by a new stream");
                 old.cancel.cancel();
+                replaced = Some(old.id);
             }
         }
         let id = inner.next_id;
@@ -207,7 +213,13 @@ impl LinkSlot {
             cancel,
         });
         self.publish(&mut inner);
-        tracing::info!(peer = %self.peer, link = id, dialer = ?dialer, "link up");
+        match replaced {
+            // Routine at start (both sides dial) and on a redial: the link stayed up.
+            Some(old) => {
+                tracing::debug!(peer = %self.peer, old, link = id, dialer = ?dialer, "link replaced by a new stream")
+            }
+            None => tracing::info!(peer = %self.peer, link = id, dialer = ?dialer, "link up"),
+        }
         Ok(id)
     }
 
@@ -215,11 +227,20 @@ impl LinkSlot {
     pub fn drop_link(&self, id: u64, reason: &str) {
         let mut inner = self.lock();
         if inner.active.as_ref().is_some_and(|a| a.id == id) {
+            let mut tie_break = false;
             if let Some(old) = inner.active.take() {
                 old.cancel.cancel();
+                // The neighbour closing a stream that loses the tie is the neighbour
+                // keeping the other one (both sides dial at start): routine.
+                let me_first = self.me < self.peer;
+                tie_break = reason == NEIGHBOUR_CLOSED && (old.dialer == Dialer::Me) != me_first;
             }
             self.publish(&mut inner);
-            tracing::info!(peer = %self.peer, link = id, reason, "link down");
+            if tie_break {
+                tracing::debug!(peer = %self.peer, link = id, reason, "link closed for the stream the neighbour keeps");
+            } else {
+                tracing::info!(peer = %self.peer, link = id, reason, "link down");
+            }
         }
     }
 
@@ -282,6 +303,9 @@ impl LinkSlot {
             since: inner.since,
             sent: self.sent.load(Ordering::Relaxed),
             received: self.received.load(Ordering::Relaxed),
+            queued: inner.active.as_ref().map_or(0, |a| {
+                (a.sender.tx.max_capacity() - a.sender.tx.capacity()) as u64
+            }),
         }
     }
 

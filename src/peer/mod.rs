@@ -57,7 +57,7 @@ pub async fn drive(
                     break format!("bad update: {e}");
                 }
             }
-            Ok(None) => break "neighbour closed the stream".to_owned(),
+            Ok(None) => break link::NEIGHBOUR_CLOSED.to_owned(),
             Err(status) => break format!("stream failed: {}", status.message()),
         }
     };

@@ -1,0 +1,217 @@
+//! Asking a server's peer port how it is, for `herd health` and `herd status`: one
+//! gRPC channel, the health check, and, when that fails, a diagnosis in an operator's
+//! words ("connection refused", "this looks like a client port") instead of the
+//! transport's internals.
+
+use std::{io, time::Duration};
+
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    net::TcpStream,
+};
+use tonic::transport::{Channel, Endpoint};
+use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+
+pub use tonic_health::pb::health_check_response::ServingStatus;
+
+/// Why a peer port could not be asked.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProbeError {
+    #[error("{addr}: connection refused (nothing listens there)")]
+    Refused { addr: String },
+    #[error("{addr}: no answer within {timeout:?}")]
+    Timeout { addr: String, timeout: Duration },
+    #[error("{addr}: cannot resolve the host name: {detail}")]
+    Resolve { addr: String, detail: String },
+    #[error(
+        "{addr}: not a herd peer port: this looks like a client port (it answered the HTTP/2 preface with `? `)"
+    )]
+    ClientPort { addr: String },
+    #[error("{addr}: not a herd peer port: it does not speak gRPC ({detail})")]
+    NotGrpc { addr: String, detail: String },
+    #[error("{addr}: {detail}")]
+    Other { addr: String, detail: String },
+}
+
+/// A channel to a peer port (`HOST:PORT`), connected.
+pub async fn connect(addr: &str, timeout: Duration) -> Result<Channel, ProbeError> {
+    let endpoint =
+        Endpoint::from_shared(format!("http://{addr}")).map_err(|e| ProbeError::Other {
+            addr: addr.to_owned(),
+            detail: format!("not a HOST:PORT address: {e}"),
+        })?;
+    match tokio::time::timeout(
+        timeout,
+        endpoint.connect_timeout(timeout).timeout(timeout).connect(),
+    )
+    .await
+    {
+        Ok(Ok(channel)) => Ok(channel),
+        Ok(Err(e)) => Err(diagnose(addr, &e, timeout).await),
+        Err(_) => Err(ProbeError::Timeout {
+            addr: addr.to_owned(),
+            timeout,
+        }),
+    }
+}
+
+/// One health check of `service` ("" for the whole server) at `addr`.
+pub async fn health(
+    addr: &str,
+    service: &str,
+    timeout: Duration,
+) -> Result<ServingStatus, ProbeError> {
+    let channel = connect(addr, timeout).await?;
+    let mut client = HealthClient::new(channel);
+    let call = client.check(HealthCheckRequest {
+        service: service.to_owned(),
+    });
+    match tokio::time::timeout(timeout, call).await {
+        Ok(Ok(reply)) => Ok(reply.into_inner().status()),
+        Ok(Err(status)) => Err(diagnose(addr, &status, timeout).await),
+        Err(_) => Err(ProbeError::Timeout {
+            addr: addr.to_owned(),
+            timeout,
+        }),
+    }
+}
+
+/// Names what went wrong talking gRPC to `addr`: the socket error when there is one,
+/// else what the port says to an HTTP/2 preface.
+pub async fn diagnose(
+    addr: &str,
+    err: &(dyn std::error::Error + 'static),
+    timeout: Duration,
+) -> ProbeError {
+    let mut source = Some(err);
+    while let Some(e) = source {
+        if let Some(io) = e.downcast_ref::<io::Error>() {
+            match io.kind() {
+                io::ErrorKind::ConnectionRefused => {
+                    return ProbeError::Refused {
+                        addr: addr.to_owned(),
+                    };
+                }
+                io::ErrorKind::TimedOut => {
+                    return ProbeError::Timeout {
+                        addr: addr.to_owned(),
+                        timeout,
+                    };
+                }
+                _ => {}
+            }
+        }
+        // Name resolution failures come from the resolver as text, not as an io kind.
+        let text = e.to_string();
+        if text.contains("failed to lookup address") || text.contains("Name or service not known") {
+            return ProbeError::Resolve {
+                addr: addr.to_owned(),
+                detail: text,
+            };
+        }
+        source = e.source();
+    }
+    if let Some(status) = err.downcast_ref::<tonic::Status>()
+        && status.code() == tonic::Code::Unimplemented
+    {
+        return ProbeError::NotGrpc {
+            addr: addr.to_owned(),
+            detail: "it speaks gRPC but has no health service".into(),
+        };
+    }
+    match preface(addr, timeout).await {
+        Ok(answer) if answer.starts_with(b"? ") => ProbeError::ClientPort {
+            addr: addr.to_owned(),
+        },
+        // An HTTP/2 server answers the preface with a SETTINGS frame (type 4).
+        Ok(answer) if answer.len() >= 4 && answer[3] == 4 => ProbeError::Other {
+            addr: addr.to_owned(),
+            detail: format!("gRPC call failed: {}", chain(err)),
+        },
+        Ok(answer) if answer.is_empty() => ProbeError::NotGrpc {
+            addr: addr.to_owned(),
+            detail: "it closed the connection without a word".into(),
+        },
+        Ok(answer) => ProbeError::NotGrpc {
+            addr: addr.to_owned(),
+            detail: format!(
+                "it answered {:?}",
+                String::from_utf8_lossy(&answer[..answer.len().min(40)])
+            ),
+        },
+        Err(_) => ProbeError::Other {
+            addr: addr.to_owned(),
+            detail: chain(err),
+        },
+    }
+}
+
+/// What `addr` sends back within `timeout` to the HTTP/2 client preface.
+async fn preface(addr: &str, timeout: Duration) -> io::Result<Vec<u8>> {
+    let talk = async {
+        let mut socket = TcpStream::connect(addr).await?;
+        socket
+            .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+            .await?;
+        let mut answer = vec![0; 64];
+        let n = socket.read(&mut answer).await?;
+        answer.truncate(n);
+        Ok(answer)
+    };
+    tokio::time::timeout(timeout, talk)
+        .await
+        .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into()))
+}
+
+/// An error and its sources, as one line.
+fn chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(e) = source {
+        let s = e.to_string();
+        if !text.contains(&s) {
+            text.push_str(": ");
+            text.push_str(&s);
+        }
+        source = e.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_closed_port_is_named_refused() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        drop(listener);
+        let e = health(&addr, "", Duration::from_secs(5)).await.unwrap_err();
+        assert_eq!(e, ProbeError::Refused { addr });
+    }
+
+    #[tokio::test]
+    async fn a_port_that_answers_question_marks_is_a_client_port() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        // Answers every line as a herd client port would answer an unknown command.
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut s, _)) = listener.accept().await else {
+                    return;
+                };
+                tokio::spawn(async move {
+                    let mut buf = vec![0; 1024];
+                    while let Ok(n) = s.read(&mut buf).await {
+                        if n == 0 || s.write_all(b"? PRI * HTTP/2.0\n").await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        let e = health(&addr, "", Duration::from_secs(5)).await.unwrap_err();
+        assert_eq!(e, ProbeError::ClientPort { addr });
+    }
+}
