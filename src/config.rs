@@ -295,35 +295,45 @@ pub struct HerdConfig {
 }
 
 /// The `[log]` table: how the servers' log files are written.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct LogConfig {
-    /// How many lines may wait for a server's log writer; past that, lines are
-    /// dropped and counted (`herd_log_lines_dropped_total`) rather than make a
-    /// client's request wait for the disk.
-    pub queue_lines: usize,
-}
-
-impl Default for LogConfig {
-    fn default() -> LogConfig {
-        LogConfig {
-            queue_lines: crate::logging::DEFAULT_QUEUE_LINES,
-        }
-    }
-}
+pub type LogConfig = crate::logging::FileSettings;
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawLog {
     queue_lines: Option<usize>,
+    level: Option<String>,
+    max_file_bytes: Option<u64>,
+    max_files: Option<usize>,
 }
 
 impl RawLog {
     fn validate(self) -> Result<LogConfig, String> {
+        use tracing::level_filters::LevelFilter;
+        let d = LogConfig::default();
+        let level = match self.level.as_deref() {
+            None | Some("info") => LevelFilter::INFO,
+            Some("debug") => LevelFilter::DEBUG,
+            Some(other) => {
+                return Err(format!(
+                    "log.level {other:?}: expected \"info\" (every line and its reply, a \
+                     WHATSAT's as its AT line and JSON size) or \"debug\" (WHATSAT JSON too)"
+                ));
+            }
+        };
         let log = LogConfig {
-            queue_lines: self.queue_lines.unwrap_or(LogConfig::default().queue_lines),
+            level,
+            queue_lines: self.queue_lines.unwrap_or(d.queue_lines),
+            max_file_bytes: self.max_file_bytes.unwrap_or(d.max_file_bytes),
+            max_files: self.max_files.unwrap_or(d.max_files),
         };
         if log.queue_lines == 0 {
             return Err("log.queue_lines must be above 0".into());
+        }
+        if log.max_file_bytes == 0 {
+            return Err("log.max_file_bytes must be above 0".into());
+        }
+        if !(1..=1000).contains(&log.max_files) {
+            return Err("log.max_files must be from 1 to 1000".into());
         }
         Ok(log)
     }
@@ -888,6 +898,28 @@ max_response_bytes = 65536
         assert_eq!(set.log.queue_lines, 100);
         assert!(err(&format!("[log]\nqueue_lines = 0\n{TWO}")).contains("log.queue_lines"));
         assert!(err(&format!("[log]\nlines = 1\n{TWO}")).contains("lines"));
+    }
+
+    #[test]
+    fn the_log_level_and_rotation_have_defaults_keys_and_bounds() {
+        use tracing::level_filters::LevelFilter;
+        let d = parse(TWO).unwrap().log;
+        assert_eq!(d.level, LevelFilter::INFO);
+        assert_eq!(d.max_file_bytes, crate::logging::DEFAULT_MAX_FILE_BYTES);
+        assert_eq!(d.max_files, crate::logging::DEFAULT_MAX_FILES);
+        let set = parse(&format!(
+            "[log]\nlevel = \"debug\"\nmax_file_bytes = 4096\nmax_files = 2\n{TWO}"
+        ))
+        .unwrap()
+        .log;
+        assert_eq!(
+            (set.level, set.max_file_bytes, set.max_files),
+            (LevelFilter::DEBUG, 4096, 2)
+        );
+        assert!(err(&format!("[log]\nlevel = \"trace\"\n{TWO}")).contains("log.level"));
+        assert!(err(&format!("[log]\nmax_file_bytes = 0\n{TWO}")).contains("max_file_bytes"));
+        assert!(err(&format!("[log]\nmax_files = 0\n{TWO}")).contains("max_files"));
+        assert!(err(&format!("[log]\nmax_files = 1001\n{TWO}")).contains("max_files"));
     }
 
     #[test]

@@ -197,7 +197,9 @@ fn count_too_long(node: &Node, head: &[u8]) {
 
 /// Answers one line (without its line end), appending the reply to `out`.
 async fn answer(node: &Node, line: &[u8], received: Timestamp, out: &mut Vec<u8>) {
-    // One event per line: the line received and the reply sent, together.
+    // One event per line (target `logging::LINES`): the line received and the reply
+    // sent, together; a WHATSAT's reply as its AT line and the JSON's size, the JSON
+    // (about 3.4 KB at 20 results) only in a debug event of its own.
     let start = out.len();
     match wire::parse(line) {
         Ok(Command::Blank) => {}
@@ -206,18 +208,30 @@ async fn answer(node: &Node, line: &[u8], received: Timestamp, out: &mut Vec<u8>
             if !node.whatsat(&cmd, out).await {
                 node.reject(line, out);
                 let reply = Escaped(&out[start..]);
-                tracing::debug!(line = %Escaped(line), %reply, reason = "unknown client", "answered");
+                tracing::info!(target: crate::logging::LINES, line = %Escaped(line), %reply, reason = "unknown client", "answered");
                 return;
             }
+            let reply = &out[start..];
+            let at_end = memchr::memchr(b'\n', reply).unwrap_or(reply.len());
+            let json = reply[at_end..].trim_ascii();
+            tracing::info!(
+                target: crate::logging::LINES,
+                line = %Escaped(line),
+                reply = %Escaped(&reply[..at_end]),
+                json_bytes = json.len(),
+                "answered"
+            );
+            tracing::debug!(target: crate::logging::LINES, json = %Escaped(json), "whatsat json");
+            return;
         }
         Err(e) => {
             node.metrics().command("invalid", "rejected");
             node.reject(line, out);
             let reply = Escaped(&out[start..]);
-            tracing::debug!(line = %Escaped(line), %reply, reason = %e, "answered");
+            tracing::info!(target: crate::logging::LINES, line = %Escaped(line), %reply, reason = %e, "answered");
             return;
         }
     }
     let reply = Escaped(&out[start..]);
-    tracing::debug!(line = %Escaped(line), %reply, "answered");
+    tracing::info!(target: crate::logging::LINES, line = %Escaped(line), %reply, "answered");
 }

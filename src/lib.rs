@@ -20,7 +20,7 @@
 //! - [`metrics`]: one server's Prometheus metrics; [`proc_metrics`]: the process's own.
 //! - [`client`], [`status`], [`probe`]: the operators' tools `herd client`, `herd status`
 //!   and `herd topology`, and the health probe behind `herd health`.
-//! - [`logging`]: tracing to stderr and to one file per server (tracing-subscriber, tracing-appender).
+//! - [`logging`]: tracing to stderr and to one file per server (tracing-subscriber, tracing-appender), rotated by size, reopened on SIGHUP.
 //!
 //! The load generator, `herd-bench`, is a crate of its own in `bench/` (a member of this
 //! workspace): it uses [`proto`] and the places dataset, and the server does not carry it.

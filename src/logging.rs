@@ -3,14 +3,18 @@
 //! tracing-subscriber's `fmt` layers (text or JSON); the files are written by
 //! tracing-appender's non-blocking workers, one per server. Events are routed to a
 //! server's file by the `server{name=...}` span they happen in, so `herd up` (every
-//! server in one process) still gets one file per server.
+//! server in one process) still gets one file per server. Each file is rotated by
+//! size and reopened on SIGHUP ([`reopen`]).
 
 use std::{
     cell::Cell,
     fs::File,
-    io::{self, IsTerminal as _},
-    path::Path,
-    sync::{Arc, OnceLock},
+    io::{self, IsTerminal as _, Write as _},
+    path::{Path, PathBuf},
+    sync::{
+        Arc, OnceLock,
+        atomic::{AtomicU64, Ordering},
+    },
 };
 
 use tracing::{
@@ -51,16 +55,51 @@ pub struct LogGuard {
 /// be nearly half a GB per server).
 pub const DEFAULT_QUEUE_LINES: usize = 16_384;
 
-/// Each server's count of lines its queue had no room for (see [`dropped_lines`]).
-static DROPPED: OnceLock<Vec<(Arc<str>, ErrorCounter)>> = OnceLock::new();
-
 /// How many log lines of server `name` were dropped because its log writer fell
 /// [`DEFAULT_QUEUE_LINES`] (or `[log] queue_lines`) behind; 0 before [`init`].
 pub fn dropped_lines(name: &str) -> u64 {
-    DROPPED
-        .get()
-        .and_then(|all| all.iter().find(|(n, _)| &**n == name))
-        .map_or(0, |(_, c)| c.dropped_lines() as u64)
+    counts(name).map_or(0, |c| c.dropped.dropped_lines() as u64)
+}
+
+/// How many times server `name`'s log file was rotated (it reached `[log]
+/// max_file_bytes`); 0 before [`init`].
+pub fn rotations(name: &str) -> u64 {
+    counts(name).map_or(0, |c| c.rotations.load(Ordering::Relaxed))
+}
+
+fn counts(name: &str) -> Option<&'static ServerCounts> {
+    COUNTS.get()?.iter().find(|c| &*c.name == name)
+}
+
+/// The target of the events for the lines a client sends, one per line with its
+/// reply (at info; a WHATSAT's JSON at debug, in an event of its own). Stderr shows
+/// them only when `RUST_LOG` names this target: they are the files' business.
+pub const LINES: &str = "herd::lines";
+
+/// The defaults of `[log] max_file_bytes` and `[log] max_files`: a server keeps at
+/// most 500 MiB of log, its current file and four rotated ones.
+pub const DEFAULT_MAX_FILE_BYTES: u64 = 100 << 20;
+pub const DEFAULT_MAX_FILES: usize = 5;
+
+/// How the servers' files are written: the `[log]` table of the herd file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FileSettings {
+    /// The file's level for [`LINES`]: info, or debug for WHATSAT replies' JSON too.
+    pub level: LevelFilter,
+    pub queue_lines: usize,
+    pub max_file_bytes: u64,
+    pub max_files: usize,
+}
+
+impl Default for FileSettings {
+    fn default() -> FileSettings {
+        FileSettings {
+            level: LevelFilter::INFO,
+            queue_lines: DEFAULT_QUEUE_LINES,
+            max_file_bytes: DEFAULT_MAX_FILE_BYTES,
+            max_files: DEFAULT_MAX_FILES,
+        }
+    }
 }
 
 /// The format of log lines, on stderr and in the files alike.
@@ -88,18 +127,24 @@ impl std::str::FromStr for LogFormat {
 
 type BoxedLayer = Box<dyn Layer<Registry> + Send + Sync>;
 
-/// Installs the global subscriber: stderr filtered by `RUST_LOG` (default `info`),
-/// and a file per server in `log_dir` (created if missing) with herd's own events
-/// at debug level (every line received and reply sent) and others' at info, each
-/// written by a worker thread that holds at most `queue_lines` lines.
+/// Installs the global subscriber: stderr filtered by `RUST_LOG` (default `info`;
+/// [`LINES`] only if named), and a file per server in `log_dir` (created if
+/// missing, rotated by size) with herd's own events at debug level, the lines
+/// received at `settings.level`, and others' at info, each written by a worker
+/// thread that holds at most `settings.queue_lines` lines.
 pub fn init(
     log_dir: &Path,
     servers: &[Arc<str>],
     format: LogFormat,
-    queue_lines: usize,
+    settings: FileSettings,
 ) -> io::Result<LogGuard> {
-    let stderr_filter =
+    let env = std::env::var("RUST_LOG").unwrap_or_default();
+    let mut stderr_filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    if !env.contains(LINES) {
+        stderr_filter =
+            stderr_filter.add_directive(format!("{LINES}=off").parse().expect("a directive"));
+    }
     let ansi = io::stderr().is_terminal();
     let stderr = tracing_subscriber::fmt::layer().with_writer(io::stderr);
     let stderr: BoxedLayer = match format {
@@ -110,8 +155,8 @@ pub fn init(
             .boxed(),
         LogFormat::Json => stderr.json().with_filter(stderr_filter).boxed(),
     };
-    let files = Files::open(log_dir, servers, format, queue_lines)?;
-    let _ = DROPPED.set(files.dropped.clone());
+    let files = Files::open(log_dir, servers, format, settings)?;
+    let _ = COUNTS.set(files.counts);
     let mut layers = files.layers;
     layers.push(stderr);
     tracing_subscriber::registry()
@@ -127,7 +172,7 @@ pub fn init(
 /// keeps those files written.
 struct Files {
     layers: Vec<BoxedLayer>,
-    dropped: Vec<(Arc<str>, ErrorCounter)>,
+    counts: Vec<ServerCounts>,
     workers: Vec<WorkerGuard>,
 }
 
@@ -136,7 +181,7 @@ impl Files {
         log_dir: &Path,
         servers: &[Arc<str>],
         format: LogFormat,
-        queue_lines: usize,
+        settings: FileSettings,
     ) -> io::Result<Files> {
         std::fs::create_dir_all(log_dir).map_err(|e| {
             io::Error::new(
@@ -145,38 +190,36 @@ impl Files {
             )
         })?;
         let mut writers = Vec::with_capacity(servers.len());
-        let mut dropped = Vec::with_capacity(servers.len());
+        let mut counts = Vec::with_capacity(servers.len());
         let mut workers = Vec::with_capacity(servers.len());
         for name in servers {
-            let path = log_dir.join(format!("{name}.log"));
-            let file = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&path)
-                .map_err(|e| {
-                    io::Error::new(
-                        e.kind(),
-                        format!("cannot open log file {}: {e}", path.display()),
-                    )
-                })?;
+            let file = Rotating::open(
+                log_dir.join(format!("{name}.log")),
+                settings.max_file_bytes,
+                settings.max_files,
+            )?;
+            let rotations = file.rotations.clone();
             let (writer, worker) = NonBlockingBuilder::default()
                 .lossy(true)
-                .buffered_lines_limit(queue_lines)
+                .buffered_lines_limit(settings.queue_lines)
                 .thread_name(&format!("herd-log-{name}"))
-                .finish(Paced::new(io::BufWriter::with_capacity(
-                    WRITE_SIZE,
-                    DropBehind::new(file, path),
-                )));
-            dropped.push((name.clone(), writer.error_counter()));
+                .finish(Paced::new(file));
+            counts.push(ServerCounts {
+                name: name.clone(),
+                dropped: writer.error_counter(),
+                rotations,
+            });
             writers.push(writer);
             workers.push(worker);
         }
         let router = Router { writers };
         let levels = Targets::new()
+            .with_target(LINES, settings.level)
             .with_target("herd", LevelFilter::DEBUG)
             .with_default(LevelFilter::INFO);
         let file = tracing_subscriber::fmt::layer()
             .with_writer(router)
+            .with_timer(CachedSecond)
             .with_ansi(false);
         let file: BoxedLayer = match format {
             LogFormat::Text => file.fmt_fields(OneLine).with_filter(levels).boxed(),
@@ -188,7 +231,7 @@ impl Files {
         Ok(Files {
             // In this order: the tags layer sees each event first, for the router.
             layers: vec![Box::new(tags), file],
-            dropped,
+            counts,
             workers,
         })
     }
@@ -290,6 +333,11 @@ impl<S: Subscriber + for<'a> LookupSpan<'a>> Layer<S> for TagServers {
     }
 
     fn on_event(&self, event: &tracing::Event<'_>, ctx: Context<'_, S>) {
+        // With one server, the router needs no tag (every event goes to its file):
+        // skip the span lookup and its extensions' lock.
+        if self.names.len() == 1 {
+            return;
+        }
         // The event's own span (its explicit parent, or the current span) holds the
         // tag if any span around it does.
         let server = ctx
@@ -347,6 +395,228 @@ impl std::fmt::Write for Unbroken<'_, '_> {
             from = at;
         }
         self.0.write_str(&text[from..])
+    }
+}
+
+/// tracing-subscriber's RFC 3339 time (`2026-12-02T07:00:26.617221Z`, UTC, to the
+/// microsecond), with the part up to the second formatted once a second per thread
+/// rather than at every line: `fmt::time::SystemTime` works out the calendar date
+/// and writes the time through eight `fmt` calls on each event, which showed in a
+/// profile of a busy server. A timer, not a formatter: the line is tracing-subscriber's.
+struct CachedSecond;
+
+thread_local! {
+    /// The second [`CachedSecond`] last formatted on this thread, and its text.
+    static SECOND: Cell<(u64, [u8; 19])> = const { Cell::new((u64::MAX, [0; 19])) };
+}
+
+impl tracing_subscriber::fmt::time::FormatTime for CachedSecond {
+    fn format_time(&self, w: &mut Writer<'_>) -> std::fmt::Result {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let secs = now.as_secs();
+        let (cached, mut text) = SECOND.get();
+        if cached != secs {
+            text = rfc3339_second(secs);
+            SECOND.set((secs, text));
+        }
+        let mut frac = *b".000000Z";
+        let mut micros = now.subsec_micros();
+        for digit in frac[1..7].iter_mut().rev() {
+            *digit = b'0' + (micros % 10) as u8;
+            micros /= 10;
+        }
+        // Both are ASCII digits and punctuation.
+        w.write_str(std::str::from_utf8(&text).expect("ASCII"))?;
+        w.write_str(std::str::from_utf8(&frac).expect("ASCII"))
+    }
+}
+
+/// `YYYY-MM-DDTHH:MM:SS` of `secs` since the Unix epoch, in UTC (years 1970-9999).
+fn rfc3339_second(secs: u64) -> [u8; 19] {
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil date from days, after Howard Hinnant's `civil_from_days`.
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    let mut out = *b"0000-00-00T00:00:00";
+    let mut put = |at: usize, width: usize, mut n: u64| {
+        for i in (at..at + width).rev() {
+            out[i] = b'0' + (n % 10) as u8;
+            n /= 10;
+        }
+    };
+    put(0, 4, year as u64);
+    put(5, 2, month as u64);
+    put(8, 2, day as u64);
+    put(11, 2, rem / 3600);
+    put(14, 2, rem / 60 % 60);
+    put(17, 2, rem % 60);
+    out
+}
+
+/// Each server's count of lines its queue had no room for, and of its file's
+/// rotations (see [`dropped_lines`], [`rotations`]).
+static COUNTS: OnceLock<Vec<ServerCounts>> = OnceLock::new();
+
+struct ServerCounts {
+    name: Arc<str>,
+    dropped: ErrorCounter,
+    rotations: Arc<AtomicU64>,
+}
+
+/// Bumped by [`reopen`]: each file's writer reopens its file (by name) before the
+/// next line it writes when this moved since it last looked.
+static REOPEN: AtomicU64 = AtomicU64::new(0);
+
+/// Has every server's log file reopened by name before its next line is written:
+/// after logrotate (or an operator) moved the file away, lines go to a new file at
+/// the old path rather than on into the moved one.
+pub fn reopen() {
+    REOPEN.fetch_add(1, Ordering::Relaxed);
+}
+
+/// A server's log file, rotated by size and reopened on [`reopen`]. Before a line
+/// that would take the file past `max_bytes` (unless it is the file's first), the
+/// file becomes `<path>.1`, `<path>.1` becomes `<path>.2`, and so on, keeping
+/// `max_files` files in all (`<path>.<max_files - 1>` is overwritten), and the line
+/// starts a new file at `path`.
+///
+/// Ours, not a crate's: tracing-appender's `RollingFileAppender` (0.2.5) rotates by
+/// time only, and the crates that rotate by size (file-rotate, logroller) write
+/// through their own buffering and know nothing of line boundaries, the page-cache
+/// dropping of [`DropBehind`], or reopening on a signal; this is fifty lines.
+/// It sits above the `BufWriter`, where the worker hands it one whole line per
+/// write, so a line is never split across two files.
+struct Rotating {
+    path: PathBuf,
+    max_bytes: u64,
+    max_files: usize,
+    out: io::BufWriter<DropBehind>,
+    /// Bytes in the file at `path`, as far as this writer knows.
+    written: u64,
+    /// The [`REOPEN`] generation the file was opened in.
+    opened_in: u64,
+    rotations: Arc<AtomicU64>,
+}
+
+impl Rotating {
+    fn open(path: PathBuf, max_bytes: u64, max_files: usize) -> io::Result<Rotating> {
+        let opened_in = REOPEN.load(Ordering::Relaxed);
+        let out = open_log(&path)?;
+        Ok(Rotating {
+            written: out.get_ref().end,
+            path,
+            max_bytes,
+            max_files,
+            out,
+            opened_in,
+            rotations: Arc::new(AtomicU64::new(0)),
+        })
+    }
+
+    /// Moves the files along and starts a new one at `path`. On a failure the
+    /// writer goes on with the file it has (whatever name it now has): a log that
+    /// cannot rotate keeps its lines rather than lose them.
+    fn rotate(&mut self) -> io::Result<()> {
+        self.out.flush()?;
+        let numbered = |n: usize| {
+            let mut p = self.path.clone().into_os_string();
+            p.push(format!(".{n}"));
+            PathBuf::from(p)
+        };
+        let moved = (1..self.max_files).rev().try_for_each(|n| {
+            let from = if n == 1 {
+                self.path.clone()
+            } else {
+                numbered(n - 1)
+            };
+            match std::fs::rename(&from, numbered(n)) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+                _ => Ok(()),
+            }
+        });
+        let fresh = moved.and_then(|()| {
+            if self.max_files == 1 {
+                std::fs::remove_file(&self.path).or_else(|e| match e.kind() {
+                    io::ErrorKind::NotFound => Ok(()),
+                    _ => Err(e),
+                })?;
+            }
+            open_log(&self.path)
+        });
+        match fresh {
+            Ok(out) => {
+                self.written = out.get_ref().end;
+                self.out = out;
+                self.rotations.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => {
+                eprintln!("herd: cannot rotate log file {}: {e}", self.path.display());
+                // Not again at every line: at the next max_bytes.
+                self.written = 0;
+            }
+        }
+        Ok(())
+    }
+
+    fn reopen_if_asked(&mut self) -> io::Result<()> {
+        let now = REOPEN.load(Ordering::Relaxed);
+        if now == self.opened_in {
+            return Ok(());
+        }
+        self.opened_in = now;
+        self.out.flush()?;
+        match open_log(&self.path) {
+            Ok(out) => {
+                self.written = out.get_ref().end;
+                self.out = out;
+            }
+            Err(e) => eprintln!("herd: cannot reopen log file {}: {e}", self.path.display()),
+        }
+        Ok(())
+    }
+}
+
+/// Opens (creating it if missing) the log file at `path` for appending.
+fn open_log(path: &Path) -> io::Result<io::BufWriter<DropBehind>> {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("cannot open log file {}: {e}", path.display()),
+            )
+        })?;
+    Ok(io::BufWriter::with_capacity(
+        WRITE_SIZE,
+        DropBehind::new(file, path.to_path_buf()),
+    ))
+}
+
+impl io::Write for Rotating {
+    /// `line` is one whole log line: the worker writes each as it was queued.
+    fn write(&mut self, line: &[u8]) -> io::Result<usize> {
+        self.reopen_if_asked()?;
+        if self.written > 0 && self.written + line.len() as u64 > self.max_bytes {
+            self.rotate()?;
+        }
+        self.out.write_all(line)?;
+        self.written += line.len() as u64;
+        Ok(line.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
     }
 }
 
@@ -605,7 +875,7 @@ mod tests {
     fn logged(name: &str, servers: &[&str], format: LogFormat, f: impl FnOnce()) -> Vec<String> {
         let dir = temp_dir(name);
         let names: Vec<Arc<str>> = servers.iter().map(|&s| s.into()).collect();
-        let files = Files::open(&dir, &names, format, DEFAULT_QUEUE_LINES).unwrap();
+        let files = Files::open(&dir, &names, format, FileSettings::default()).unwrap();
         let subscriber = tracing_subscriber::registry().with(files.layers);
         tracing::subscriber::with_default(subscriber, f);
         drop(files.workers);
@@ -890,6 +1160,132 @@ mod tests {
             }
         }
         assert_eq!(show(r#"q="x\ny" café \ "#), r#"q="x\ny" café \ "#);
+    }
+
+    #[test]
+    fn files_rotate_by_size_keep_their_count_and_never_split_or_lose_a_line() {
+        let dir = temp_dir("rotate");
+        let settings = FileSettings {
+            max_file_bytes: 1000,
+            max_files: 3,
+            ..FileSettings::default()
+        };
+        let names: Vec<Arc<str>> = vec!["Goloman".into()];
+        let files = Files::open(&dir, &names, LogFormat::Text, settings).unwrap();
+        let rotations = files.counts[0].rotations.clone();
+        let subscriber = tracing_subscriber::registry().with(files.layers);
+        tracing::subscriber::with_default(subscriber, || {
+            for i in 0..200 {
+                tracing::info!(target: LINES, i = %format_args!("{i:03}"), "line");
+            }
+        });
+        drop(files.workers);
+        let read = |name: &str| std::fs::read_to_string(dir.join(name)).unwrap();
+        assert!(
+            !dir.join("Goloman.log.3").exists(),
+            "only max_files files kept"
+        );
+        let kept = [
+            read("Goloman.log.2"),
+            read("Goloman.log.1"),
+            read("Goloman.log"),
+        ];
+        let mut numbers = Vec::new();
+        for text in &kept {
+            assert!(text.len() <= 1000, "{}", text.len());
+            assert!(text.ends_with('\n'), "{text}");
+            for line in text.lines() {
+                let (_, n) = line
+                    .rsplit_once(" i=")
+                    .unwrap_or_else(|| panic!("{line:?}"));
+                numbers.push(n.parse::<u32>().unwrap());
+            }
+        }
+        // The newest lines, every one, in order, ending with the last.
+        let first = numbers[0];
+        assert_eq!(numbers, (first..200).collect::<Vec<_>>());
+        // Each file was filled to within a line of the limit before it rotated.
+        let line = kept[0].lines().next().unwrap().len() as u64 + 1;
+        let per_file = 1000 / line;
+        assert_eq!(kept[0].lines().count() as u64, per_file);
+        assert_eq!(
+            rotations.load(Ordering::Relaxed),
+            200 / per_file - u64::from(200 % per_file == 0)
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_reopen_starts_a_new_file_at_the_old_path() {
+        let dir = temp_dir("reopen");
+        let path = dir.join("Goloman.log");
+        let mut file = Rotating::open(path.clone(), 1 << 20, 2).unwrap();
+        file.write_all(b"before\n").unwrap();
+        file.flush().unwrap();
+        std::fs::rename(&path, dir.join("moved")).unwrap();
+        // Until asked, lines go on into the moved file.
+        file.write_all(b"still\n").unwrap();
+        reopen();
+        file.write_all(b"after\n").unwrap();
+        file.flush().unwrap();
+        assert_eq!(
+            std::fs::read_to_string(dir.join("moved")).unwrap(),
+            "before\nstill\n"
+        );
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "after\n");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn whatsat_json_reaches_the_file_only_at_debug() {
+        for (level, json) in [(LevelFilter::INFO, false), (LevelFilter::DEBUG, true)] {
+            let dir = temp_dir("level");
+            let names: Vec<Arc<str>> = vec!["Goloman".into()];
+            let settings = FileSettings {
+                level,
+                ..FileSettings::default()
+            };
+            let files = Files::open(&dir, &names, LogFormat::Text, settings).unwrap();
+            let subscriber = tracing_subscriber::registry().with(files.layers);
+            tracing::subscriber::with_default(subscriber, || {
+                tracing::info!(target: LINES, json_bytes = 2, "answered");
+                tracing::debug!(target: LINES, json = "{}", "whatsat json");
+                tracing::debug!("herd's own debug");
+            });
+            drop(files.workers);
+            let log = std::fs::read_to_string(dir.join("Goloman.log")).unwrap();
+            assert!(log.contains("answered json_bytes=2"), "{log}");
+            assert!(log.contains("herd's own debug"), "{log}");
+            assert_eq!(log.contains("whatsat json"), json, "{level}: {log}");
+            std::fs::remove_dir_all(&dir).unwrap();
+        }
+    }
+
+    #[test]
+    fn the_cached_second_is_the_calendar_date_and_time() {
+        let show = |s| String::from_utf8(rfc3339_second(s).to_vec()).unwrap();
+        assert_eq!(show(0), "1970-01-01T00:00:00");
+        assert_eq!(show(951_782_400), "2000-02-29T00:00:00");
+        assert_eq!(show(1_520_023_934), "2018-03-02T20:52:14");
+        assert_eq!(show(4_107_542_399), "2100-02-28T23:59:59");
+        assert_eq!(show(4_107_542_400), "2100-03-01T00:00:00");
+        assert_eq!(show(253_402_300_799), "9999-12-31T23:59:59");
+        // And as tracing-subscriber's own timer writes now (retried across a second).
+        use tracing_subscriber::fmt::time::FormatTime as _;
+        for _ in 0..3 {
+            let (mut ours, mut theirs) = (String::new(), String::new());
+            CachedSecond
+                .format_time(&mut Writer::new(&mut ours))
+                .unwrap();
+            tracing_subscriber::fmt::time::SystemTime
+                .format_time(&mut Writer::new(&mut theirs))
+                .unwrap();
+            assert_eq!((ours.len(), &ours[26..]), (27, "Z"), "{ours}");
+            if ours[..19] == theirs[..19] {
+                return;
+            }
+        }
+        panic!("the second never matched tracing-subscriber's");
     }
 
     #[test]

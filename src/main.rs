@@ -401,12 +401,7 @@ async fn run(
         }
     }
 
-    match logging::init(
-        &common.log_dir,
-        &names,
-        common.log_format,
-        herd.log.queue_lines,
-    ) {
+    match logging::init(&common.log_dir, &names, common.log_format, herd.log) {
         Ok(guard) => *logs = Some(guard),
         Err(e) => return fail(1, &e),
     }
@@ -415,7 +410,7 @@ async fn run(
     }
 
     let shutdown = CancellationToken::new();
-    tokio::spawn(signals(shutdown.clone()));
+    tokio::spawn(signals(shutdown.clone(), names.clone()));
 
     let mut runs: futures_util::stream::FuturesUnordered<_> = bound
         .into_iter()
@@ -445,19 +440,34 @@ async fn run(
     code
 }
 
-/// Cancels `shutdown` on SIGTERM or SIGINT.
-async fn signals(shutdown: CancellationToken) {
+/// The process's signals, all handled here: SIGTERM or SIGINT cancels `shutdown`;
+/// SIGHUP (which would otherwise kill the process) reopens the log files, for
+/// logrotate, and never stops a server.
+async fn signals(shutdown: CancellationToken, servers: Vec<Arc<str>>) {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
     ) else {
         tracing::error!("cannot listen for signals; stop with SIGKILL");
         return;
     };
-    let which = tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
+    let which = loop {
+        tokio::select! {
+            _ = term.recv() => break "SIGTERM",
+            _ = int.recv() => break "SIGINT",
+            _ = hup.recv() => {
+                logging::reopen();
+                // In each server's span, so that the line lands in each one's
+                // (reopened) file.
+                for name in &servers {
+                    tracing::info_span!("server", name = &**name).in_scope(|| {
+                        tracing::info!(signal = "SIGHUP", "log file reopened");
+                    });
+                }
+            }
+        }
     };
     tracing::info!(signal = which, "shutting down");
     shutdown.cancel();

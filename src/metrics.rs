@@ -210,6 +210,7 @@ impl Metrics {
             places_responses_cut_off().clone(),
         );
         r.register_collector(Box::new(LogLinesDropped(server.to_owned())));
+        r.register_collector(Box::new(LogRotations(server.to_owned())));
         registry.register_collector(Box::new(crate::proc_metrics::ProcessCollector));
         let common_commands = COMMANDS
             .iter()
@@ -296,6 +297,27 @@ impl prometheus_client::collector::Collector for LogLinesDropped {
             "Log lines dropped because the log file's writer fell a whole queue behind",
             None,
             dropped.metric_type(),
+        )?)
+    }
+}
+
+/// `log_rotations`: how many times the server's log file reached `[log]
+/// max_file_bytes` and was rotated, read from the writer at each scrape.
+#[derive(Debug)]
+struct LogRotations(String);
+
+impl prometheus_client::collector::Collector for LogRotations {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder<'_>,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric as _;
+        let rotations = ConstCounter::new(crate::logging::rotations(&self.0));
+        rotations.encode(encoder.encode_descriptor(
+            "log_rotations",
+            "Times the log file reached [log] max_file_bytes and was rotated",
+            None,
+            rotations.metric_type(),
         )?)
     }
 }

@@ -645,3 +645,67 @@ fn the_server_binary_has_no_bench_subcommand() {
     }
     assert!(!help.contains("bench"), "{help}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reopens_the_log_file_and_the_server_keeps_answering() {
+    // As logrotate does: move the file away, SIGHUP, and the server writes a new
+    // file at the old path; it never dies of the signal.
+    let (config, port, _) = lone_server();
+    let herd = Herd::spawn("hup", &["serve", "Goloman"], &config, None);
+    let mut c = connect_by(port, Instant::now() + Duration::from_secs(10)).await;
+    c.send(iamat(
+        b"before",
+        "+34.068930-118.445127",
+        "1520023934.918963997",
+    ))
+    .await;
+    c.line().await;
+    let log = herd.path("logs/Goloman.log");
+    // The new file appears only when the server writes its next line.
+    let has = |path: &Path, needle: &str| {
+        std::fs::read_to_string(path).is_ok_and(|text| text.contains(needle))
+    };
+    wait_for(Duration::from_secs(10), "the line in the log", || async {
+        has(&log, "IAMAT before").then_some(())
+    })
+    .await;
+    let moved = herd.path("logs/Goloman.log.old");
+    std::fs::rename(&log, &moved).expect("move the log away");
+
+    herd.signal("HUP");
+    wait_for(Duration::from_secs(10), "the reopened log", || async {
+        has(&log, "log file reopened").then_some(())
+    })
+    .await;
+    c.send(iamat(
+        b"after",
+        "+34.068930-118.445127",
+        "1520023934.918963997",
+    ))
+    .await;
+    let reply = c.line().await;
+    assert!(reply.starts_with(b"AT Goloman "), "{:?}", show(&reply));
+    wait_for(
+        Duration::from_secs(10),
+        "the next line in the new log",
+        || async { has(&log, "IAMAT after").then_some(()) },
+    )
+    .await;
+    assert!(log_has(&moved, "IAMAT before") && !log_has(&moved, "IAMAT after"));
+    // A second SIGHUP, no moving: still running, still the same file.
+    herd.signal("HUP");
+    c.send(iamat(
+        b"again",
+        "+34.068930-118.445127",
+        "1520023934.918963997",
+    ))
+    .await;
+    assert!(c.line().await.starts_with(b"AT Goloman "));
+    wait_for(
+        Duration::from_secs(10),
+        "the line after a second SIGHUP",
+        || async { has(&log, "IAMAT again").then_some(()) },
+    )
+    .await;
+    drop(herd);
+}
