@@ -90,7 +90,12 @@ async fn serve(
         .iter()
         .find(|s| &*s.name == name)
         .expect("the caller checked the server name against the herd file");
-    let node = Arc::new(Node::new(me.name.clone(), me.neighbours.clone(), places));
+    let node = Arc::new(Node::new(
+        me.name.clone(),
+        me.neighbours.clone(),
+        places,
+        herd.backbone.clone(),
+    ));
     let tasks = TaskTracker::new();
     let client_addr = listeners.client.local_addr().ok();
     let peer_addr = listeners.peer.local_addr().ok();
@@ -133,7 +138,9 @@ async fn serve(
             Ok(n) => n.peer_uri(),
             Err(_) => continue,
         };
-        tasks.spawn(peer::dial::run(node.clone(), slot, uri, shutdown.clone()).in_current_span());
+        tasks.spawn(
+            peer::dial::run(node.backbone().clone(), slot, uri, shutdown.clone()).in_current_span(),
+        );
     }
 
     // The gateway is accepting: say so to health checkers.
