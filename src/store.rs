@@ -206,12 +206,38 @@ type Shard = hashbrown::HashTable<Slot>;
 
 /// A record and the hash of its client ID, kept so that growing a table never reads
 /// the records again (each a cache miss) and a probe reads a record only when the
-/// whole hash matches (eight bytes a record); and the record's version (sixteen).
+/// whole hash matches (eight bytes a record); and the record's version, packed into
+/// eight more.
 #[derive(Debug)]
 struct Slot {
     hash: u64,
     record: Record,
-    version: Version,
+    version: Packed,
+}
+
+/// A version in one word: the source id in the top 16 bits, the seq in the rest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Packed(u64);
+
+/// Seqs stay below this (2^48: nine years of a million IAMATs a second at one
+/// server; a server that reached it would have to start a new incarnation).
+pub const MAX_SEQ: u64 = (1 << 48) - 1;
+
+/// Source ids stay below this, so that a version packs into one word.
+pub const MAX_SOURCE_IDS: usize = 1 << 16;
+
+impl Packed {
+    fn new(v: Version) -> Packed {
+        debug_assert!(v.seq <= MAX_SEQ && (v.source.0 as usize) < MAX_SOURCE_IDS);
+        Packed((u64::from(v.source.0) << 48) | (v.seq & MAX_SEQ))
+    }
+
+    fn get(self) -> Version {
+        Version {
+            source: SourceId((self.0 >> 48) as u32),
+            seq: self.0 & MAX_SEQ,
+        }
+    }
 }
 
 impl Slot {
@@ -293,13 +319,13 @@ impl Store {
             }
             hashbrown::hash_table::Entry::Occupied(mut e) => {
                 let slot = e.get_mut();
-                let old = slot.version;
-                slot.version = version(hash, Some(old));
+                let old = slot.version.get();
+                slot.version = Packed::new(version(hash, Some(old)));
                 slot.record = record;
                 Ok(Some(old))
             }
             hashbrown::hash_table::Entry::Vacant(e) => {
-                let version = version(hash, None);
+                let version = Packed::new(version(hash, None));
                 e.insert(Slot {
                     hash,
                     record,
@@ -334,14 +360,14 @@ impl Store {
         let hash = self.hash(client_id);
         self.shard(hash)
             .find(hash, |s| s.is(hash, client_id))
-            .map(|s| (s.record.clone(), s.version))
+            .map(|s| (s.record.clone(), s.version.get()))
     }
 
     /// The record whose client ID hashes to `hash`, if it is still at `version`
     /// (an index entry is checked against the table, never trusted alone).
     pub fn get_at(&self, hash: u64, version: Version) -> Option<Record> {
         self.shard(hash)
-            .find(hash, |s| s.hash == hash && s.version == version)
+            .find(hash, |s| s.hash == hash && s.version == Packed::new(version))
             .map(|s| s.record.clone())
     }
 
@@ -349,7 +375,7 @@ impl Store {
     pub fn for_each(&self, mut f: impl FnMut(&Record, Version)) {
         for shard in self.shards.iter() {
             for s in crate::lock(shard).iter() {
-                f(&s.record, s.version);
+                f(&s.record, s.version.get());
             }
         }
     }

@@ -156,6 +156,9 @@ impl Floor {
         if !crate::config::valid_name(&f.origin) {
             return Err(BadUpdate::Origin(f.origin.clone()));
         }
+        if f.seq > crate::store::MAX_SEQ {
+            return Err(BadUpdate::VersionSeq(f.seq));
+        }
         Ok(Floor {
             origin: f.origin.as_str().into(),
             incarnation: f.incarnation,
@@ -340,7 +343,7 @@ impl Replica {
         if wire.origin != update.origin {
             return Err(BadUpdate::VersionOrigin.into());
         }
-        if wire.seq == 0 || wire.seq >= 1 << 62 {
+        if wire.seq == 0 || wire.seq > crate::store::MAX_SEQ {
             return Err(BadUpdate::VersionSeq(wire.seq).into());
         }
         let gate = self.gate_shared();

@@ -15,9 +15,10 @@ pub type SourceKey = (Arc<str>, u64);
 /// and the next catch-up's end raises the floor anyway.
 pub const MAX_RUNS: usize = 1024;
 
-/// The most sources a node keeps. Each is one restart of one server whose records
-/// are still current somewhere; a peer that makes a node exceed this is cut off.
-pub const MAX_SOURCES: usize = 65_536;
+/// The most sources a node keeps (a version packs its source id into 16 bits). Each
+/// is one restart of one server whose records are still current somewhere; a peer
+/// that makes a node exceed this is cut off.
+pub const MAX_SOURCES: usize = crate::store::MAX_SOURCE_IDS;
 
 /// Seqs above a floor that are known to be reflected, as runs `start..=end`.
 #[derive(Debug, Default)]
@@ -281,6 +282,10 @@ impl Versions {
 
     /// The next own version (its record is being stored under a shard's lock).
     pub fn next_own(&mut self, hash: u64) -> Version {
+        assert!(
+            self.last < crate::store::MAX_SEQ,
+            "an incarnation's seqs are used up; restart the server"
+        );
         self.last += 1;
         let seq = self.last;
         let own = self.own;
