@@ -367,7 +367,9 @@ impl Store {
     /// (an index entry is checked against the table, never trusted alone).
     pub fn get_at(&self, hash: u64, version: Version) -> Option<Record> {
         self.shard(hash)
-            .find(hash, |s| s.hash == hash && s.version == Packed::new(version))
+            .find(hash, |s| {
+                s.hash == hash && s.version == Packed::new(version)
+            })
             .map(|s| s.record.clone())
     }
 

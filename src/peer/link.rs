@@ -79,6 +79,8 @@ pub struct Superseded {
 /// What waits in a link's queue: a live update (and its encoded size), or the end
 /// marker of a catch-up, queued behind every forward it claims.
 #[derive(Debug)]
+// Nearly every item is an update: boxing it would cost an allocation each.
+#[allow(clippy::large_enum_variant)]
 pub enum Queued {
     Update(Update, usize),
     CaughtUp(CaughtUp),

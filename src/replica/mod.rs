@@ -173,6 +173,9 @@ impl Floor {
     }
 }
 
+/// Runs of seqs, `first..=last`.
+pub type SeqRuns = Vec<(u64, u64)>;
+
 /// The end of a catch-up: floors the receiver may raise its own to.
 pub type CaughtUp = Vec<Floor>;
 
@@ -200,7 +203,7 @@ pub enum Offer<'a> {
 pub struct CatchUp {
     /// The sources to read, each from the neighbour's floor (the cursor of the
     /// first), with the runs above it the neighbour already has.
-    todo: Vec<(SourceId, u64, Vec<(u64, u64)>)>,
+    todo: Vec<(SourceId, u64, SeqRuns)>,
     /// The end marker: this node's floors at the start, where above the neighbour's.
     end: CaughtUp,
     /// Every source is sent from 0: the neighbour's floors were not trusted.
