@@ -264,6 +264,18 @@ impl Metrics {
         }
     }
 
+    pub fn queue_drops_of(&self, neighbour: &str) -> Counter {
+        self.queue_drops
+            .get_or_create(&Metrics::neighbour(neighbour))
+            .clone()
+    }
+
+    pub fn catch_ups_of(&self, neighbour: &str) -> Counter {
+        self.catch_ups
+            .get_or_create(&Metrics::neighbour(neighbour))
+            .clone()
+    }
+
     pub fn queue_drop(&self, neighbour: &str) {
         self.queue_drops
             .get_or_create(&Metrics::neighbour(neighbour))

@@ -52,6 +52,12 @@ pub struct Backbone {
 impl Backbone {
     pub fn new(replica: Replica, config: BackboneConfig, metrics: Arc<Metrics>) -> Backbone {
         let links = Links::new(replica.name(), replica.neighbours(), metrics.clone());
+        for n in replica.neighbours() {
+            // Every series exists (at 0) from the start, before it first bites.
+            metrics.catch_up_sent(n, 0, 0);
+            metrics.queue_drops_of(n);
+            metrics.catch_ups_of(n);
+        }
         Backbone {
             replica,
             links,
