@@ -45,7 +45,9 @@
 //! it), and the start and the end of a catch-up take it exclusively, the end
 //! queueing its marker behind every such forward. If any update for N was dropped
 //! (a full queue) during the catch-up, its end is not sent: the link is repaired by
-//! another catch-up instead.
+//! another catch-up instead. A catch-up belongs to one stream: a stream that ends or
+//! is replaced drops its catch-up unfinished (no end marker), and the new stream
+//! starts over from the floors the neighbour sends on it.
 //!
 //! A catch-up is cheap when nothing is missing: N's vector is a few bytes a source,
 //! and the answer lists only the sources whose floor it raises. The whole table is
