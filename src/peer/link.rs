@@ -362,9 +362,10 @@ impl LinkSlot {
             since: inner.since,
             sent: self.sent.load(Ordering::Relaxed),
             received: self.received.load(Ordering::Relaxed),
-            queued_bytes: inner.active.as_ref().map_or(0, |a| {
-                a.sender.shared.bytes.load(Ordering::Relaxed) as u64
-            }),
+            queued_bytes: inner
+                .active
+                .as_ref()
+                .map_or(0, |a| a.sender.shared.bytes.load(Ordering::Relaxed) as u64),
         }
     }
 
