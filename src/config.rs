@@ -234,6 +234,31 @@ impl Default for GatewayConfig {
     }
 }
 
+/// The backbone's bounds: the herd file's `[backbone]` table. Each field is a key
+/// (named in the comment), with the default [`BackboneConfig::default`] gives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BackboneConfig {
+    /// `queue_bytes`: updates queued for one neighbour, in encoded bytes, before
+    /// new ones are dropped and the link is repaired from floors. Default 4 MiB.
+    pub queue_bytes: usize,
+    /// `max_message_bytes`: the largest message accepted from a neighbour; what
+    /// this server sends is batched to half of it. Default 4 MiB.
+    pub max_message_bytes: usize,
+    /// `anti_entropy_interval_ms`: how often each link sends its floors, so that
+    /// any lost update heals. Default 3000.
+    pub anti_entropy_interval: Duration,
+}
+
+impl Default for BackboneConfig {
+    fn default() -> BackboneConfig {
+        BackboneConfig {
+            queue_bytes: 4 << 20,
+            max_message_bytes: 4 << 20,
+            anti_entropy_interval: Duration::from_millis(3_000),
+        }
+    }
+}
+
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawGateway {
@@ -250,6 +275,49 @@ impl RawGateway {
             return Err("gateway.max_held_reply_bytes must be above 0".into());
         }
         Ok(gateway)
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawBackbone {
+    queue_bytes: Option<usize>,
+    max_message_bytes: Option<usize>,
+    anti_entropy_interval_ms: Option<u64>,
+}
+
+/// The smallest message bound: one update of the largest client line, with room.
+const MIN_MESSAGE_BYTES: usize = 1 << 20;
+
+impl RawBackbone {
+    fn validate(self) -> Result<BackboneConfig, String> {
+        let d = BackboneConfig::default();
+        let b = BackboneConfig {
+            queue_bytes: self.queue_bytes.unwrap_or(d.queue_bytes),
+            max_message_bytes: self.max_message_bytes.unwrap_or(d.max_message_bytes),
+            anti_entropy_interval: self
+                .anti_entropy_interval_ms
+                .map_or(d.anti_entropy_interval, Duration::from_millis),
+        };
+        if !(MIN_MESSAGE_BYTES..=(256 << 20)).contains(&b.max_message_bytes) {
+            return Err(format!(
+                "backbone.max_message_bytes is {}; it must be {MIN_MESSAGE_BYTES} (1 MiB, room for one update of the longest client line) to 268435456 (256 MiB)",
+                b.max_message_bytes
+            ));
+        }
+        if !((64 << 10)..=(1 << 30)).contains(&b.queue_bytes) {
+            return Err(format!(
+                "backbone.queue_bytes is {}; it must be 65536 (64 KiB) to 1073741824 (1 GiB)",
+                b.queue_bytes
+            ));
+        }
+        let ms = b.anti_entropy_interval.as_millis();
+        if !(50..=3_600_000).contains(&ms) {
+            return Err(format!(
+                "backbone.anti_entropy_interval_ms is {ms}; it must be 50 to 3600000"
+            ));
+        }
+        Ok(b)
     }
 }
 
@@ -292,6 +360,7 @@ pub struct HerdConfig {
     pub places: PlacesConfig,
     pub gateway: GatewayConfig,
     pub log: LogConfig,
+    pub backbone: BackboneConfig,
 }
 
 /// The `[log]` table: how the servers' log files are written.
@@ -348,6 +417,8 @@ struct RawHerd {
     gateway: RawGateway,
     #[serde(default)]
     log: RawLog,
+    #[serde(default)]
+    backbone: RawBackbone,
     #[serde(default)]
     server: Vec<RawServer>,
 }
@@ -619,6 +690,7 @@ impl HerdConfig {
         let places = raw.places.validate().map_err(invalid)?;
         let gateway = raw.gateway.validate().map_err(invalid)?;
         let log = raw.log.validate().map_err(invalid)?;
+        let backbone = raw.backbone.validate().map_err(invalid)?;
 
         Ok(HerdConfig {
             origin: origin.to_owned(),
@@ -626,6 +698,7 @@ impl HerdConfig {
             places,
             gateway,
             log,
+            backbone,
         })
     }
 
@@ -920,6 +993,31 @@ max_response_bytes = 65536
         assert!(err(&format!("[log]\nmax_file_bytes = 0\n{TWO}")).contains("max_file_bytes"));
         assert!(err(&format!("[log]\nmax_files = 0\n{TWO}")).contains("max_files"));
         assert!(err(&format!("[log]\nmax_files = 1001\n{TWO}")).contains("max_files"));
+    }
+
+    #[test]
+    fn backbone_defaults_keys_and_bad_figures() {
+        let herd = HerdConfig::parse(TWO, "t.toml").unwrap();
+        assert_eq!(herd.backbone, BackboneConfig::default());
+        assert_eq!(herd.backbone.queue_bytes, 4 << 20);
+        let text = format!(
+            "[backbone]\nqueue_bytes = 100000\nmax_message_bytes = 2000000\nanti_entropy_interval_ms = 500\n{TWO}"
+        );
+        let b = HerdConfig::parse(&text, "t.toml").unwrap().backbone;
+        assert_eq!(
+            b,
+            BackboneConfig {
+                queue_bytes: 100_000,
+                max_message_bytes: 2_000_000,
+                anti_entropy_interval: Duration::from_millis(500),
+            }
+        );
+        let bad = |line: &str| err(&format!("[backbone]\n{line}\n{TWO}"));
+        assert!(bad("queue_bytes = 10").contains("backbone.queue_bytes"));
+        assert!(bad("max_message_bytes = 1000").contains("backbone.max_message_bytes"));
+        assert!(bad("max_message_bytes = 1000000000").contains("backbone.max_message_bytes"));
+        assert!(bad("anti_entropy_interval_ms = 0").contains("backbone.anti_entropy_interval_ms"));
+        assert!(bad("queue = 1").contains("queue"), "unknown keys are named");
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! The operators' view of a server, all on its peer port: the `Inspect` gRPC
-//! service (Watch, Lookup, Links), the standard health service, server reflection
+//! service (Watch, Lookup, Links, Floors), the standard health service, server reflection
 //! (v1 and v1alpha, so any grpcurl works without a .proto file), and Prometheus
 //! metrics at `GET /metrics`.
 
@@ -15,8 +15,8 @@ use crate::{
     node::Node,
     peer::PeerService,
     proto::{
-        self, LinkInfo, LinksReply, LinksRequest, LookupReply, LookupRequest, WatchEvent,
-        WatchRequest, inspect_server::InspectServer,
+        self, FloorsReply, FloorsRequest, LinkInfo, LinksReply, LinksRequest, LookupReply,
+        LookupRequest, WatchEvent, WatchRequest, inspect_server::InspectServer,
     },
 };
 
@@ -62,11 +62,11 @@ impl proto::inspect_server::Inspect for InspectService {
         } else {
             &req.client_id
         };
-        let reply = match self.node.store().get(id) {
-            Some(r) => LookupReply {
+        let reply = match self.node.backbone().replica().get(id) {
+            Some((r, version)) => LookupReply {
                 found: true,
                 at_line: String::from_utf8_lossy(r.line()).into_owned(),
-                record: Some(r.to_update(Vec::new())),
+                record: Some(r.to_update(Vec::new(), Some(version))),
             },
             None => LookupReply::default(),
         };
@@ -89,13 +89,26 @@ impl proto::inspect_server::Inspect for InspectService {
                         .map_or(0, |d| d.as_millis() as u64),
                     updates_sent: v.sent,
                     updates_received: v.received,
-                    queued: v.queued,
+                    queued_bytes: v.queued_bytes,
                 }
             })
             .collect();
         Ok(Response::new(LinksReply {
             server: self.node.name().to_string(),
             links,
+        }))
+    }
+
+    async fn floors(&self, _: Request<FloorsRequest>) -> Result<Response<FloorsReply>, Status> {
+        let replica = self.node.backbone().replica();
+        let (records, digest) = replica.digest();
+        Ok(Response::new(FloorsReply {
+            server: self.node.name().to_string(),
+            incarnation: replica.incarnation(),
+            last_seq: replica.last_own_seq(),
+            floors: replica.floors().iter().map(|f| f.to_proto()).collect(),
+            records,
+            digest: format!("{digest:016x}"),
         }))
     }
 }
@@ -125,7 +138,8 @@ pub fn routes(
         .build_v1alpha()
         .expect("the compiled-in descriptor sets are valid");
     let metrics_node = node.clone();
-    let routes = Routes::new(PeerService::new(node.clone(), shutdown.clone(), tasks).into_server())
+    let peers = PeerService::new(node.backbone().clone(), shutdown.clone(), tasks);
+    let routes = Routes::new(peers.into_server())
         .add_service(InspectServer::new(InspectService { node, shutdown }))
         .add_service(health)
         .add_service(reflection_v1)

@@ -9,9 +9,12 @@
 //!   [`wire::Command`] out; replies byte for byte.
 //! - [`gateway`]: the accept loop and per-connection task; runs the framer on each read
 //!   and turns lines into [`node::Node`] calls.
-//! - [`node`]: one server: its store, the flood decision, and the calls the gateway and peers make.
-//! - [`store`]: client records and "is this newer?".
-//! - [`peer`]: the gRPC backbone: the `Link` service, the dialer per neighbour, link states.
+//! - [`node`]: one server as its clients see it: IAMAT and WHATSAT over the replicated table.
+//! - [`replica`]: the replication protocol as pure code: versions, floors, the flood
+//!   decision, what a catch-up sends; with its seeded simulation tests.
+//! - [`store`]: client records, "is this newer?", and each record's version.
+//! - [`peer`]: the gRPC backbone: the `Link` service, the dialer per neighbour, link states,
+//!   byte-bounded queues, catch-ups and anti-entropy over the links.
 //! - [`places`]: the tower stack around the places providers (the embedded offline dataset,
 //!   Google Places).
 //! - [`config`]: the herd file, validated before any port is bound.
@@ -36,6 +39,7 @@ pub mod peer;
 pub mod places;
 pub mod probe;
 pub mod proc_metrics;
+pub mod replica;
 pub mod server;
 pub mod status;
 pub mod store;

@@ -30,6 +30,11 @@ pub struct LinkLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NeighbourLabels {
+    pub neighbour: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PlacesLabels {
     /// The answer's status word: one of [`PLACES_STATUSES`], else `OTHER`.
     pub status: &'static str,
@@ -81,6 +86,14 @@ pub struct Metrics {
     pub updates_forwarded: Counter,
     pub updates_duplicate: Counter,
     pub link_changes: Family<LinkLabels, Counter>,
+    pub queue_drops: Family<NeighbourLabels, Counter>,
+    pub catch_ups: Family<NeighbourLabels, Counter>,
+    pub catch_up_records: Family<NeighbourLabels, Counter>,
+    pub catch_up_bytes: Family<NeighbourLabels, Counter>,
+    pub catch_ups_full: Counter,
+    pub catch_ups_aborted: Counter,
+    pub anti_entropy_rounds: Counter,
+    pub backbone_oversize: Counter,
     pub places_requests: Family<PlacesLabels, Counter>,
     pub places_latency: Histogram,
     pub places_cache_hits: Counter,
@@ -118,6 +131,14 @@ impl Metrics {
             updates_forwarded: Counter::default(),
             updates_duplicate: Counter::default(),
             link_changes: Family::default(),
+            queue_drops: Family::default(),
+            catch_ups: Family::default(),
+            catch_up_records: Family::default(),
+            catch_up_bytes: Family::default(),
+            catch_ups_full: Counter::default(),
+            catch_ups_aborted: Counter::default(),
+            anti_entropy_rounds: Counter::default(),
+            backbone_oversize: Counter::default(),
             places_requests: Family::default(),
             places_latency: Histogram::new(exponential_buckets(0.000_05, 2.0, 18)),
             places_cache_hits: Counter::default(),
@@ -190,6 +211,46 @@ impl Metrics {
             m.link_changes.clone(),
         );
         r.register(
+            "backbone_queue_drops",
+            "Updates dropped because a neighbour's queue was at its byte budget (the link is then repaired from floors)",
+            m.queue_drops.clone(),
+        );
+        r.register(
+            "backbone_catch_ups",
+            "Catch-ups started to a neighbour (at link-up, on its anti-entropy floors, or to repair dropped updates)",
+            m.catch_ups.clone(),
+        );
+        r.register(
+            "backbone_catch_up_records",
+            "Records sent to a neighbour by catch-ups",
+            m.catch_up_records.clone(),
+        );
+        r.register(
+            "backbone_catch_up_bytes",
+            "Encoded bytes of the records sent to a neighbour by catch-ups",
+            m.catch_up_bytes.clone(),
+        );
+        r.register(
+            "backbone_full_table_catch_ups",
+            "Catch-ups that sent the whole table because a neighbour's floors could not be trusted",
+            m.catch_ups_full.clone(),
+        );
+        r.register(
+            "backbone_catch_ups_aborted",
+            "Catch-ups whose end was not sent because updates were dropped meanwhile",
+            m.catch_ups_aborted.clone(),
+        );
+        r.register(
+            "backbone_anti_entropy_rounds",
+            "Floor vectors sent to neighbours on the anti-entropy timer",
+            m.anti_entropy_rounds.clone(),
+        );
+        r.register(
+            "backbone_oversize_messages",
+            "Links cut because a neighbour sent a message above max_message_bytes",
+            m.backbone_oversize.clone(),
+        );
+        r.register(
             "places_requests",
             "Places lookups by answer status",
             m.places_requests.clone(),
@@ -256,6 +317,45 @@ impl Metrics {
                 state,
             })
             .inc();
+    }
+
+    fn neighbour(neighbour: &str) -> NeighbourLabels {
+        NeighbourLabels {
+            neighbour: neighbour.to_owned(),
+        }
+    }
+
+    pub fn queue_drops_of(&self, neighbour: &str) -> Counter {
+        self.queue_drops
+            .get_or_create(&Metrics::neighbour(neighbour))
+            .clone()
+    }
+
+    pub fn catch_ups_of(&self, neighbour: &str) -> Counter {
+        self.catch_ups
+            .get_or_create(&Metrics::neighbour(neighbour))
+            .clone()
+    }
+
+    pub fn queue_drop(&self, neighbour: &str) {
+        self.queue_drops
+            .get_or_create(&Metrics::neighbour(neighbour))
+            .inc();
+    }
+
+    pub fn catch_up_started(&self, neighbour: &str, full: bool) {
+        self.catch_ups
+            .get_or_create(&Metrics::neighbour(neighbour))
+            .inc();
+        if full {
+            self.catch_ups_full.inc();
+        }
+    }
+
+    pub fn catch_up_sent(&self, neighbour: &str, records: u64, bytes: u64) {
+        let labels = Metrics::neighbour(neighbour);
+        self.catch_up_records.get_or_create(&labels).inc_by(records);
+        self.catch_up_bytes.get_or_create(&labels).inc_by(bytes);
     }
 
     pub fn places(&self, status: &str, took: Duration) {

@@ -92,7 +92,12 @@ async fn serve(
     for notice in &herd.places.deprecated {
         tracing::warn!("{notice}");
     }
-    let node = Arc::new(Node::new(me.name.clone(), me.neighbours.clone(), places));
+    let node = Arc::new(Node::new(
+        me.name.clone(),
+        me.neighbours.clone(),
+        places,
+        herd.backbone.clone(),
+    ));
     let tasks = TaskTracker::new();
     let shown = |a: std::io::Result<std::net::SocketAddr>| a.map_or("?".into(), |a| a.to_string());
     let client_addr = shown(listeners.client.local_addr());
@@ -137,7 +142,9 @@ async fn serve(
             Ok(n) => n.peer_uri(),
             Err(_) => continue,
         };
-        tasks.spawn(peer::dial::run(node.clone(), slot, uri, shutdown.clone()).in_current_span());
+        tasks.spawn(
+            peer::dial::run(node.backbone().clone(), slot, uri, shutdown.clone()).in_current_span(),
+        );
     }
 
     // The gateway is accepting: say so to health checkers.

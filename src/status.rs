@@ -287,7 +287,7 @@ pub fn render_text(st: &HerdStatus) -> String {
                 since(l.since_unix_ms),
                 l.updates_sent.to_string(),
                 l.updates_received.to_string(),
-                l.queued.to_string(),
+                l.queued_bytes.to_string(),
             ]);
         }
         if s.health.is_err() {
@@ -326,8 +326,8 @@ pub fn render_text(st: &HerdStatus) -> String {
     );
     out.push_str(
         "\nUPDATES/S: records the server applied per second (its own IAMATs and newer updates \
-         from neighbours) between two scrapes.\nQUEUED: updates waiting to be sent to that \
-         neighbour now: the link's lag, in updates.\n",
+         from neighbours) between two scrapes.\nQUEUED: bytes of updates waiting to be sent to \
+         that neighbour now: the link's lag.\n",
     );
     out
 }
@@ -388,7 +388,7 @@ pub fn render_json(st: &HerdStatus) -> serde_json::Value {
                     "since_unix_ms": l.since_unix_ms,
                     "updates_sent": l.updates_sent,
                     "updates_received": l.updates_received,
-                    "queued": l.queued,
+                    "queued_bytes": l.queued_bytes,
                 })).collect::<Vec<_>>(),
             })
         })

@@ -1,5 +1,7 @@
 //! Client records: one per client, the newest by client time, and the total order
-//! that makes every server converge on the same record.
+//! that makes every server converge on the same record. Each stored record carries
+//! its [`Version`] (which server made it, when); `crate::replica` keeps the index
+//! from versions to records and decides what a version is.
 
 use std::{cmp::Ordering, hash::BuildHasher as _, sync::Mutex};
 
@@ -33,6 +35,12 @@ pub enum BadUpdate {
     NoLabel,
     #[error("label does not match the update's time and origin")]
     LabelMismatch,
+    #[error("version is missing")]
+    NoVersion,
+    #[error("version names another origin than the update")]
+    VersionOrigin,
+    #[error("version seq {0} is out of range")]
+    VersionSeq(u64),
 }
 
 impl Record {
@@ -94,8 +102,8 @@ impl Record {
         Ok(Record::from_iamat(&u.origin, &u.time_diff, &cmd))
     }
 
-    /// The update that carries this record to neighbours.
-    pub fn to_update(&self, seen: Vec<String>) -> proto::Update {
+    /// The update that carries this record to neighbours, with its version.
+    pub fn to_update(&self, seen: Vec<String>, version: Option<proto::Version>) -> proto::Update {
         let [_, origin, diff, id, location, time] = self.field_ranges();
         let origin = String::from_utf8_lossy(&self.line[origin]).into_owned();
         let client_time = self.time();
@@ -113,6 +121,7 @@ impl Record {
             }),
             origin,
             seen,
+            version,
         }
     }
 
@@ -197,11 +206,38 @@ type Shard = hashbrown::HashTable<Slot>;
 
 /// A record and the hash of its client ID, kept so that growing a table never reads
 /// the records again (each a cache miss) and a probe reads a record only when the
-/// whole hash matches. Eight bytes a record.
+/// whole hash matches (eight bytes a record); and the record's version, packed into
+/// eight more.
 #[derive(Debug)]
 struct Slot {
     hash: u64,
     record: Record,
+    version: Packed,
+}
+
+/// A version in one word: the source id in the top 16 bits, the seq in the rest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Packed(u64);
+
+/// Seqs stay below this (2^48: nine years of a million IAMATs a second at one
+/// server; a server that reached it would have to start a new incarnation).
+pub const MAX_SEQ: u64 = (1 << 48) - 1;
+
+/// Source ids stay below this, so that a version packs into one word.
+pub const MAX_SOURCE_IDS: usize = 1 << 16;
+
+impl Packed {
+    fn new(v: Version) -> Packed {
+        debug_assert!(v.seq <= MAX_SEQ && (v.source.0 as usize) < MAX_SOURCE_IDS);
+        Packed((u64::from(v.source.0) << 48) | (v.seq & MAX_SEQ))
+    }
+
+    fn get(self) -> Version {
+        Version {
+            source: SourceId((self.0 >> 48) as u32),
+            seq: self.0 & MAX_SEQ,
+        }
+    }
 }
 
 impl Slot {
@@ -209,6 +245,23 @@ impl Slot {
         self.hash == hash && self.record.client_id() == client_id
     }
 }
+
+/// Which of a node's sources (an origin server and one incarnation of it, numbered
+/// by `crate::replica`) made a record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SourceId(pub u32);
+
+/// A record's version as this node numbers it: its source and the sequence number
+/// the origin gave it. Never reused for another record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Version {
+    pub source: SourceId,
+    pub seq: u64,
+}
+
+/// What an offer did: the record was stored (replacing the version `old`, if the
+/// client had one), or the stored record stays, and is returned.
+pub type Offered = Result<Option<Version>, Record>;
 
 /// Every client's record, sharded so connections rarely wait on one another.
 #[derive(Debug)]
@@ -246,12 +299,16 @@ impl Store {
     }
 
     /// Stores `record` unless `keep_old(&record, stored)` says the stored one stays,
-    /// in which case that is returned.
-    fn offer(
+    /// in which case that is returned. When it is stored, `version` is called first,
+    /// under the shard's lock, with the hash of the client ID and the replaced
+    /// version: what it returns is the record's version, and whatever index it keeps
+    /// changes in the same critical section as the table.
+    pub fn offer(
         &self,
         record: Record,
         keep_old: impl FnOnce(&Record, &Record) -> bool,
-    ) -> Result<(), Record> {
+        version: impl FnOnce(u64, Option<Version>) -> Version,
+    ) -> Offered {
         let id = record.client_id();
         let hash = self.hash(id);
         let mut shard = self.shard(hash);
@@ -261,27 +318,34 @@ impl Store {
                 Err(e.get().record.clone())
             }
             hashbrown::hash_table::Entry::Occupied(mut e) => {
-                e.get_mut().record = record;
-                Ok(())
+                let slot = e.get_mut();
+                let old = slot.version.get();
+                slot.version = Packed::new(version(hash, Some(old)));
+                slot.record = record;
+                Ok(Some(old))
             }
             hashbrown::hash_table::Entry::Vacant(e) => {
-                e.insert(Slot { hash, record });
-                Ok(())
+                let version = Packed::new(version(hash, None));
+                e.insert(Slot {
+                    hash,
+                    record,
+                    version,
+                });
+                Ok(None)
             }
         }
     }
 
-    /// An IAMAT's record, whose client time is `time`: stored when that is newer
-    /// than the stored record's; otherwise the stored record is returned and
-    /// nothing changes.
-    pub fn offer_iamat(&self, record: Record, time: &ClientTime) -> Result<(), Record> {
-        self.offer(record, |_, old| *time <= old.time())
+    /// An IAMAT's keep rule: the stored record stays unless `time` (the new
+    /// record's client time) is newer.
+    pub fn iamat_keeps_old(time: &ClientTime) -> impl FnOnce(&Record, &Record) -> bool + '_ {
+        move |_, old| *time <= old.time()
     }
 
-    /// A peer's record: stored when it is above the stored one in the herd's order.
-    pub fn offer_update(&self, record: Record) -> bool {
-        self.offer(record, |new, old| new.order(old) != Ordering::Greater)
-            .is_ok()
+    /// A peer's keep rule: the stored record stays unless the new one is above it
+    /// in the herd's order.
+    pub fn update_keeps_old(new: &Record, old: &Record) -> bool {
+        new.order(old) != Ordering::Greater
     }
 
     pub fn get(&self, client_id: &[u8]) -> Option<Record> {
@@ -291,12 +355,31 @@ impl Store {
             .map(|s| s.record.clone())
     }
 
-    /// The records of shard `i`, None past the last shard: a neighbour's catch-up
-    /// goes shard by shard, so it never copies the whole store at once.
-    pub fn snapshot_part(&self, i: usize) -> Option<Vec<Record>> {
-        let shard = self.shards.get(i)?;
-        let shard = crate::lock(shard);
-        Some(shard.iter().map(|s| s.record.clone()).collect())
+    /// A client's record and its version.
+    pub fn get_versioned(&self, client_id: &[u8]) -> Option<(Record, Version)> {
+        let hash = self.hash(client_id);
+        self.shard(hash)
+            .find(hash, |s| s.is(hash, client_id))
+            .map(|s| (s.record.clone(), s.version.get()))
+    }
+
+    /// The record whose client ID hashes to `hash`, if it is still at `version`
+    /// (an index entry is checked against the table, never trusted alone).
+    pub fn get_at(&self, hash: u64, version: Version) -> Option<Record> {
+        self.shard(hash)
+            .find(hash, |s| {
+                s.hash == hash && s.version == Packed::new(version)
+            })
+            .map(|s| s.record.clone())
+    }
+
+    /// Every record and its version, shard by shard (tests and checks).
+    pub fn for_each(&self, mut f: impl FnMut(&Record, Version)) {
+        for shard in self.shards.iter() {
+            for s in crate::lock(shard).iter() {
+                f(&s.record, s.version.get());
+            }
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -332,7 +415,7 @@ mod tests {
             r.line(),
             b"AT Goloman +0.100000000 kiwi +34.068930-118.445127 1520023934.918963997"
         );
-        let u = r.to_update(vec!["Goloman".into()]);
+        let u = r.to_update(vec!["Goloman".into()], None);
         assert_eq!(&u.client_id[..], b"kiwi");
         assert_eq!(u.label.as_ref().unwrap().seconds, "1520023934");
         assert_eq!(u.label.as_ref().unwrap().nanos, 918963997);
@@ -343,7 +426,7 @@ mod tests {
 
     #[test]
     fn bad_updates_are_refused() {
-        let good = rec("Hands", "k", "+1+1", "5.5").to_update(vec![]);
+        let good = rec("Hands", "k", "+1+1", "5.5").to_update(vec![], None);
         let mut u = good.clone();
         u.client_id = Bytes::from_static(b"a b");
         assert!(matches!(Record::from_update(&u), Err(BadUpdate::Fields(_))));
@@ -371,9 +454,15 @@ mod tests {
         assert!(Record::from_update(&good).is_ok());
     }
 
+    const V: Version = Version {
+        source: SourceId(0),
+        seq: 1,
+    };
+
     fn offer(s: &Store, r: Record) -> Result<(), Record> {
         let time = r.time();
-        s.offer_iamat(r, &time)
+        s.offer(r, Store::iamat_keeps_old(&time), |_, _| V)
+            .map(drop)
     }
 
     #[test]
@@ -408,7 +497,7 @@ mod tests {
         for order in orders {
             let s = Store::new();
             for i in order {
-                s.offer_update(recs[i].clone());
+                let _ = s.offer(recs[i].clone(), Store::update_keeps_old, |_, _| V);
             }
             assert!(
                 s.get(b"c").unwrap().line().starts_with(b"AT Hands "),
@@ -418,19 +507,42 @@ mod tests {
     }
 
     #[test]
-    fn snapshot_holds_every_record() {
+    fn versions_are_kept_and_checked() {
         let s = Store::new();
-        for i in 0..100 {
-            offer(&s, rec("A", &format!("c{i}"), "+1+1", "1")).unwrap();
-        }
-        let mut ids: Vec<Vec<u8>> = (0..)
-            .map_while(|i| s.snapshot_part(i))
-            .flatten()
-            .map(|r| r.client_id().to_vec())
-            .collect();
-        ids.sort();
-        ids.dedup();
-        assert_eq!(ids.len(), 100);
+        let v = |seq| Version {
+            source: SourceId(3),
+            seq,
+        };
+        let r = rec("A", "c", "+1+1", "1");
+        let mut seen_hash = 0;
+        let out = s.offer(r.clone(), Store::update_keeps_old, |h, old| {
+            seen_hash = h;
+            assert_eq!(old, None);
+            v(7)
+        });
+        assert_eq!(out, Ok(None));
+        assert_eq!(s.get_versioned(b"c").unwrap().1, v(7));
+        assert!(s.get_at(seen_hash, v(7)).is_some());
+        let newer = rec("B", "c", "+1+1", "2");
+        let out = s.offer(newer, Store::update_keeps_old, |_, old| {
+            assert_eq!(old, Some(v(7)));
+            v(9)
+        });
+        assert_eq!(out, Ok(Some(v(7))));
+        assert!(
+            s.get_at(seen_hash, v(7)).is_none(),
+            "the old version is gone"
+        );
+        assert!(s.get_at(seen_hash, v(9)).is_some());
+        // A record that loses keeps the table and the version as they were.
+        let out = s.offer(r, Store::update_keeps_old, |_, _| unreachable!());
+        assert!(out.unwrap_err().line().starts_with(b"AT B "));
+        let mut n = 0;
+        s.for_each(|_, ver| {
+            n += 1;
+            assert_eq!(ver, v(9));
+        });
+        assert_eq!(n, 1);
     }
 
     #[test]

@@ -20,6 +20,7 @@ use tokio::{
 use super::{
     BenchError, LoadArgs, Target,
     conn::{self, Conn},
+    progress::Progress,
     report::{Latency, LoadReport, Tally},
     server_rss_kb,
     workload::{
@@ -142,16 +143,28 @@ pub(crate) async fn run(plan: &Plan, mut generator: impl FnMut(usize) -> Generat
         timeout: plan.timeout,
         depth: plan.depth,
     };
+    let length = match plan.stop {
+        Stop::After(d) => plan.warmup + d,
+        Stop::Requests(_) => plan.time_limit,
+    };
+    let progress = Progress::for_run(length);
+    let shown = progress
+        .clone()
+        .map(|p| tokio::spawn(p.show(start.into(), plan.warmup)));
     let mut running = JoinSet::new();
     for (i, stream) in streams {
         let g = generator(i);
-        running.spawn(drive(stream, g, schedule, per_conn(i)));
+        running.spawn(drive(stream, g, schedule, per_conn(i), progress.clone()));
     }
     while let Some(joined) = running.join_next().await {
         match joined {
             Ok(t) => total.merge(&t),
             Err(e) => eprintln!("herd-bench: a connection task failed: {e}"),
         }
+    }
+    if let Some(shown) = shown {
+        shown.abort();
+        Progress::clear();
     }
     // `merge` sums the error total; make sure it is right even with no connection at all.
     total.merge(&Tally::new());
@@ -186,6 +199,7 @@ async fn drive(
     mut generator: Generator,
     s: Schedule,
     mut quota: Option<u64>,
+    progress: Option<Arc<Progress>>,
 ) -> Tally {
     let codec = generator.codec();
     let mut tally = Tally::new();
@@ -255,8 +269,16 @@ async fn drive(
             }
         }
         let now = Instant::now();
+        // For the progress line: replies of this read, and their summed latency.
+        let (mut replies, mut latency) = (0u64, Duration::ZERO);
         loop {
             match codec.frame(&buf) {
+                Frame::More if progress.is_some() => {
+                    if let Some(p) = &progress {
+                        p.add(replies, latency);
+                    }
+                    break;
+                }
                 Frame::More => break,
                 Frame::Broken => {
                     tally.errors.malformed += 1;
@@ -267,6 +289,8 @@ async fn drive(
                 Frame::Reply(len) => {
                     match in_flight.pop_front() {
                         Some(req) => {
+                            replies += 1;
+                            latency += now - req.sent;
                             if req.measured {
                                 judged += 1;
                                 let sample = codec.op == Op::Whatsat

@@ -21,6 +21,7 @@
 mod conn;
 mod connections;
 mod load;
+mod progress;
 mod propagation;
 mod redis;
 mod report;
@@ -314,8 +315,15 @@ fn run(args: &BenchArgs) -> ExitCode {
     }
 }
 
-/// A run that measured nothing says so, rather than passing for a clean one.
+/// A run that could not run at all (no connection opened, or nothing measured) is an
+/// error (exit 1) with no table: a table of zeros would read like a measurement.
 fn measured_something(r: &report::LoadReport) -> Result<u64, BenchError> {
+    if r.requests == 0 && r.connections > 0 && r.errors.connect == r.connections as u64 {
+        return Err(BenchError::Run(format!(
+            "could not run: none of the {} connections to {} could be opened",
+            r.connections, r.addr
+        )));
+    }
     if r.requests == 0 && r.errors.total == 0 {
         return Err(BenchError::Run(
             "nothing was measured: no request sent after the warm-up was answered in time; \
@@ -336,8 +344,9 @@ async fn scenario(s: &Scenario, json: bool) -> Result<u64, BenchError> {
             ..
         } => {
             let r = load::iamat(target, load, *clients).await?;
+            let errors = measured_something(&r)?;
             report::emit(&r, json, report::LoadReport::table);
-            measured_something(&r)
+            Ok(errors)
         }
         Scenario::Whatsat {
             target,
@@ -361,8 +370,9 @@ async fn scenario(s: &Scenario, json: bool) -> Result<u64, BenchError> {
                 bound: *bound,
             };
             let r = load::whatsat(target, load, area).await?;
+            let errors = measured_something(&r)?;
             report::emit(&r, json, report::LoadReport::table);
-            measured_something(&r)
+            Ok(errors)
         }
         Scenario::Propagation {
             at,
@@ -447,8 +457,9 @@ async fn scenario(s: &Scenario, json: bool) -> Result<u64, BenchError> {
                 time_limit: *time_limit,
             };
             let r = load::records(target, *records, &load, *server_pid).await?;
+            let errors = measured_something(&r)?;
             report::emit(&r, json, report::LoadReport::table);
-            measured_something(&r)
+            Ok(errors)
         }
         Scenario::LoadRedisPlaces {
             addr,

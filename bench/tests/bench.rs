@@ -222,22 +222,8 @@ async fn wrong_answers_are_errors() {
     assert_eq!(code, 3);
     assert_eq!(r["errors"]["missing"], 6, "{r}");
 
-    // Nobody listening: connection failures.
+    // Nobody listening at all: see a_run_that_cannot_connect_exits_1_with_no_report.
     drop(silent);
-    let (code, r) = bench(&[
-        "iamat",
-        "--addr",
-        &addr,
-        "-c",
-        "3",
-        "--duration",
-        "100ms",
-        "--warmup",
-        "0s",
-    ])
-    .await;
-    assert_eq!(code, 3);
-    assert_eq!(r["errors"]["connect"], 3, "{r}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -337,4 +323,32 @@ async fn propagation_across_the_herd() {
     let b = &r["background"];
     assert!(b["sent"].as_u64().unwrap() > 0, "{r}");
     assert_eq!(b["sent"], b["answered"], "{r}");
+}
+
+/// A run that cannot run at all (nothing listens) exits 1 with its reason and no
+/// report: a table (or JSON) of zeros would read like a measurement.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_that_cannot_connect_exits_1_with_no_report() {
+    // A port that was just free: bound, then released.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    for json in [false, true] {
+        let mut args = vec!["iamat", "--addr", &addr, "-c", "3", "--duration", "1s"];
+        if json {
+            args.push("--json");
+        }
+        let out = run_bench(&args).await;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(
+            out.stdout.is_empty(),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        assert!(stderr.contains("could not run"), "{stderr}");
+    }
 }

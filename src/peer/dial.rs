@@ -13,10 +13,10 @@ use tower::{
 };
 
 use super::{
-    FROM_HEADER, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, MAX_MESSAGE, TO_HEADER, drive,
+    Backbone, FROM_HEADER, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, TO_HEADER, drive,
     link::{Dialer, LinkSlot, LinkState, outbound},
 };
-use crate::{node::Node, proto::peer_client::PeerClient};
+use crate::proto::peer_client::PeerClient;
 
 /// Why one dial attempt ended without a live stream.
 #[derive(Debug, thiserror::Error)]
@@ -36,7 +36,12 @@ pub const BACKOFF_MIN: Duration = Duration::from_millis(100);
 pub const BACKOFF_MAX: Duration = Duration::from_secs(2);
 
 /// Keeps the link to `slot`'s neighbour at `uri` up until `shutdown`.
-pub async fn run(node: Arc<Node>, slot: Arc<LinkSlot>, uri: String, shutdown: CancellationToken) {
+pub async fn run(
+    node: Arc<Backbone>,
+    slot: Arc<LinkSlot>,
+    uri: String,
+    shutdown: CancellationToken,
+) {
     // Jittered, so a herd that restarts together does not redial in lockstep.
     let mut maker =
         ExponentialBackoffMaker::new(BACKOFF_MIN, BACKOFF_MAX, 0.5, HasherRng::default())
@@ -93,7 +98,7 @@ pub async fn run(node: Arc<Node>, slot: Arc<LinkSlot>, uri: String, shutdown: Ca
 /// One dial: connect, open the stream, adopt it, and drive it until it ends.
 /// Returns how long the stream was live.
 async fn once(
-    node: &Arc<Node>,
+    node: &Arc<Backbone>,
     slot: &Arc<LinkSlot>,
     uri: &str,
     shutdown: &CancellationToken,
@@ -113,17 +118,21 @@ async fn once(
     let (adopted_tx, adopted_rx) = oneshot::channel();
     let cancel = shutdown.child_token();
     let (sender, out) = outbound(
-        node.catch_up(),
+        node.clone(),
+        slot.peer().clone(),
         adopted_rx.map(|adopted| adopted.unwrap_or(false)),
         cancel.clone(),
     );
+    let shared = sender.shared();
     let mut req = Request::new(out);
-    let me = MetadataValue::try_from(&**node.name()).map_err(|_| DialError::Address(uri.into()))?;
+    let me = MetadataValue::try_from(&**node.replica().name())
+        .map_err(|_| DialError::Address(uri.into()))?;
     let to = MetadataValue::try_from(&**slot.peer()).map_err(|_| DialError::Address(uri.into()))?;
     req.metadata_mut().insert(FROM_HEADER, me);
     req.metadata_mut().insert(TO_HEADER, to);
 
-    let mut client = PeerClient::new(channel).max_decoding_message_size(MAX_MESSAGE);
+    let mut client =
+        PeerClient::new(channel).max_decoding_message_size(node.config().max_message_bytes);
     let response = tokio::select! {
         r = client.link(req) => r?,
         _ = shutdown.cancelled() => return Ok(Duration::ZERO),
@@ -142,6 +151,7 @@ async fn once(
         node.clone(),
         slot.clone(),
         id,
+        shared,
         response.into_inner(),
         cancel,
     )

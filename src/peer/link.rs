@@ -12,29 +12,27 @@ use std::{
     fmt,
     sync::{
         Arc, Mutex, MutexGuard,
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
     },
     time::SystemTime,
 };
 
 use futures_util::{Stream, StreamExt as _, future::BoxFuture, stream};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Notify, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
+use super::Backbone;
 use crate::{
     metrics::Metrics,
-    proto::{LinkMessage, Update},
+    proto::{Floors, LinkMessage, Update},
+    replica::{CaughtUp, Floor, LinkSync, SyncStep},
 };
 
-/// Updates waiting for one neighbour. When a neighbour falls this far behind, new
-/// updates are dropped and the stream sends a fresh catch-up instead (memory stays
-/// bounded and nothing is lost).
-pub const QUEUE: usize = 65_536;
 /// Why a link went down when the neighbour ended the stream cleanly.
 pub const NEIGHBOUR_CLOSED: &str = "neighbour closed the stream";
 
-/// Updates per message on the wire.
-pub const BATCH: usize = 256;
+/// Updates per message on the wire, at most (messages are also kept under a byte size).
+pub const BATCH: usize = 4096;
 
 /// What the link to one neighbour is doing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -81,12 +79,65 @@ pub struct Superseded {
     pub kept: Arc<str>,
 }
 
+/// What waits in a link's queue: a live update (and its encoded size), or the end
+/// marker of a catch-up, queued behind every forward it claims.
+#[derive(Debug)]
+// Nearly every item is an update: boxing it would cost an allocation each.
+#[allow(clippy::large_enum_variant)]
+pub enum Queued {
+    Update(Update, usize),
+    CaughtUp(CaughtUp),
+}
+
+/// What one stream's sending and receiving halves share.
+#[derive(Debug)]
+pub struct LinkShared {
+    /// Bytes of updates queued and not yet taken by the stream.
+    bytes: AtomicUsize,
+    budget: usize,
+    /// Updates dropped on a full queue: the stream repairs the link from floors.
+    drops: AtomicU64,
+    /// Set while a full queue is being reported, so it is logged once per episode.
+    overflowing: AtomicBool,
+    /// The neighbour's latest floor vector, for the sending half.
+    floors: Mutex<Option<Vec<Floor>>>,
+    wake: Notify,
+}
+
+impl LinkShared {
+    fn new(budget: usize) -> LinkShared {
+        LinkShared {
+            bytes: AtomicUsize::new(0),
+            budget,
+            drops: AtomicU64::new(0),
+            overflowing: AtomicBool::new(false),
+            floors: Mutex::new(None),
+            wake: Notify::new(),
+        }
+    }
+
+    /// The neighbour sent its floors: the sending half catches it up from them.
+    pub fn floors_received(&self, floors: Vec<Floor>) {
+        *crate::lock(&self.floors) = Some(floors);
+        self.wake.notify_one();
+    }
+
+    pub fn drops(&self) -> u64 {
+        self.drops.load(Ordering::Acquire)
+    }
+}
+
 /// The sending half of one stream: what the slot queues updates into.
 #[derive(Debug, Clone)]
 pub struct Sender {
-    tx: mpsc::Sender<Update>,
-    /// Set when an update could not be queued: the stream owes a full catch-up.
-    resync: Arc<AtomicBool>,
+    tx: mpsc::UnboundedSender<Queued>,
+    shared: Arc<LinkShared>,
+}
+
+impl Sender {
+    pub fn shared(&self) -> Arc<LinkShared> {
+        self.shared.clone()
+    }
 }
 
 #[derive(Debug)]
@@ -126,8 +177,8 @@ pub struct LinkView {
     pub since: SystemTime,
     pub sent: u64,
     pub received: u64,
-    /// Updates waiting to be sent on the live stream.
-    pub queued: u64,
+    /// Encoded bytes of updates waiting to be sent on the live stream.
+    pub queued_bytes: u64,
 }
 
 impl LinkSlot {
@@ -260,26 +311,34 @@ impl LinkSlot {
         self.state.subscribe()
     }
 
-    /// Queues an update for the neighbour, never waiting. When the neighbour has
-    /// fallen a whole queue behind, the update is dropped and the stream owes it a
-    /// fresh catch-up, which carries the dropped update's record too.
+    /// Queues an update for the neighbour, never waiting. When the updates queued
+    /// for it would pass the byte budget, the update is dropped and the stream
+    /// repairs the link from the neighbour's floors (never the whole table).
     pub fn send(&self, update: Update) -> bool {
         let mut inner = self.lock();
         let Some(active) = &inner.active else {
             return false;
         };
-        match active.sender.tx.try_send(update) {
+        let shared = &active.sender.shared;
+        let size = prost::Message::encoded_len(&update);
+        if shared.bytes.load(Ordering::Acquire) + size > shared.budget {
+            shared.drops.fetch_add(1, Ordering::AcqRel);
+            if let Some(m) = &self.metrics {
+                m.queue_drop(&self.peer);
+            }
+            if !shared.overflowing.swap(true, Ordering::AcqRel) {
+                tracing::warn!(peer = %self.peer, link = active.id, budget = shared.budget, "neighbour's queue is full; dropping updates, the link will be repaired from floors");
+            }
+            shared.wake.notify_one();
+            return false;
+        }
+        shared.bytes.fetch_add(size, Ordering::AcqRel);
+        match active.sender.tx.send(Queued::Update(update, size)) {
             Ok(()) => {
                 self.sent.fetch_add(1, Ordering::Relaxed);
                 true
             }
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                if !active.sender.resync.swap(true, Ordering::AcqRel) {
-                    tracing::warn!(peer = %self.peer, link = active.id, "neighbour fell a whole queue behind; a fresh catch-up will follow");
-                }
-                false
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => {
+            Err(_) => {
                 let id = active.id;
                 if let Some(old) = inner.active.take() {
                     old.cancel.cancel();
@@ -303,9 +362,10 @@ impl LinkSlot {
             since: inner.since,
             sent: self.sent.load(Ordering::Relaxed),
             received: self.received.load(Ordering::Relaxed),
-            queued: inner.active.as_ref().map_or(0, |a| {
-                (a.sender.tx.max_capacity() - a.sender.tx.capacity()) as u64
-            }),
+            queued_bytes: inner
+                .active
+                .as_ref()
+                .map_or(0, |a| a.sender.shared.bytes.load(Ordering::Relaxed) as u64),
         }
     }
 
@@ -368,37 +428,47 @@ impl Links {
     }
 }
 
-/// The records one end sends a neighbour to catch it up, in parts: `part(i)` is
-/// the i-th part (one store shard, as updates), None past the last.
-pub type CatchUp = Arc<dyn Fn(usize) -> Option<Vec<Update>> + Send + Sync>;
-
 /// Makes one stream's two halves: the [`Sender`] to adopt into the slot, and what
 /// this end sends on the wire. Once `start` fires (the stream was adopted; dropping
-/// it ends the stream unsent) it sends a catch-up, every record it holds part by
-/// part, then every queued update, batched, and another whole catch-up whenever
-/// updates had to be dropped. It ends when `cancel` fires.
+/// it ends the stream unsent) it sends this server's floors, then every queued
+/// update, batched, interleaved with the catch-ups that the neighbour's floors
+/// (or dropped updates) call for ([`LinkSync`]), and its floors again every
+/// anti-entropy interval. It ends when `cancel` fires.
 pub fn outbound(
-    catch_up: CatchUp,
+    backbone: Arc<Backbone>,
+    peer: Arc<str>,
     start: impl Future<Output = bool> + Send + 'static,
     cancel: CancellationToken,
 ) -> (Sender, impl Stream<Item = LinkMessage> + Send + 'static) {
-    let (tx, rx) = mpsc::channel(QUEUE);
-    let resync = Arc::new(AtomicBool::new(false));
+    let (tx, rx) = mpsc::unbounded_channel();
+    let config = backbone.config().clone();
+    let shared = Arc::new(LinkShared::new(config.queue_bytes));
     let sender = Sender {
-        tx,
-        resync: resync.clone(),
+        tx: tx.clone(),
+        shared: shared.clone(),
     };
+    let mut tick = tokio::time::interval_at(
+        tokio::time::Instant::now() + config.anti_entropy_interval,
+        config.anti_entropy_interval,
+    );
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let out = Outgoing {
         start: Some(Box::pin(start)),
-        catch_up,
-        next_part: Some(0),
-        pending: Vec::new().into_iter(),
+        backbone,
+        peer,
         rx,
-        resync,
+        tx,
+        shared,
+        sync: LinkSync::default(),
+        held: None,
+        floors_sent: false,
+        sync_turn: true,
+        tick,
+        batch_bytes: config.max_message_bytes / 2,
     };
     let stream = stream::unfold(out, |mut out| async move {
-        let batch = out.next_batch().await?;
-        Some((LinkMessage { updates: batch }, out))
+        let message = out.next_message().await?;
+        Some((message, out))
     })
     .take_until(cancel.cancelled_owned());
     (sender, stream)
@@ -407,70 +477,164 @@ pub fn outbound(
 struct Outgoing {
     /// Resolves once the stream's fate is known: true when it was adopted.
     start: Option<BoxFuture<'static, bool>>,
-    catch_up: CatchUp,
-    /// The next catch-up part to send, while catching up.
-    next_part: Option<usize>,
-    pending: std::vec::IntoIter<Update>,
-    rx: mpsc::Receiver<Update>,
-    resync: Arc<AtomicBool>,
+    backbone: Arc<Backbone>,
+    peer: Arc<str>,
+    rx: mpsc::UnboundedReceiver<Queued>,
+    /// For the end markers of catch-ups, which queue behind live forwards.
+    tx: mpsc::UnboundedSender<Queued>,
+    shared: Arc<LinkShared>,
+    sync: LinkSync,
+    /// Taken from the queue but left for the next message (it would not fit).
+    held: Option<Queued>,
+    floors_sent: bool,
+    /// Whether the catch-up goes before the queue next time (they take turns, so
+    /// that neither starves the other and the queue keeps draining).
+    sync_turn: bool,
+    tick: tokio::time::Interval,
+    batch_bytes: usize,
 }
 
 impl Outgoing {
-    async fn next_batch(&mut self) -> Option<Vec<Update>> {
+    fn floors_message(&self) -> LinkMessage {
+        let floors = self.backbone.replica().floors();
+        LinkMessage {
+            floors: Some(Floors {
+                floors: floors.iter().map(Floor::to_proto).collect(),
+            }),
+            ..LinkMessage::default()
+        }
+    }
+
+    async fn next_message(&mut self) -> Option<LinkMessage> {
+        use futures_util::FutureExt as _;
         if let Some(start) = self.start.take()
             && !start.await
         {
             return None;
         }
-        loop {
-            if let Some(part) = self.next_part {
-                if self.pending.len() > 0 {
-                    return Some(self.pending.by_ref().take(BATCH).collect());
-                }
-                match (self.catch_up)(part) {
-                    Some(updates) => {
-                        self.pending = updates.into_iter();
-                        self.next_part = Some(part + 1);
-                    }
-                    None => self.next_part = None,
-                }
-                continue;
-            }
-            // Only between catch-ups, so that each one finishes even under overload.
-            if self.resync.swap(false, Ordering::AcqRel) {
-                // The catch-up carries every queued update's record (each was stored
-                // before it was queued): drop the queue, or it would stay full and
-                // owe a catch-up forever.
-                while self.rx.try_recv().is_ok() {}
-                self.next_part = Some(0);
-                continue;
-            }
-            let first = self.rx.recv().await?;
-            let mut batch = Vec::with_capacity(BATCH.min(self.rx.len() + 1));
-            batch.push(first);
-            while batch.len() < BATCH {
-                match self.rx.try_recv() {
-                    Ok(u) => batch.push(u),
-                    Err(_) => break,
-                }
-            }
-            return Some(batch);
+        if !self.floors_sent {
+            self.floors_sent = true;
+            return Some(self.floors_message());
         }
+        let metrics = self.backbone.metrics().clone();
+        loop {
+            // Anti-entropy, even while the queue is busy.
+            if self.tick.tick().now_or_never().is_some() {
+                metrics.anti_entropy_rounds.inc();
+                return Some(self.floors_message());
+            }
+            if let Some(floors) = crate::lock(&self.shared.floors).take() {
+                self.sync.floors(floors);
+            }
+            let queue_empty = self.held.is_none() && self.rx.is_empty();
+            if self.sync.busy(self.shared.drops()) && (self.sync_turn || queue_empty) {
+                self.sync_turn = false;
+                let (tx, shared) = (&self.tx, &self.shared);
+                let step = self.sync.step(
+                    self.backbone.replica(),
+                    &self.peer,
+                    self.batch_bytes,
+                    || shared.drops(),
+                    |marker| {
+                        // The receiver is ours: it lives as long as this stream.
+                        let _ = tx.send(Queued::CaughtUp(marker));
+                    },
+                );
+                match step {
+                    SyncStep::Records(updates) => {
+                        let bytes: usize = updates.iter().map(prost::Message::encoded_len).sum();
+                        metrics.catch_up_sent(&self.peer, updates.len() as u64, bytes as u64);
+                        return Some(LinkMessage {
+                            updates,
+                            ..LinkMessage::default()
+                        });
+                    }
+                    SyncStep::Started { full } => {
+                        self.shared.overflowing.store(false, Ordering::Release);
+                        metrics.catch_up_started(&self.peer, full);
+                        if full {
+                            tracing::warn!(peer = %self.peer, "neighbour's floors claim more than this server made; sending the whole table");
+                        }
+                    }
+                    SyncStep::Ended {
+                        clean,
+                        records,
+                        bytes,
+                    } => {
+                        if !clean {
+                            metrics.catch_ups_aborted.inc();
+                        }
+                        tracing::debug!(peer = %self.peer, clean, records, bytes, "catch-up ended");
+                    }
+                    SyncStep::Idle => {}
+                }
+                continue;
+            }
+            self.sync_turn = true;
+            let first = match self.held.take() {
+                Some(q) => q,
+                None => match self.rx.try_recv() {
+                    Ok(q) => q,
+                    Err(_) if self.sync.busy(self.shared.drops()) => continue,
+                    Err(_) => tokio::select! {
+                        q = self.rx.recv() => q?,
+                        _ = self.tick.tick() => {
+                            metrics.anti_entropy_rounds.inc();
+                            return Some(self.floors_message());
+                        }
+                        _ = self.shared.wake.notified() => continue,
+                    },
+                },
+            };
+            return Some(self.batch_from(first));
+        }
+    }
+
+    /// A message of queued items from `first` on, under the batch size; an end
+    /// marker closes it (the receiver handles it after the updates).
+    fn batch_from(&mut self, first: Queued) -> LinkMessage {
+        let mut message = LinkMessage::default();
+        let mut bytes = 0;
+        let mut next = Some(first);
+        while let Some(item) = next.take() {
+            match item {
+                Queued::Update(update, size) => {
+                    if !message.updates.is_empty()
+                        && (bytes + size > self.batch_bytes || message.updates.len() >= BATCH)
+                    {
+                        self.held = Some(Queued::Update(update, size));
+                        break;
+                    }
+                    self.shared.bytes.fetch_sub(size, Ordering::AcqRel);
+                    bytes += size;
+                    message.updates.push(update);
+                }
+                Queued::CaughtUp(floors) => {
+                    message.caught_up = Some(Floors {
+                        floors: floors.iter().map(Floor::to_proto).collect(),
+                    });
+                    break;
+                }
+            }
+            next = self.rx.try_recv().ok();
+        }
+        message
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{config::BackboneConfig, replica::Replica};
 
     fn slot(me: &str, peer: &str) -> LinkSlot {
         LinkSlot::new(me.into(), peer.into(), None)
     }
 
-    fn sender(capacity: usize) -> (Sender, mpsc::Receiver<Update>) {
-        let (tx, rx) = mpsc::channel(capacity);
-        let resync = Arc::new(AtomicBool::new(false));
-        (Sender { tx, resync }, rx)
+    fn sender(budget: usize) -> (Sender, mpsc::UnboundedReceiver<Queued>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let shared = Arc::new(LinkShared::new(budget));
+        (Sender { tx, shared }, rx)
     }
 
     fn adopt(s: &LinkSlot, d: Dialer) -> (Result<u64, Superseded>, CancellationToken) {
@@ -524,24 +688,37 @@ mod tests {
         assert_eq!(*g.watch().borrow(), LinkState::Down);
     }
 
-    #[test]
-    fn a_full_queue_drops_the_update_and_asks_for_a_catch_up() {
-        let g = slot("Goloman", "Hands");
-        let (sender, _rx) = sender(1);
-        let cancel = CancellationToken::new();
-        g.adopt(Dialer::Me, sender.clone(), cancel.clone()).unwrap();
-        assert!(g.send(Update::default()));
-        assert!(!g.send(Update::default()));
-        assert!(sender.resync.load(Ordering::Acquire), "a catch-up is owed");
-        assert!(!cancel.is_cancelled() && g.is_up(), "the link stays up");
-        assert_eq!(g.view().sent, 1);
-    }
-
     fn update(id: &str) -> Update {
         Update {
             client_id: bytes::Bytes::copy_from_slice(id.as_bytes()),
             ..Update::default()
         }
+    }
+
+    #[test]
+    fn a_full_queue_drops_by_bytes_and_asks_for_a_repair() {
+        let g = slot("Goloman", "Hands");
+        let size = prost::Message::encoded_len(&update("abcd"));
+        let (sender, mut rx) = sender(size * 2);
+        let cancel = CancellationToken::new();
+        g.adopt(Dialer::Me, sender.clone(), cancel.clone()).unwrap();
+        assert!(g.send(update("abcd")));
+        assert!(g.send(update("abcd")));
+        assert!(!g.send(update("abcd")), "a third would pass the budget");
+        assert_eq!(sender.shared.drops(), 1, "a repair is owed");
+        assert!(!cancel.is_cancelled() && g.is_up(), "the link stays up");
+        assert_eq!(g.view().sent, 2);
+        assert!(matches!(rx.try_recv(), Ok(Queued::Update(_, s)) if s == size));
+    }
+
+    fn backbone(name: &str, peer: &str) -> Arc<Backbone> {
+        let replica = Replica::new(name.into(), 1, vec![peer.into()]);
+        let config = BackboneConfig {
+            anti_entropy_interval: std::time::Duration::from_secs(3600),
+            queue_bytes: 64 * 1024,
+            ..BackboneConfig::default()
+        };
+        Arc::new(Backbone::new(replica, config, Arc::new(Metrics::new(name))))
     }
 
     fn ids(m: &LinkMessage) -> Vec<String> {
@@ -551,63 +728,107 @@ mod tests {
             .collect()
     }
 
+    fn iamat(b: &Backbone, id: &str, time: &str) {
+        let line = format!("IAMAT {id} +1+1 {time}");
+        let crate::wire::Command::IAmAt(cmd) = crate::wire::parse(line.as_bytes()).unwrap() else {
+            panic!()
+        };
+        let record = crate::store::Record::from_iamat("Goloman", b"+0.000000000", &cmd);
+        let applied = b.replica().iamat(record, &cmd.client_time, true).unwrap();
+        b.flood_own(applied);
+    }
+
     #[tokio::test]
-    async fn the_stream_catches_up_part_by_part_then_sends_the_queue() {
-        let parts = [vec!["a", "b"], vec![], vec!["c"]];
-        let catch_up: CatchUp = Arc::new(move |i| {
-            parts
-                .get(i)
-                .map(|p| p.iter().map(|id| update(id)).collect())
-        });
+    async fn the_stream_sends_floors_then_a_catch_up_from_the_neighbours_floors() {
+        let b = backbone("Goloman", "Hands");
+        iamat(&b, "a", "1");
+        iamat(&b, "b", "1");
+        iamat(&b, "c", "1");
         let cancel = CancellationToken::new();
-        let (start_tx, start_rx) = tokio::sync::oneshot::channel();
-        let (sender, out) = outbound(
-            catch_up,
-            async move { start_rx.await.unwrap_or(false) },
-            cancel.clone(),
-        );
+        let (sender, out) = outbound(b.clone(), "Hands".into(), async { true }, cancel.clone());
+        let shared = sender.shared();
+        let slot = b.links().get("Hands").unwrap().clone();
+        slot.adopt(Dialer::Me, sender, cancel.clone()).unwrap();
         let mut out = Box::pin(out);
-        sender.tx.try_send(update("live")).unwrap();
-        start_tx.send(true).unwrap();
-        assert_eq!(ids(&out.next().await.unwrap()), ["a", "b"]);
-        assert_eq!(ids(&out.next().await.unwrap()), ["c"]);
-        assert_eq!(ids(&out.next().await.unwrap()), ["live"]);
-        // Dropped updates: a whole catch-up again, which stands for what was queued
-        // too (every queued update's record is in the store), then live updates.
-        sender.resync.store(true, Ordering::Release);
-        sender.tx.try_send(update("queued")).unwrap();
-        assert_eq!(ids(&out.next().await.unwrap()), ["a", "b"]);
-        assert_eq!(ids(&out.next().await.unwrap()), ["c"]);
-        sender.tx.try_send(update("after")).unwrap();
-        assert_eq!(ids(&out.next().await.unwrap()), ["after"]);
+        let first = out.next().await.unwrap();
+        let floors = first.floors.expect("floors first");
+        assert_eq!(floors.floors.len(), 1);
+        assert_eq!(floors.floors[0].seq, 3);
+        // Hands has the first of them: the catch-up sends the other two, then its end.
+        let incarnation = b.replica().incarnation();
+        shared.floors_received(vec![Floor {
+            origin: "Goloman".into(),
+            incarnation,
+            seq: 1,
+            above: vec![],
+        }]);
+        let m = out.next().await.unwrap();
+        assert_eq!(ids(&m), ["b", "c"]);
+        // A live update during the catch-up goes ahead of its end.
+        iamat(&b, "live", "2");
+        let m = out.next().await.unwrap();
+        assert_eq!(ids(&m), ["live"]);
+        let done = match m.caught_up {
+            Some(done) => done,
+            None => {
+                let m = out.next().await.unwrap();
+                assert!(m.updates.is_empty(), "{m:?}");
+                m.caught_up.expect("the end follows the live update")
+            }
+        };
+        assert_eq!(done.floors[0].seq, 3, "the floor at the start");
         cancel.cancel();
         assert!(out.next().await.is_none());
     }
 
     #[tokio::test]
-    async fn a_catch_up_owed_for_a_full_queue_empties_the_queue() {
-        let catch_up: CatchUp = Arc::new(|i| (i == 0).then(|| vec![update("all")]));
+    async fn dropped_updates_are_repaired_from_floors_not_the_whole_table() {
+        let b = backbone("Goloman", "Hands");
         let cancel = CancellationToken::new();
-        let (sender, out) = outbound(catch_up, async { true }, cancel.clone());
+        let (sender, out) = outbound(b.clone(), "Hands".into(), async { true }, cancel.clone());
+        let shared = sender.shared();
+        let slot = b.links().get("Hands").unwrap().clone();
+        slot.adopt(Dialer::Me, sender, cancel.clone()).unwrap();
         let mut out = Box::pin(out);
-        assert_eq!(ids(&out.next().await.unwrap()), ["all"]);
-        // The queue fills and an update is dropped: a catch-up is owed.
-        let slot = slot("Goloman", "Hands");
-        slot.adopt(Dialer::Me, sender.clone(), cancel.clone())
-            .unwrap();
-        while slot.send(update("queued")) {}
-        assert!(sender.resync.load(Ordering::Acquire));
-        // The catch-up comes, the stale queue is gone, and live updates flow again.
-        assert_eq!(ids(&out.next().await.unwrap()), ["all"]);
-        assert!(slot.send(update("live")));
-        assert_eq!(ids(&out.next().await.unwrap()), ["live"]);
+        assert!(out.next().await.unwrap().floors.is_some());
+        let incarnation = b.replica().incarnation();
+        shared.floors_received(vec![]);
+        // Nothing to send: an empty end.
+        let m = out.next().await.unwrap();
+        assert!(m.updates.is_empty() && m.caught_up.is_some());
+        // Fill the queue past its budget: the rest is dropped.
+        let mut n = 0;
+        while shared.drops() == 0 {
+            iamat(&b, &format!("c{n}"), "1");
+            n += 1;
+        }
+        // Hands says it has the first 10; the repair sends the others once, and
+        // the queue's copies come first.
+        shared.floors_received(vec![Floor {
+            origin: "Goloman".into(),
+            incarnation,
+            seq: 10,
+            above: vec![],
+        }]);
+        let mut got = std::collections::BTreeMap::<String, usize>::new();
+        let mut ended = false;
+        while !ended {
+            let m = out.next().await.unwrap();
+            for id in ids(&m) {
+                *got.entry(id).or_default() += 1;
+            }
+            ended = m.caught_up.is_some();
+        }
+        assert_eq!(got.len(), n, "every record went out");
+        assert!(!got.contains_key("c0") || got["c0"] == 1);
+        let total: usize = got.values().sum();
+        assert!(total < 2 * n, "no whole table on top: {total} for {n}");
     }
 
     #[tokio::test]
     async fn a_stream_that_is_not_adopted_sends_nothing() {
-        let catch_up: CatchUp = Arc::new(|i| (i == 0).then(|| vec![update("a")]));
-        let (sender, out) = outbound(catch_up, async { false }, CancellationToken::new());
-        sender.tx.try_send(update("x")).unwrap();
+        let b = backbone("Goloman", "Hands");
+        let (_sender, out) = outbound(b, "Hands".into(), async { false }, CancellationToken::new());
         assert_eq!(Box::pin(out).next().await.map(|m| ids(&m)), None);
     }
 }

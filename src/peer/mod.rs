@@ -1,20 +1,26 @@
-//! The gRPC backbone: the `Link` service neighbours call, the dialer that keeps
-//! each link up, and the loop that applies what a neighbour sends.
+//! The gRPC backbone: the [`Backbone`] that floods what the replica stores over
+//! the links, the `Link` service neighbours call, the dialer that keeps each link
+//! up, and the loop that applies what a neighbour sends. The decisions are the
+//! replica's ([`crate::replica`]); this module does the I/O.
 
 pub mod dial;
 pub mod link;
 
-use std::{pin::Pin, sync::Arc, time::Duration};
+use std::{pin::Pin, sync::Arc, time::Duration, time::SystemTime};
 
 use futures_util::{Stream, StreamExt as _, future};
+use tokio::sync::broadcast;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument as _;
 
-use self::link::{Dialer, LinkSlot, outbound};
+use self::link::{Dialer, LinkShared, LinkSlot, Links, outbound};
 use crate::{
-    node::Node,
+    config::BackboneConfig,
+    metrics::Metrics,
     proto::{self, LinkMessage, peer_server::PeerServer},
+    replica::{self, Floor, Offer, OfferError, Replica},
+    store::Record,
 };
 
 /// Request metadata naming the dialling server.
@@ -22,21 +28,151 @@ pub const FROM_HEADER: &str = "herd-from";
 /// Request metadata naming the server the dialer believes it calls.
 pub const TO_HEADER: &str = "herd-to";
 
-/// The largest message a server accepts from a neighbour: a batch of updates whose
-/// fields are each bounded by the gateway's line limit fits with room to spare.
-pub const MAX_MESSAGE: usize = 64 * 1024 * 1024;
-
 /// How often an idle link is pinged, and how long a ping may go unanswered
 /// before the link counts as dead (a cut network sends no FIN).
 pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(2);
 pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// An update a server applied, for watchers.
+pub type Applied = proto::WatchEvent;
+
+/// How many applied updates a slow watcher may fall behind before it misses some.
+const WATCH_BUFFER: usize = 4096;
+
+/// One server's replication side: its replica, its links, and its watchers.
+#[derive(Debug)]
+pub struct Backbone {
+    replica: Replica,
+    links: Links,
+    config: BackboneConfig,
+    metrics: Arc<Metrics>,
+    applied: broadcast::Sender<Applied>,
+}
+
+impl Backbone {
+    pub fn new(replica: Replica, config: BackboneConfig, metrics: Arc<Metrics>) -> Backbone {
+        let links = Links::new(replica.name(), replica.neighbours(), metrics.clone());
+        for n in replica.neighbours() {
+            // Every series exists (at 0) from the start, before it first bites.
+            metrics.catch_up_sent(n, 0, 0);
+            metrics.queue_drops_of(n);
+            metrics.catch_ups_of(n);
+        }
+        Backbone {
+            replica,
+            links,
+            config,
+            metrics,
+            applied: broadcast::Sender::new(WATCH_BUFFER),
+        }
+    }
+
+    pub fn replica(&self) -> &Replica {
+        &self.replica
+    }
+
+    pub fn links(&self) -> &Links {
+        &self.links
+    }
+
+    pub fn config(&self) -> &BackboneConfig {
+        &self.config
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Every update this server applies from now on.
+    pub fn watch(&self) -> broadcast::Receiver<Applied> {
+        self.applied.subscribe()
+    }
+
+    /// Whether an own record must be copied to be flooded or shown.
+    pub fn wants_own_records(&self) -> bool {
+        self.links.any_up() || self.applied.receiver_count() > 0
+    }
+
+    fn announce(&self, record: &Record, from: &str, update: &proto::Update) {
+        if self.applied.receiver_count() == 0 {
+            return;
+        }
+        let applied_unix_ms = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        // No receiver left is fine: nobody is watching.
+        let _ = self.applied.send(Applied {
+            at_line: String::from_utf8_lossy(record.line()).into_owned(),
+            from: from.to_owned(),
+            update: Some(update.clone()),
+            applied_unix_ms,
+        });
+    }
+
+    /// Floods an own IAMAT's record (the gate is held until it is queued).
+    pub fn flood_own(&self, applied: replica::Applied<'_>) {
+        let Some(record) = &applied.record else {
+            return;
+        };
+        let plan = self
+            .replica
+            .plan(&applied, None, &[], |n| self.links.is_up(n));
+        let update = record.to_update(plan.seen, Some(applied.version.clone()));
+        for target in plan.targets {
+            if self.links.send(target, update.clone()) {
+                self.metrics.updates_forwarded.inc();
+            }
+        }
+        self.announce(record, "", &update);
+    }
+
+    /// Applies an update from neighbour `from`: stored and forwarded only when it is
+    /// newer than what this server holds. Ok(true) when it was applied.
+    pub fn apply_update(&self, update: &proto::Update, from: &str) -> Result<bool, OfferError> {
+        self.metrics.updates_received.inc();
+        let mut applied = match self.replica.offer(update)? {
+            Offer::Applied(a) => a,
+            Offer::Stale => {
+                self.metrics.updates_duplicate.inc();
+                return Ok(false);
+            }
+        };
+        self.metrics.updates_applied.inc();
+        let Some(record) = applied.record.take() else {
+            return Ok(true);
+        };
+        tracing::trace!(
+            client = %crate::logging::Escaped(record.client_id()),
+            origin = %update.origin,
+            from,
+            "update applied"
+        );
+        let plan = self
+            .replica
+            .plan(&applied, Some(from), &update.seen, |n| self.links.is_up(n));
+        if !plan.targets.is_empty() {
+            let mut fwd = update.clone();
+            fwd.seen = plan.seen;
+            for target in plan.targets {
+                if self.links.send(target, fwd.clone()) {
+                    self.metrics.updates_forwarded.inc();
+                }
+            }
+        }
+        // The forwards are queued: the gate may go.
+        drop(applied);
+        self.announce(&record, from, update);
+        Ok(true)
+    }
+}
+
 /// Applies what a neighbour sends until the stream ends, fails, misbehaves, or is
 /// cancelled; then takes the link down.
 pub async fn drive(
-    node: Arc<Node>,
+    backbone: Arc<Backbone>,
     slot: Arc<LinkSlot>,
     id: u64,
+    shared: Arc<LinkShared>,
     mut inbound: Streaming<LinkMessage>,
     cancel: CancellationToken,
 ) {
@@ -47,42 +183,80 @@ pub async fn drive(
         };
         match message {
             Ok(Some(m)) => {
-                slot.count_received(m.updates.len() as u64);
-                if let Some(e) = m
-                    .updates
-                    .iter()
-                    .find_map(|u| node.apply_update(u, slot.peer()).err())
-                {
-                    tracing::warn!(peer = %slot.peer(), error = %e, "neighbour sent a bad update; cutting it off");
-                    break format!("bad update: {e}");
+                if let Err(e) = handle(&backbone, &slot, &shared, m) {
+                    tracing::warn!(peer = %slot.peer(), error = %e, "neighbour sent a bad message; cutting it off");
+                    break format!("bad message: {e}");
                 }
             }
             Ok(None) => break link::NEIGHBOUR_CLOSED.to_owned(),
-            Err(status) => break format!("stream failed: {}", status.message()),
+            Err(status) => {
+                if status.code() == tonic::Code::OutOfRange
+                    || status.code() == tonic::Code::ResourceExhausted
+                {
+                    backbone.metrics.backbone_oversize.inc();
+                }
+                break format!("stream failed: {}", status.message());
+            }
         }
     };
     slot.drop_link(id, &reason);
 }
 
+fn handle(
+    backbone: &Backbone,
+    slot: &LinkSlot,
+    shared: &LinkShared,
+    m: LinkMessage,
+) -> Result<(), OfferError> {
+    slot.count_received(m.updates.len() as u64);
+    for u in &m.updates {
+        backbone.apply_update(u, slot.peer())?;
+    }
+    // After the updates before it: the catch-up's end claims them.
+    if let Some(done) = m.caught_up {
+        let floors = floors_from(&done)?;
+        backbone.replica.caught_up(&floors)?;
+    }
+    if let Some(theirs) = m.floors {
+        shared.floors_received(floors_from(&theirs)?);
+    }
+    Ok(())
+}
+
+fn floors_from(f: &proto::Floors) -> Result<Vec<Floor>, OfferError> {
+    if f.floors.len() > replica::MAX_SOURCES {
+        return Err(replica::TooManySources.into());
+    }
+    Ok(f.floors
+        .iter()
+        .map(Floor::from_proto)
+        .collect::<Result<_, _>>()?)
+}
+
 /// The `Peer` gRPC service of one server.
 #[derive(Debug, Clone)]
 pub struct PeerService {
-    node: Arc<Node>,
+    backbone: Arc<Backbone>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
 }
 
 impl PeerService {
-    pub fn new(node: Arc<Node>, shutdown: CancellationToken, tasks: TaskTracker) -> PeerService {
+    pub fn new(
+        backbone: Arc<Backbone>,
+        shutdown: CancellationToken,
+        tasks: TaskTracker,
+    ) -> PeerService {
         PeerService {
-            node,
+            backbone,
             shutdown,
             tasks,
         }
     }
 
     pub fn into_server(self) -> PeerServer<PeerService> {
-        PeerServer::new(self).max_decoding_message_size(MAX_MESSAGE)
+        let max = self.backbone.config.max_message_bytes;
+        PeerServer::new(self).max_decoding_message_size(max)
     }
 }
 
@@ -103,7 +277,7 @@ impl proto::peer_server::Peer for PeerService {
         &self,
         req: Request<Streaming<LinkMessage>>,
     ) -> Result<Response<LinkStream>, Status> {
-        let me = self.node.name();
+        let me = self.backbone.replica.name();
         let from = metadata(&req, FROM_HEADER)?.to_owned();
         let to = metadata(&req, TO_HEADER)?;
         if to != &**me {
@@ -112,20 +286,27 @@ impl proto::peer_server::Peer for PeerService {
                 "this is {me}, not {to}"
             )));
         }
-        let Some(slot) = self.node.links().get(&from).cloned() else {
+        let Some(slot) = self.backbone.links.get(&from).cloned() else {
             tracing::warn!(from, "refused a link from a server that is not a neighbour");
             return Err(Status::permission_denied(format!(
                 "{from} is not a neighbour of {me}"
             )));
         };
         let cancel = self.shutdown.child_token();
-        let (sender, out) = outbound(self.node.catch_up(), future::ready(true), cancel.clone());
+        let (sender, out) = outbound(
+            self.backbone.clone(),
+            slot.peer().clone(),
+            future::ready(true),
+            cancel.clone(),
+        );
+        let shared = sender.shared();
         let id = slot
             .adopt(Dialer::Peer, sender, cancel.clone())
             .map_err(|e| Status::already_exists(e.to_string()))?;
         let inbound = req.into_inner();
-        self.tasks
-            .spawn(drive(self.node.clone(), slot, id, inbound, cancel).in_current_span());
+        self.tasks.spawn(
+            drive(self.backbone.clone(), slot, id, shared, inbound, cancel).in_current_span(),
+        );
         Ok(Response::new(Box::pin(out.map(Ok))))
     }
 }

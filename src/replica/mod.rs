@@ -1,0 +1,778 @@
+//! The replication protocol as pure code (no sockets, no tasks, no clocks): which
+//! records a node stores, whom it forwards them to, what a catch-up must send, and
+//! how floors move. `peer/` moves the bytes; `node` handles the clients; the
+//! simulation tests (`sim`) drive several replicas over an in-memory herd.
+//!
+//! # Versions and floors
+//!
+//! Every record has a version (origin, incarnation, seq), given by the server that
+//! received the IAMAT and never changed by relays. A server that starts without its
+//! state starts a new incarnation: its start time in nanoseconds since the epoch.
+//! Two starts of one server would need the same nanosecond reading (or a clock set
+//! back to exactly that nanosecond) to collide, and seq only grows within an
+//! incarnation, so a version is never reused for another record. Versions say what
+//! a node has seen; the label (client time, origin, ...) still says which record
+//! wins.
+//!
+//! For every source (origin, incarnation) a node keeps a floor: every version of it
+//! at or below the floor is *reflected* in its table, that is, held, or superseded
+//! by a held record that wins by label. Reflected is monotone (a node's record for a
+//! client only ever goes up in the label order), so a floor, once true, stays true.
+//! A floor moves three ways:
+//! - own records: the floor of a node's own source is the last seq it gave;
+//! - live updates: a received version, applied or not, is reflected; the floor
+//!   moves over it when every seq below is reflected too. An update that arrives
+//!   out of seq order (it came another way, or the one before it was superseded on
+//!   the way and never sent) waits in [`versions::Runs`] above a gap and never moves
+//!   the floor past it;
+//! - the end of a catch-up ([`CaughtUp`]), which proves a range.
+//!
+//! # Catch-ups, and why their end is sound
+//!
+//! Node M catches neighbour N up from N's floor vector f: it sends every record it
+//! holds whose version is above N's floor for its source, source by source in seq
+//! order, then a [`CaughtUp`] naming, for each source, M's floor F taken when the
+//! catch-up started (T0). N raises its floors to F once it has handled everything
+//! before it. Why every version v <= F is then reflected at N: at T0 v was reflected
+//! at M, by a record X0 >= v. Either X0 is still current at M when its source is
+//! read, and is sent (or is at or below N's floor for its source, so N reflects it
+//! already), or M replaced it after T0 with a newer record. Every record M stores
+//! after T0 is sent to N before the end marker, whatever its `seen` list says
+//! (except those that came from N, which N holds): [`Replica::plan`] adds every
+//! neighbour being caught up. Updates keep arriving during a catch-up, so the live
+//! stream and the end marker must be ordered: an apply holds the replica's gate
+//! (shared) from storing a record until its forwards are queued ([`Applied`] holds
+//! it), and the start and the end of a catch-up take it exclusively, the end
+//! queueing its marker behind every such forward. If any update for N was dropped
+//! (a full queue) during the catch-up, its end is not sent: the link is repaired by
+//! another catch-up instead. A catch-up belongs to one stream: a stream that ends or
+//! is replaced drops its catch-up unfinished (no end marker), and the new stream
+//! starts over from the floors the neighbour sends on it.
+//!
+//! A catch-up is cheap when nothing is missing: N's vector is a few bytes a source,
+//! and the answer lists only the sources whose floor it raises. The whole table is
+//! sent only when N's floors cannot be trusted: they claim more of M's own current
+//! incarnation than M ever made (N is broken, or M lost its state without starting
+//! a new incarnation). Then every record is sent, from seq 0 of every source.
+//!
+//! Sources grow by one each time a server restarts without its state; an old
+//! incarnation is retired once no record here is current for it any more and a
+//! newer incarnation of that origin is known, so their count stays at the
+//! restarts whose records are still current somewhere.
+
+pub mod versions;
+
+#[cfg(test)]
+mod sim;
+
+use std::sync::{
+    Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard,
+    atomic::{AtomicU32, Ordering},
+};
+
+use crate::{
+    proto,
+    store::{BadUpdate, Record, SourceId, Store, Version},
+    wire::ClientTime,
+};
+
+pub use versions::{MAX_SOURCES, TooManySources, Versions};
+
+/// Whom an update goes to next, and the list it carries there.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Flood<'a> {
+    pub targets: Vec<&'a str>,
+    pub seen: Vec<String>,
+}
+
+/// The flood decision: an update that `me` has just applied, which came from
+/// `from` (None for an IAMAT of its own) carrying `seen`, goes to every neighbour
+/// whose link is up and that is not `from`, and not in `seen` unless `catching_up`
+/// says a catch-up to it is running (its end claims every record stored meanwhile).
+/// The list it carries adds `me` and those targets, so that they do not send it to
+/// one another. A neighbour whose link is down is left out of the list, so that
+/// another server still connected to it forwards the update.
+pub fn plan<'a>(
+    me: &str,
+    neighbours: &'a [Arc<str>],
+    from: Option<&str>,
+    seen: &[String],
+    is_up: impl Fn(&str) -> bool,
+    catching_up: impl Fn(&str) -> bool,
+) -> Flood<'a> {
+    let mut next: Vec<String> = seen.to_vec();
+    for name in [Some(me), from].into_iter().flatten() {
+        if !next.iter().any(|s| s == name) {
+            next.push(name.to_owned());
+        }
+    }
+    let targets: Vec<&str> = neighbours
+        .iter()
+        .map(|n| &**n)
+        .filter(|n| {
+            Some(*n) != from
+                && (!next.iter().any(|s| s == n) || catching_up(n))
+                && n != &me
+                && is_up(n)
+        })
+        .collect();
+    for t in &targets {
+        if !next.iter().any(|s| s == t) {
+            next.push((*t).to_owned());
+        }
+    }
+    Flood {
+        targets,
+        seen: next,
+    }
+}
+
+/// One floor of a vector, as on the wire: every version of the source at or below
+/// `seq` is reflected, and so is every one in the runs `above` (first..=last).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Floor {
+    pub origin: Arc<str>,
+    pub incarnation: u64,
+    pub seq: u64,
+    pub above: Vec<(u64, u64)>,
+}
+
+/// Runs sent per source in a floor vector (any subset of them is sound to send).
+pub const RUNS_SENT: usize = 32;
+
+impl Floor {
+    pub fn to_proto(&self) -> proto::Floor {
+        proto::Floor {
+            origin: self.origin.to_string(),
+            incarnation: self.incarnation,
+            seq: self.seq,
+            above: self
+                .above
+                .iter()
+                .map(|&(first, last)| proto::SeqRun { first, last })
+                .collect(),
+        }
+    }
+
+    pub fn from_proto(f: &proto::Floor) -> Result<Floor, BadUpdate> {
+        if !crate::config::valid_name(&f.origin) {
+            return Err(BadUpdate::Origin(f.origin.clone()));
+        }
+        if f.seq > crate::store::MAX_SEQ {
+            return Err(BadUpdate::VersionSeq(f.seq));
+        }
+        Ok(Floor {
+            origin: f.origin.as_str().into(),
+            incarnation: f.incarnation,
+            seq: f.seq,
+            above: f
+                .above
+                .iter()
+                .take(RUNS_SENT)
+                .map(|r| (r.first, r.last))
+                .collect(),
+        })
+    }
+}
+
+/// Runs of seqs, `first..=last`.
+pub type SeqRuns = Vec<(u64, u64)>;
+
+/// The end of a catch-up: floors the receiver may raise its own to.
+pub type CaughtUp = Vec<Floor>;
+
+/// A record stored by this node, with the gate held: forwards of it must be queued
+/// before this is dropped (see the module docs).
+#[derive(Debug)]
+pub struct Applied<'a> {
+    /// The record stored (None for an IAMAT whose caller wanted no copy).
+    pub record: Option<Record>,
+    pub version: proto::Version,
+    _gate: RwLockReadGuard<'a, ()>,
+}
+
+/// What an update from a peer did.
+#[derive(Debug)]
+pub enum Offer<'a> {
+    Applied(Applied<'a>),
+    /// Not newer than the record held (or a version of this node's own source,
+    /// which it always holds or has superseded).
+    Stale,
+}
+
+/// One catch-up to one neighbour, from its start to its end.
+#[derive(Debug)]
+pub struct CatchUp {
+    /// The sources to read, each from the neighbour's floor (the cursor of the
+    /// first), with the runs above it the neighbour already has.
+    todo: Vec<(SourceId, u64, SeqRuns)>,
+    /// The end marker: this node's floors at the start, where above the neighbour's.
+    end: CaughtUp,
+    /// Every source is sent from 0: the neighbour's floors were not trusted.
+    pub full: bool,
+    pub records: u64,
+    pub bytes: u64,
+    /// Counts the catch-ups running to this neighbour while this one lives.
+    running: Arc<AtomicU32>,
+}
+
+impl Drop for CatchUp {
+    fn drop(&mut self) {
+        self.running.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Index entries read per source per batch.
+const READ: usize = 256;
+
+/// One node's replicated state: its table, its versions, and the catch-ups it runs.
+#[derive(Debug)]
+pub struct Replica {
+    me: Arc<str>,
+    incarnation: u64,
+    neighbours: Vec<Arc<str>>,
+    store: Store,
+    versions: Mutex<Versions>,
+    /// Held shared from storing a record until its forwards are queued; exclusively
+    /// by the start and the end of a catch-up.
+    gate: RwLock<()>,
+    /// Per neighbour: catch-ups to it running now.
+    catching_up: Vec<(Arc<str>, Arc<AtomicU32>)>,
+}
+
+impl Replica {
+    pub fn new(me: Arc<str>, incarnation: u64, neighbours: Vec<Arc<str>>) -> Replica {
+        Replica {
+            versions: Mutex::new(Versions::new(me.clone(), incarnation)),
+            catching_up: neighbours
+                .iter()
+                .map(|n| (n.clone(), Arc::default()))
+                .collect(),
+            me,
+            incarnation,
+            neighbours,
+            store: Store::new(),
+            gate: RwLock::new(()),
+        }
+    }
+
+    /// A fresh incarnation number: the time now in nanoseconds since the epoch.
+    pub fn fresh_incarnation() -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64)
+            .max(1)
+    }
+
+    pub fn name(&self) -> &Arc<str> {
+        &self.me
+    }
+
+    pub fn incarnation(&self) -> u64 {
+        self.incarnation
+    }
+
+    pub fn neighbours(&self) -> &[Arc<str>] {
+        &self.neighbours
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    fn versions(&self) -> MutexGuard<'_, Versions> {
+        crate::lock(&self.versions)
+    }
+
+    fn gate_shared(&self) -> RwLockReadGuard<'_, ()> {
+        self.gate
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn with_gate_exclusive<T>(&self, f: impl FnOnce() -> T) -> T {
+        let _g = self
+            .gate
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        f()
+    }
+
+    fn wire_version(&self, v: Version) -> proto::Version {
+        let versions = self.versions();
+        let s = versions.get(v.source);
+        proto::Version {
+            origin: s.origin.to_string(),
+            incarnation: s.incarnation,
+            seq: v.seq,
+        }
+    }
+
+    /// An IAMAT's record, whose client time is `time`: stored, with the next own
+    /// version, when newer than the stored record; else the stored one is returned.
+    /// `copy`: whether the caller needs the record back (to forward or show it).
+    pub fn iamat(
+        &self,
+        record: Record,
+        time: &ClientTime,
+        copy: bool,
+    ) -> Result<Applied<'_>, Record> {
+        let gate = self.gate_shared();
+        let mut version = None;
+        let kept = copy.then(|| record.clone());
+        self.store
+            .offer(record, Store::iamat_keeps_old(time), |hash, old| {
+                let mut v = self.versions();
+                let new = v.next_own(hash);
+                v.replaced(hash, old, new);
+                version = Some(new);
+                new
+            })?;
+        let version = version.expect("a stored record got a version");
+        Ok(Applied {
+            record: kept,
+            version: proto::Version {
+                origin: self.me.to_string(),
+                incarnation: self.incarnation,
+                seq: version.seq,
+            },
+            _gate: gate,
+        })
+    }
+
+    /// An update from a peer: validated, then stored when it wins by label. Either
+    /// way its version is now reflected here.
+    pub fn offer(&self, update: &proto::Update) -> Result<Offer<'_>, OfferError> {
+        let record = Record::from_update(update)?;
+        let wire = update.version.clone().ok_or(BadUpdate::NoVersion)?;
+        if wire.origin != update.origin {
+            return Err(BadUpdate::VersionOrigin.into());
+        }
+        if wire.seq == 0 || wire.seq > crate::store::MAX_SEQ {
+            return Err(BadUpdate::VersionSeq(wire.seq).into());
+        }
+        let gate = self.gate_shared();
+        let source = {
+            let mut v = self.versions();
+            let id = v.id(&wire.origin, wire.incarnation)?;
+            if id == v.own() {
+                if wire.seq > v.last_own() {
+                    return Err(BadUpdate::VersionSeq(wire.seq).into());
+                }
+                // Its own records it holds or has superseded: nothing to store.
+                return Ok(Offer::Stale);
+            }
+            id
+        };
+        let version = Version {
+            source,
+            seq: wire.seq,
+        };
+        let offered = self
+            .store
+            .offer(record.clone(), Store::update_keeps_old, |hash, old| {
+                let mut v = self.versions();
+                v.replaced(hash, old, version);
+                v.get_mut(source).seen(version.seq);
+                version
+            });
+        match offered {
+            Ok(_) => Ok(Offer::Applied(Applied {
+                record: Some(record),
+                version: wire,
+                _gate: gate,
+            })),
+            Err(_) => {
+                self.versions().get_mut(source).seen(version.seq);
+                Ok(Offer::Stale)
+            }
+        }
+    }
+
+    /// Whom `applied` goes to (see [`plan`]).
+    pub fn plan(
+        &self,
+        _applied: &Applied<'_>,
+        from: Option<&str>,
+        seen: &[String],
+        is_up: impl Fn(&str) -> bool,
+    ) -> Flood<'_> {
+        plan(&self.me, &self.neighbours, from, seen, is_up, |n| {
+            self.catching_up
+                .iter()
+                .any(|(name, c)| &**name == n && c.load(Ordering::Acquire) > 0)
+        })
+    }
+
+    /// This node's floor vector (sources at floor 0 are left out). Retires old
+    /// incarnations first.
+    pub fn floors(&self) -> Vec<Floor> {
+        let mut v = self.versions();
+        v.retire();
+        v.iter()
+            .filter(|(_, s)| s.floor > 0 || !s.runs.is_empty())
+            .map(|(_, s)| Floor {
+                origin: s.origin.clone(),
+                incarnation: s.incarnation,
+                seq: s.floor,
+                above: s.runs.lowest(RUNS_SENT),
+            })
+            .collect()
+    }
+
+    /// The last seq this node gave one of its own records.
+    pub fn last_own_seq(&self) -> u64 {
+        self.versions().last_own()
+    }
+
+    /// Raises floors to what a neighbour's catch-up proved.
+    pub fn caught_up(&self, floors: &[Floor]) -> Result<(), TooManySources> {
+        let mut v = self.versions();
+        for f in floors {
+            let id = v.id(&f.origin, f.incarnation)?;
+            if id != v.own() {
+                v.get_mut(id).raise(f.seq);
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts a catch-up to `peer`, whose floors are `theirs`. From now until the
+    /// catch-up ends, every record stored here goes to `peer` too.
+    pub fn start_catch_up(&self, peer: &str, theirs: &[Floor]) -> CatchUp {
+        let running = self
+            .catching_up
+            .iter()
+            .find(|(n, _)| &**n == peer)
+            .map(|(_, c)| c.clone())
+            .unwrap_or_default();
+        self.with_gate_exclusive(|| {
+            running.fetch_add(1, Ordering::AcqRel);
+            let v = self.versions();
+            let full = theirs.iter().any(|f| {
+                *f.origin == *self.me
+                    && f.incarnation == self.incarnation
+                    && (f.seq > v.last_own() || f.above.iter().any(|r| r.1 > v.last_own()))
+            });
+            let their_floor = |s: &versions::Source| {
+                if full {
+                    return (0, Vec::new());
+                }
+                theirs
+                    .iter()
+                    .find(|f| f.origin == s.origin && f.incarnation == s.incarnation)
+                    .map_or((0, Vec::new()), |f| (f.seq, f.above.clone()))
+            };
+            let mut todo = Vec::new();
+            let mut end = Vec::new();
+            for (id, s) in v.iter() {
+                let (from, above) = their_floor(s);
+                if s.index.live() > 0 {
+                    todo.push((id, from, above));
+                }
+                if s.floor > from {
+                    end.push(Floor {
+                        origin: s.origin.clone(),
+                        incarnation: s.incarnation,
+                        seq: s.floor,
+                        above: Vec::new(),
+                    });
+                }
+            }
+            CatchUp {
+                todo,
+                end,
+                full,
+                records: 0,
+                bytes: 0,
+                running: running.clone(),
+            }
+        })
+    }
+
+    /// The next records of a catch-up, about `max_bytes` of them (at least one), as
+    /// updates from this node; empty when every source has been read.
+    pub fn catch_up_batch(&self, c: &mut CatchUp, max_bytes: usize) -> Vec<proto::Update> {
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        let mut entries = Vec::with_capacity(READ);
+        while let Some(&(source, cursor, _)) = c.todo.first() {
+            entries.clear();
+            let key = {
+                let v = self.versions();
+                match v.iter().find(|(id, _)| *id == source) {
+                    Some((_, s)) => {
+                        s.index.above(cursor, READ, &mut entries);
+                        Some(proto::Version {
+                            origin: s.origin.to_string(),
+                            incarnation: s.incarnation,
+                            seq: 0,
+                        })
+                    }
+                    // Retired meanwhile: no record of it is left.
+                    None => None,
+                }
+            };
+            let Some(key) = key.filter(|_| !entries.is_empty()) else {
+                c.todo.remove(0);
+                continue;
+            };
+            for &(seq, hash) in &entries {
+                c.todo[0].1 = seq;
+                // The neighbour has it already (a run above its floor).
+                if c.todo[0].2.iter().any(|&(a, b)| a <= seq && seq <= b) {
+                    continue;
+                }
+                // Gone: replaced after the catch-up started, so sent live.
+                let Some(record) = self.store.get_at(hash, Version { source, seq }) else {
+                    continue;
+                };
+                let update = record.to_update(
+                    vec![self.me.to_string()],
+                    Some(proto::Version { seq, ..key.clone() }),
+                );
+                bytes += prost::Message::encoded_len(&update);
+                out.push(update);
+                if bytes >= max_bytes {
+                    c.records += out.len() as u64;
+                    c.bytes += bytes as u64;
+                    return out;
+                }
+            }
+        }
+        c.records += out.len() as u64;
+        c.bytes += bytes as u64;
+        out
+    }
+
+    /// Ends a catch-up. `clean(marker)` is called with the gate held exclusively, so
+    /// that every forward queued meanwhile is ahead: it returns whether no update
+    /// for the neighbour was dropped since the start, and if so queues the marker.
+    pub fn end_catch_up(&self, mut c: CatchUp, finish: impl FnOnce(CaughtUp) -> bool) -> bool {
+        self.with_gate_exclusive(|| {
+            let clean = finish(std::mem::take(&mut c.end));
+            // Only now may stores stop going to the neighbour regardless of lists.
+            drop(c);
+            clean
+        })
+    }
+
+    /// The neighbour's floor as a catch-up starting now would use it (tests).
+    #[cfg(test)]
+    fn floor_of(&self, origin: &str, incarnation: u64) -> u64 {
+        let v = self.versions();
+        v.find(origin, incarnation).map_or(0, |id| v.get(id).floor)
+    }
+
+    /// Every record held, with its version as on the wire (tests, Inspect).
+    pub fn for_each(&self, mut f: impl FnMut(&Record, proto::Version)) {
+        let mut all = Vec::new();
+        self.store.for_each(|r, v| all.push((r.clone(), v)));
+        for (r, v) in all {
+            f(&r, self.wire_version(v));
+        }
+    }
+
+    /// A client's record and its version.
+    pub fn get(&self, client_id: &[u8]) -> Option<(Record, proto::Version)> {
+        let (r, v) = self.store.get_versioned(client_id)?;
+        Some((r, self.wire_version(v)))
+    }
+
+    /// How many records are held, and an order-free digest of their lines (a sum of
+    /// a fixed hash of each): equal on two nodes that hold the same records.
+    pub fn digest(&self) -> (u64, u64) {
+        use std::hash::BuildHasher as _;
+        let hasher = foldhash::fast::FixedState::with_seed(0x6865_7264);
+        let (mut n, mut sum) = (0u64, 0u64);
+        self.store.for_each(|r, _| {
+            n += 1;
+            sum = sum.wrapping_add(hasher.hash_one(r.line()));
+        });
+        (n, sum)
+    }
+
+    /// Versions held and the bytes their indexes take (memory accounting).
+    pub fn index_bytes(&self) -> usize {
+        self.versions()
+            .iter()
+            .map(|(_, s)| s.index.capacity_bytes())
+            .sum()
+    }
+}
+
+/// Why an update from a peer was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum OfferError {
+    #[error(transparent)]
+    Bad(#[from] BadUpdate),
+    #[error(transparent)]
+    TooManySources(#[from] TooManySources),
+}
+
+/// One link's catch-ups, on the sending side: which floors the neighbour last sent,
+/// whether a catch-up is owed (new floors, or updates dropped for it), and the one
+/// running. The same code drives the real links (`peer::link`) and the simulation.
+#[derive(Debug, Default)]
+pub struct LinkSync {
+    theirs: Option<Vec<Floor>>,
+    owed: bool,
+    running: Option<(CatchUp, u64)>,
+    /// Drops counted when this link last looked.
+    drops_seen: u64,
+}
+
+/// What a link's sending side does next for its catch-ups.
+#[derive(Debug)]
+pub enum SyncStep {
+    /// Nothing to do until new floors come or updates are dropped.
+    Idle,
+    /// A catch-up started (`full`: from seq 0 of every source).
+    Started { full: bool },
+    /// Records of the running catch-up, to send now.
+    Records(Vec<proto::Update>),
+    /// The catch-up ended: its marker was queued (`clean`), or, updates having been
+    /// dropped meanwhile, it was not and another catch-up is owed.
+    Ended {
+        clean: bool,
+        records: u64,
+        bytes: u64,
+    },
+}
+
+impl LinkSync {
+    /// The neighbour sent its floors: a catch-up from them is owed.
+    pub fn floors(&mut self, theirs: Vec<Floor>) {
+        self.theirs = Some(theirs);
+        self.owed = true;
+    }
+
+    /// Whether [`LinkSync::step`] has work now (given the drops so far).
+    pub fn busy(&self, drops: u64) -> bool {
+        self.running.is_some() || (self.theirs.is_some() && (self.owed || drops != self.drops_seen))
+    }
+
+    /// The next piece of catch-up work. `drops` reads how many updates for this
+    /// neighbour were dropped so far (read under the gate at the end);
+    /// `queue_marker` queues the end marker behind every forward queued before it.
+    pub fn step(
+        &mut self,
+        replica: &Replica,
+        peer: &str,
+        max_bytes: usize,
+        drops: impl Fn() -> u64,
+        queue_marker: impl FnOnce(CaughtUp),
+    ) -> SyncStep {
+        let now = drops();
+        if now != self.drops_seen {
+            // Dropped updates: repaired from the last floors heard, never the whole table.
+            self.drops_seen = now;
+            self.owed = true;
+        }
+        if let Some((c, _)) = &mut self.running {
+            let batch = replica.catch_up_batch(c, max_bytes);
+            if !batch.is_empty() {
+                return SyncStep::Records(batch);
+            }
+            let (c, at_start) = self.running.take().expect("running");
+            let (records, bytes) = (c.records, c.bytes);
+            let clean = replica.end_catch_up(c, |marker| {
+                let clean = drops() == at_start;
+                if clean {
+                    queue_marker(marker);
+                }
+                clean
+            });
+            if !clean {
+                self.owed = true;
+            }
+            return SyncStep::Ended {
+                clean,
+                records,
+                bytes,
+            };
+        }
+        match &self.theirs {
+            Some(theirs) if self.owed => {
+                self.owed = false;
+                // Read before the start: a drop in between only aborts this one.
+                let at_start = drops();
+                self.drops_seen = at_start;
+                let c = replica.start_catch_up(peer, theirs);
+                let full = c.full;
+                self.running = Some((c, at_start));
+                SyncStep::Started { full }
+            }
+            _ => SyncStep::Idle,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(list: &[&str]) -> Vec<Arc<str>> {
+        list.iter().map(|s| Arc::from(*s)).collect()
+    }
+
+    fn no(_: &str) -> bool {
+        false
+    }
+
+    #[test]
+    fn own_iamat_goes_to_every_live_neighbour() {
+        let n = names(&["Hands", "Holiday", "Wilkes"]);
+        let p = plan("Goloman", &n, None, &[], |_| true, no);
+        assert_eq!(p.targets, ["Hands", "Holiday", "Wilkes"]);
+        assert_eq!(p.seen, ["Goloman", "Hands", "Holiday", "Wilkes"]);
+    }
+
+    #[test]
+    fn never_back_to_the_sender_nor_to_those_that_have_it() {
+        let n = names(&["Goloman", "Welsh", "Wilkes"]);
+        let seen = vec!["Goloman".to_owned(), "Wilkes".to_owned()];
+        let p = plan("Holiday", &n, Some("Goloman"), &seen, |_| true, no);
+        assert_eq!(p.targets, ["Welsh"]);
+        assert_eq!(p.seen, ["Goloman", "Wilkes", "Holiday", "Welsh"]);
+        // The sender is never a target even when a buggy peer leaves itself out of the list.
+        let p = plan("Holiday", &n, Some("Welsh"), &[], |_| true, no);
+        assert_eq!(p.targets, ["Goloman", "Wilkes"]);
+    }
+
+    #[test]
+    fn down_neighbours_stay_off_the_list() {
+        let n = names(&["Hands", "Holiday", "Wilkes"]);
+        let p = plan("Goloman", &n, None, &[], |name| name != "Wilkes", no);
+        assert_eq!(p.targets, ["Hands", "Holiday"]);
+        assert_eq!(p.seen, ["Goloman", "Hands", "Holiday"]);
+    }
+
+    #[test]
+    fn nothing_left_to_tell() {
+        let n = names(&["Holiday"]);
+        let p = plan("Welsh", &n, Some("Holiday"), &[], |_| true, no);
+        assert!(p.targets.is_empty());
+    }
+
+    #[test]
+    fn a_neighbour_being_caught_up_gets_everything_but_its_own() {
+        let n = names(&["Goloman", "Welsh", "Wilkes"]);
+        let seen = vec![
+            "Goloman".to_owned(),
+            "Wilkes".to_owned(),
+            "Welsh".to_owned(),
+        ];
+        let p = plan(
+            "Holiday",
+            &n,
+            Some("Goloman"),
+            &seen,
+            |_| true,
+            |n| n != "Welsh",
+        );
+        // Wilkes is listed but being caught up; Goloman sent it.
+        assert_eq!(p.targets, ["Wilkes"]);
+        assert_eq!(p.seen, ["Goloman", "Wilkes", "Welsh", "Holiday"]);
+    }
+}
