@@ -976,6 +976,7 @@ max_response_bytes = 65536
     #[test]
     fn the_log_level_and_rotation_have_defaults_keys_and_bounds() {
         use tracing::level_filters::LevelFilter;
+        let parse = |text: &str| HerdConfig::parse(text, "test");
         let d = parse(TWO).unwrap().log;
         assert_eq!(d.level, LevelFilter::INFO);
         assert_eq!(d.max_file_bytes, crate::logging::DEFAULT_MAX_FILE_BYTES);

@@ -857,7 +857,7 @@ fn find(bytes: &[u8], word: impl Fn(u64) -> u64, byte: impl Fn(u8) -> bool) -> O
 mod tests {
     use super::*;
 
-    use std::{io::Write as _, path::PathBuf, time::Duration};
+    use std::{path::PathBuf, time::Duration};
 
     /// A fresh, empty directory for one test's logs.
     fn temp_dir(name: &str) -> PathBuf {
