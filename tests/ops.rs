@@ -14,7 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{ServerSpec, TempDir, herd_toml};
+use common::{TempDir, herd_file};
 
 const HERD: &str = env!("CARGO_BIN_EXE_herd");
 
@@ -37,25 +37,15 @@ impl Servers {
             .iter()
             .map(|l| l.local_addr().expect("addr").port())
             .collect();
-        let specs: Vec<ServerSpec<'_>> = topology
-            .iter()
-            .enumerate()
-            .map(|(i, (name, neighbours))| ServerSpec {
-                name,
-                client_port: ports[2 * i],
-                peer_port: ports[2 * i + 1],
-                neighbours,
-            })
-            .collect();
         let dir = TempDir::new(label);
         let config = dir.path().join("herd.toml");
-        std::fs::write(&config, herd_toml(&specs)).expect("write the herd file");
+        std::fs::write(&config, herd_file(topology, &ports)).expect("write the herd file");
         drop(reserved);
         let mut servers = Servers {
             config,
             names: topology.iter().map(|(n, _)| *n).collect(),
-            client: specs.iter().map(|s| s.client_port).collect(),
-            peer: specs.iter().map(|s| s.peer_port).collect(),
+            client: ports.iter().step_by(2).copied().collect(),
+            peer: ports.iter().skip(1).step_by(2).copied().collect(),
             children: Vec::new(),
             dir,
         };

@@ -17,8 +17,8 @@ use std::{
 };
 
 use common::{
-    Client, DEFAULT_TOPOLOGY, DIAL_TIMEOUT, NAMES, SPREAD, ServerSpec, TempDir, assert_bytes,
-    check_at, herd_toml, iamat, question, show, wait_for,
+    Client, DEFAULT_TOPOLOGY, DIAL_TIMEOUT, NAMES, SPREAD, TempDir, assert_bytes, check_at,
+    herd_file, iamat, question, show, wait_for,
 };
 use tokio::net::TcpStream;
 
@@ -43,21 +43,6 @@ fn nobody_listens(port: u16) -> bool {
         Ok(_) => false,
         Err(e) => e.kind() == std::io::ErrorKind::ConnectionRefused,
     }
-}
-
-/// A herd file for `topology` on the given ports (client, peer pairs in order).
-fn herd_file(topology: common::Topology<'_>, ports: &[u16]) -> String {
-    let specs: Vec<ServerSpec<'_>> = topology
-        .iter()
-        .enumerate()
-        .map(|(i, (name, neighbours))| ServerSpec {
-            name,
-            client_port: ports[2 * i],
-            peer_port: ports[2 * i + 1],
-            neighbours,
-        })
-        .collect();
-    herd_toml(&specs)
 }
 
 /// A running `herd` process, killed (if still running) when dropped.

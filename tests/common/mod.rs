@@ -81,6 +81,22 @@ pub fn herd_toml(servers: &[ServerSpec<'_>]) -> String {
     text
 }
 
+/// A herd file for `topology` on the given ports (client, peer pairs in order).
+#[allow(dead_code)] // not every test binary writes herd files for processes
+pub fn herd_file(topology: Topology<'_>, ports: &[u16]) -> String {
+    let specs: Vec<ServerSpec<'_>> = topology
+        .iter()
+        .enumerate()
+        .map(|(i, (name, neighbours))| ServerSpec {
+            name,
+            client_port: ports[2 * i],
+            peer_port: ports[2 * i + 1],
+            neighbours,
+        })
+        .collect();
+    herd_toml(&specs)
+}
+
 /// The offline provider shared by every herd of this test binary. Its index is built
 /// once, on a thread of its own (so it survives the runtime of the test that started it).
 pub fn offline() -> OfflineProvider {
