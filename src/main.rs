@@ -77,7 +77,8 @@ enum Command {
         json: bool,
     },
     /// The herd file and live link states as a picture (Graphviz DOT; SVG or PNG
-    /// through `dot` when Graphviz is installed).
+    /// through `dot` when Graphviz is installed). Exit 0 when drawn and all serve with
+    /// every link up; 1 when drawn with a server or link down (as `status`); 2 when not drawn.
     Topology {
         #[command(flatten)]
         ask: AskArgs,
@@ -343,7 +344,9 @@ fn topology(ask: &AskArgs, format: Option<&str>, out: Option<&std::path::Path>) 
         _ => unreachable!("checked above"),
     };
     match written {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) if st.all_well() => ExitCode::SUCCESS,
+        // Drawn, but something is down: scripts can tell without reading the picture.
+        Ok(()) => ExitCode::from(1),
         Err(e) => fail(2, &e),
     }
 }

@@ -478,7 +478,9 @@ fn status_and_topology_show_every_server_and_a_stopped_one_down() {
         );
     }
 
-    let dot = text(&herd.herd(&["topology", "--interval", "0ms"]).stdout);
+    let out = herd.herd(&["topology", "--interval", "0ms"]);
+    assert_eq!(out.status.code(), Some(0), "all up: {}", text(&out.stderr));
+    let dot = text(&out.stdout);
     assert!(dot.starts_with("graph herd {"), "{dot}");
     assert!(
         dot.contains(r#""Alpha" -- "Bravo" [label="Alpha: up\nBravo: up", color=darkgreen"#),
@@ -530,6 +532,12 @@ fn status_and_topology_show_every_server_and_a_stopped_one_down() {
     assert!(table.contains("? (server down)"), "{table}");
 
     let out = herd.herd(&["topology", "--interval", "0ms"]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "Charlie down: {}",
+        text(&out.stderr)
+    );
     let dot = text(&out.stdout);
     assert!(
         dot.contains(r#""Alpha" -- "Charlie" [label="Alpha: "#),
@@ -567,7 +575,8 @@ fn render_with_graphviz(herd: &Servers, dir: &Path) {
         "--out",
         svg.to_str().expect("utf-8 path"),
     ]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    // Drawn (the file is there), with Charlie down: exit 1, as `herd status`.
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
     let drawn = std::fs::read_to_string(&svg).expect("the SVG");
     assert!(
         drawn.contains("<svg") && drawn.contains("Charlie") && drawn.contains("Alpha: up"),
