@@ -53,6 +53,8 @@ pub(crate) struct Plan {
     pub(crate) timeout: Duration,
     /// Nothing runs past this, whatever else is asked.
     pub(crate) time_limit: Duration,
+    /// Open loop: requests per second in all, sent on schedule whatever the replies.
+    pub(crate) rate: Option<f64>,
 }
 
 impl Plan {
@@ -60,6 +62,13 @@ impl Plan {
         if load.connections == 0 || load.depth == 0 {
             return Err(BenchError::Usage(
                 "--connections and --depth must be at least 1".into(),
+            ));
+        }
+        if let Some(rate) = load.rate
+            && !(rate.is_finite() && rate > 0.0)
+        {
+            return Err(BenchError::Usage(
+                "--rate must be a positive number of requests per second".into(),
             ));
         }
         Ok(Plan {
@@ -73,6 +82,7 @@ impl Plan {
             },
             timeout: load.timeout,
             time_limit: load.time_limit,
+            rate: load.rate,
         })
     }
 }
@@ -142,6 +152,11 @@ pub(crate) async fn run(plan: &Plan, mut generator: impl FnMut(usize) -> Generat
         deadline: start + plan.time_limit,
         timeout: plan.timeout,
         depth: plan.depth,
+        // Each connection sends every `connections / rate` seconds, the connections evenly
+        // out of phase, so that the herd sees `rate` requests per second spread in time.
+        interval: plan
+            .rate
+            .map(|rate| Duration::from_secs_f64(plan.connections as f64 / rate)),
     };
     let length = match plan.stop {
         Stop::After(d) => plan.warmup + d,
@@ -151,10 +166,22 @@ pub(crate) async fn run(plan: &Plan, mut generator: impl FnMut(usize) -> Generat
     let shown = progress
         .clone()
         .map(|p| tokio::spawn(p.show(start.into(), plan.warmup)));
+    let n = plan.connections.max(1) as f64;
     let mut running = JoinSet::new();
     for (i, stream) in streams {
         let g = generator(i);
-        running.spawn(drive(stream, g, schedule, per_conn(i), progress.clone()));
+        let first_due = start
+            + schedule
+                .interval
+                .map_or(Duration::ZERO, |iv| iv.mul_f64(i as f64 / n));
+        running.spawn(drive(
+            stream,
+            g,
+            schedule,
+            per_conn(i),
+            progress.clone(),
+            first_due,
+        ));
     }
     while let Some(joined) = running.join_next().await {
         match joined {
@@ -184,6 +211,8 @@ struct Schedule {
     deadline: Instant,
     timeout: Duration,
     depth: usize,
+    /// Open loop: one request per connection every this long.
+    interval: Option<Duration>,
 }
 
 struct InFlight {
@@ -192,7 +221,8 @@ struct InFlight {
     key: Vec<u8>,
 }
 
-/// One connection's loop: keep `depth` requests in flight until the schedule (or `quota`
+/// One connection's loop: keep `depth` requests in flight (or, open loop, send one every
+/// `interval` from `next_due` on, at most `depth` in flight) until the schedule (or `quota`
 /// measured requests) says stop, then take the last replies.
 async fn drive(
     mut stream: TcpStream,
@@ -200,6 +230,7 @@ async fn drive(
     s: Schedule,
     mut quota: Option<u64>,
     progress: Option<Arc<Progress>>,
+    mut next_due: Instant,
 ) -> Tally {
     let codec = generator.codec();
     let mut tally = Tally::new();
@@ -213,10 +244,24 @@ async fn drive(
         tally.errors.missing += in_flight.iter().filter(|r| r.measured).count() as u64;
     };
 
+    // Open loop only: whether the schedule has stopped sending, and when the connection last
+    // showed life (a reply, or a send with nothing in flight) for its silence timeout.
+    let mut sending_done = false;
+    let mut alive_at = Instant::now();
+
     loop {
         let now = Instant::now();
-        while in_flight.len() < s.depth && now < s.deadline {
-            let measured = now >= s.measure_from;
+        if s.interval.is_some() && in_flight.is_empty() {
+            alive_at = now;
+        }
+        while in_flight.len() < s.depth && now < s.deadline && !sending_done {
+            // Open loop: the request is stamped with when it was due, not when it left.
+            let at = match s.interval {
+                Some(_) if next_due > now => break,
+                Some(_) => next_due,
+                None => now,
+            };
+            let measured = at >= s.measure_from;
             if measured {
                 let more = match (&mut quota, s.stop_at) {
                     (Some(0), _) => false,
@@ -224,10 +269,11 @@ async fn drive(
                         *q -= 1;
                         true
                     }
-                    (None, Some(stop_at)) => now < stop_at,
+                    (None, Some(stop_at)) => at < stop_at,
                     (None, None) => false,
                 };
                 if !more {
+                    sending_done = s.interval.is_some();
                     break;
                 }
             }
@@ -235,10 +281,13 @@ async fn drive(
             key.clear();
             generator.next(&mut out, &mut key);
             in_flight.push_back(InFlight {
-                sent: now,
+                sent: at,
                 measured,
                 key,
             });
+            if let Some(iv) = s.interval {
+                next_due += iv;
+            }
         }
         if !out.is_empty() {
             let wrote = timeout_at(
@@ -252,17 +301,29 @@ async fn drive(
             }
             out.clear();
         }
-        if in_flight.is_empty() {
+        let open_loop = s.interval.is_some() && !sending_done && Instant::now() < s.deadline;
+        if in_flight.is_empty() && !open_loop {
             return tally;
         }
 
-        let read = timeout_at(
-            (Instant::now() + s.timeout).min(s.deadline).into(),
-            stream.read_buf(&mut buf),
-        )
-        .await;
+        // Closed loop: wait for a reply. Open loop: also wake when the next request is due.
+        let silent_at = if in_flight.is_empty() {
+            s.deadline
+        } else if s.interval.is_some() {
+            alive_at + s.timeout
+        } else {
+            Instant::now() + s.timeout
+        }
+        .min(s.deadline);
+        let wake = if open_loop {
+            next_due.min(silent_at)
+        } else {
+            silent_at
+        };
+        let read = timeout_at(wake.into(), stream.read_buf(&mut buf)).await;
         match read {
-            Ok(Ok(n)) if n > 0 => {}
+            Ok(Ok(n)) if n > 0 => alive_at = Instant::now(),
+            Err(_) if open_loop && Instant::now() < silent_at => continue,
             _ => {
                 give_up(&mut tally, &in_flight);
                 return tally;
@@ -342,6 +403,7 @@ fn report(scenario: &'static str, wire: Wire, plan: &Plan, m: &Measured) -> Load
         addr: plan.addr.to_string(),
         connections: plan.connections,
         depth: plan.depth,
+        offered_rate_ops_s: plan.rate,
         clients: None,
         radius_km: None,
         bound: None,

@@ -244,6 +244,11 @@ pub(crate) struct LoadArgs {
     /// Nothing runs longer than this, whatever else is asked.
     #[arg(long, default_value = "10m", value_parser = parse_duration)]
     time_limit: Duration,
+    /// Open loop: send this many requests per second in all, on a fixed schedule spread over
+    /// the connections, whatever the replies; each latency counts from when its request was
+    /// due (no coordinated omission). --depth then caps the requests in flight per connection.
+    #[arg(long, value_name = "OPS_PER_S")]
+    rate: Option<f64>,
 }
 
 /// How results are printed, and the generator's own resources.
@@ -455,6 +460,7 @@ async fn scenario(s: &Scenario, json: bool) -> Result<u64, BenchError> {
                 seed: *seed,
                 timeout: *timeout,
                 time_limit: *time_limit,
+                rate: None,
             };
             let r = load::records(target, *records, &load, *server_pid).await?;
             let errors = measured_something(&r)?;

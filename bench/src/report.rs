@@ -208,6 +208,9 @@ pub(crate) struct LoadReport {
     pub(crate) addr: String,
     pub(crate) connections: usize,
     pub(crate) depth: usize,
+    /// Open loop (`--rate`): the requests per second offered, whatever the replies.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) offered_rate_ops_s: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) clients: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -239,6 +242,9 @@ impl LoadReport {
             self.scenario, self.addr, self.target
         ));
         let mut shape = format!("{} connections x depth {}", self.connections, self.depth);
+        if let Some(rate) = self.offered_rate_ops_s {
+            shape += &format!(", open loop at {rate} requests/s");
+        }
         if let Some(c) = self.clients {
             shape += &format!(", {c} clients");
         }

@@ -7,7 +7,7 @@ bench/compare-stacks.sh can compare herd against it. WHATSAT answers from a fixe
 place list. Peer links are persistent TCP connections carrying text UPDATE lines (see
 bench/reference/README.md). Standard library only; `--uvloop` uses uvloop when installed.
 
-Usage: herd.py serve NAME --config HERD.toml [--uvloop]
+Usage: herd.py [--uvloop] serve NAME --config HERD.toml
 """
 
 import argparse
@@ -253,11 +253,11 @@ class Server:
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--uvloop", action="store_true", help="run on uvloop (must be installed)")
     sub = ap.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("serve")
     s.add_argument("name")
     s.add_argument("--config", required=True)
-    s.add_argument("--uvloop", action="store_true", help="run on uvloop (must be installed)")
     args = ap.parse_args()
     with open(args.config, "rb") as f:
         herd = {s["name"]: s for s in tomllib.load(f)["server"]}
