@@ -123,6 +123,7 @@ impl ProcHerd {
             .args(&self.command[1..])
             .args(["serve", name, "--config"])
             .arg(&self.config)
+            .args(self.log_args())
             .env_remove("HERD_CONFIG")
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
@@ -136,6 +137,15 @@ impl ProcHerd {
                 )
             });
         self.servers[i].2 = Some(child);
+    }
+
+    /// herd writes a log file per server: into this herd's own directory, not the
+    /// working directory that every test process shares. The references log nothing.
+    fn log_args(&self) -> Vec<std::ffi::OsString> {
+        match self.stack {
+            Stack::Herd => vec!["--log-dir".into(), self.dir.path().join("logs").into()],
+            Stack::Asyncio | Stack::Node | Stack::UnderTest => Vec::new(),
+        }
     }
 
     async fn wait_listening(&mut self, name: &str) {
