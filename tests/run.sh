@@ -2,8 +2,8 @@
 # Runs every test of the project on a fresh machine: installs what the tests need
 # (cargo-nextest if missing, grpcurl in a venv, Debian's prometheus, graphviz and
 # tmux), then runs the Rust test suite and the docker compose deployment test. The
-# workspace is the server (the top level) and the load generator (bench/): both are
-# built and tested.
+# workspace is the server (the top level), its offline places index (places/) and the
+# load generator (bench/): all are built and tested.
 # Usage: tests/run.sh            (from anywhere; CI runs it through .ci/run)
 set -euo pipefail
 cd "$(dirname "$0")/.."
