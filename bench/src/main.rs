@@ -9,6 +9,7 @@
 //!   `whatsat` and `records` scenarios.
 //! - [`propagation`]: the time an IAMAT at one server takes to be visible at another.
 //! - [`connections`]: many idle connections, and the server's memory.
+//! - [`simulate`]: a large herd in simulated time (the real replication code).
 //! - [`redis`]: loading the offline dataset into Redis for `whatsat --redis`.
 //! - [`workload`]: what is sent and how replies are judged, for both wires.
 //! - [`resp`]: the RESP encoder and reply parser.
@@ -26,6 +27,7 @@ mod propagation;
 mod redis;
 mod report;
 mod resp;
+mod simulate;
 mod workload;
 
 use std::{process::ExitCode, time::Duration};
@@ -188,6 +190,46 @@ enum Scenario {
         #[command(flatten)]
         output: Output,
     },
+    /// Simulate a large herd: herd's real replication code over a simulated network in
+    /// simulated time (no sockets): how fast flooding spreads each update to every
+    /// server, what it sends, and what a partition's heal costs.
+    Simulate {
+        /// Servers, on a random connected topology; 0 for the paper's five (the
+        /// built-in herd file).
+        #[arg(long, default_value_t = 1000)]
+        servers: usize,
+        /// Mean neighbours per server of the random topology.
+        #[arg(long, default_value_t = 4.0)]
+        degree: f64,
+        /// IAMATs in all, each a new client at a random server.
+        #[arg(long, default_value_t = 10_000)]
+        updates: usize,
+        /// IAMATs per simulated second, herd-wide.
+        #[arg(long, default_value_t = 1000.0)]
+        rate: f64,
+        /// The shortest one-way delay of a message (microseconds).
+        #[arg(long, default_value_t = 100)]
+        delay_min_us: u64,
+        /// The longest one-way delay of a message (microseconds).
+        #[arg(long, default_value_t = 1000)]
+        delay_max_us: u64,
+        /// The chance that a message waits for a TCP retransmission (holding up the
+        /// link's later messages too).
+        #[arg(long, default_value_t = 0.0)]
+        loss: f64,
+        /// How long a retransmission takes (microseconds).
+        #[arg(long, default_value_t = 200_000)]
+        retransmit_us: u64,
+        /// Cut a random half of the servers off while the middle third of the IAMATs
+        /// is made, then heal.
+        #[arg(long)]
+        partition: bool,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Print one JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Load the offline dataset's places into Redis (herd:places) for `whatsat --redis`.
     LoadRedisPlaces {
         /// The Redis server.
@@ -282,6 +324,9 @@ fn main() -> ExitCode {
 
 /// Runs one scenario to completion and says how it went.
 fn run(args: &BenchArgs) -> ExitCode {
+    if let Scenario::Simulate { .. } = &args.scenario {
+        return simulate::run(&args.scenario);
+    }
     let output = match &args.scenario {
         Scenario::Iamat { output, .. }
         | Scenario::Whatsat { output, .. }
@@ -289,6 +334,7 @@ fn run(args: &BenchArgs) -> ExitCode {
         | Scenario::Connections { output, .. }
         | Scenario::Records { output, .. }
         | Scenario::LoadRedisPlaces { output, .. } => output.clone(),
+        Scenario::Simulate { .. } => unreachable!("simulated without a runtime"),
     };
     let runtime = if output.threads <= 1 {
         tokio::runtime::Builder::new_current_thread()
@@ -479,6 +525,7 @@ async fn scenario(s: &Scenario, json: bool) -> Result<u64, BenchError> {
             report::emit(&r, json, redis::PlacesReport::table);
             Ok(0)
         }
+        Scenario::Simulate { .. } => unreachable!("simulated without a runtime"),
     }
 }
 

@@ -352,3 +352,47 @@ async fn a_run_that_cannot_connect_exits_1_with_no_report() {
         assert!(stderr.contains("could not run"), "{stderr}");
     }
 }
+
+/// `simulate` runs herd's replication code over a simulated network: a small seeded
+/// herd with a partition converges, the figures add up, and the same seed replays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simulate_a_partitioned_herd_converges_and_replays_by_seed() {
+    let args = [
+        "simulate",
+        "--servers",
+        "30",
+        "--degree",
+        "3",
+        "--updates",
+        "200",
+        "--partition",
+        "--loss",
+        "0.01",
+        "--seed",
+        "9",
+    ];
+    let (code, v) = bench(&args).await;
+    assert_eq!(code, 0, "{v}");
+    let r = &v["report"];
+    assert_eq!(r["servers"], 30, "{v}");
+    assert_eq!(r["links"], 45, "{v}");
+    assert_eq!(r["reached_all"], 200, "{v}");
+    assert_eq!(r["converged"], true, "{v}");
+    assert!(r["catch_up_records"].as_u64().unwrap() > 0, "{v}");
+    assert!(r["heal_to_converged_us"].as_u64().is_some(), "{v}");
+    let (m, u, red) = (
+        r["messages"].as_u64().unwrap(),
+        r["useful"].as_u64().unwrap(),
+        r["redundant"].as_u64().unwrap(),
+    );
+    assert_eq!(m, u + red, "{v}");
+    let (_, again) = bench(&args).await;
+    assert_eq!(again["report"]["messages"], r["messages"], "{again}");
+    assert_eq!(
+        again["report"]["simulated_us"], r["simulated_us"],
+        "{again}"
+    );
+
+    let out = run_bench(&["simulate", "--servers", "1"]).await;
+    assert_eq!(out.status.code(), Some(2));
+}

@@ -60,6 +60,7 @@
 //! newer incarnation of that origin is known, so their count stays at the
 //! restarts whose records are still current somewhere.
 
+pub mod netsim;
 pub mod versions;
 
 #[cfg(test)]

@@ -1,0 +1,731 @@
+//! Large herds, simulated: the real replication code ([`Replica`], [`plan`],
+//! [`LinkSync`]) of hundreds or thousands of servers over a simulated network, with
+//! simulated time, so that what flooding costs at a size no machine here can run as
+//! processes can be measured (`herd-bench simulate`).
+//!
+//! A discrete-event simulation, seeded: every message is an event at a simulated time
+//! (a one-way delay drawn uniformly from a range, FIFO per direction of a link, as a
+//! gRPC stream is); a lost packet delays its message, and every message behind it on the
+//! same link, by a retransmission timeout (the links are TCP: loss is delay, not a gap);
+//! a partition cuts links (messages in flight on them are gone) and a heal brings them
+//! back with the floor exchange and catch-up of the real links. Every IAMAT is a new
+//! client, so that each update's spread can be followed to every server.
+//!
+//! What is not modelled: a server's CPU (a message is handled the instant it arrives),
+//! bandwidth, and send-queue overflow (queues are unbounded; the real links' overflow
+//! path is the one `sim` tests). A catch-up is sent in one step at its sender.
+
+use std::{
+    cmp::Ordering as CmpOrdering,
+    collections::{BinaryHeap, HashMap},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use super::{CaughtUp, Floor, LinkSync, Offer, Replica, SyncStep};
+use crate::{proto, store::Record, wire};
+
+/// The herd's shape.
+#[derive(Clone, Debug)]
+pub enum Topology {
+    /// The paper's five servers and links (the built-in herd file).
+    Paper,
+    /// `servers` servers on a random connected graph: a random spanning tree, then
+    /// random extra links until the mean number of neighbours is `degree`.
+    Random { servers: usize, degree: f64 },
+}
+
+/// One simulation.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub topology: Topology,
+    /// IAMATs in all, each at a server drawn at random, each a new client.
+    pub updates: usize,
+    /// IAMATs per simulated second, herd-wide, evenly spaced.
+    pub rate: f64,
+    /// One-way delay of a message, drawn uniformly from this range (microseconds).
+    pub delay_us: (u64, u64),
+    /// The chance that a message waits for a retransmission.
+    pub loss: f64,
+    /// How long a retransmission takes (microseconds).
+    pub retransmit_us: u64,
+    /// Cut a random half of the servers off from the rest while the middle third of the
+    /// IAMATs is made, then heal.
+    pub partition: bool,
+    pub seed: u64,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            topology: Topology::Paper,
+            updates: 1000,
+            rate: 1000.0,
+            delay_us: (100, 1000),
+            loss: 0.0,
+            retransmit_us: 200_000,
+            partition: false,
+            seed: 1,
+        }
+    }
+}
+
+/// What a simulation measured.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Report {
+    pub seed: u64,
+    pub servers: usize,
+    pub links: usize,
+    pub updates: usize,
+    /// Updates that reached every server.
+    pub reached_all: usize,
+    /// Time from an IAMAT to the last server applying it, over the updates made while
+    /// no partition was in place (microseconds of simulated time).
+    pub reach_p50_us: u64,
+    pub reach_p99_us: u64,
+    pub reach_max_us: u64,
+    /// Live update messages delivered (not counting catch-ups).
+    pub messages: u64,
+    /// Of those, the ones that stored something (at most servers - 1 per update).
+    pub useful: u64,
+    /// Of those, the ones the receiver held already.
+    pub redundant: u64,
+    pub catch_ups: u64,
+    pub catch_up_records: u64,
+    pub catch_up_bytes: u64,
+    /// From the heal until every update made before it was on every server.
+    pub heal_to_converged_us: Option<u64>,
+    /// Every server ended with the same table.
+    pub converged: bool,
+    /// Resident memory the simulation added, per simulated server (bytes; 0 where
+    /// /proc is not readable).
+    pub memory_per_server: u64,
+    pub simulated_us: u64,
+    pub wall_ms: u64,
+}
+
+impl Report {
+    /// Live messages per update.
+    pub fn messages_per_update(&self) -> f64 {
+        self.messages as f64 / self.updates.max(1) as f64
+    }
+
+    /// Redundant deliveries per useful one.
+    pub fn redundant_per_useful(&self) -> f64 {
+        self.redundant as f64 / self.useful.max(1) as f64
+    }
+}
+
+#[derive(Debug)]
+enum Msg {
+    Updates(Vec<proto::Update>),
+    CatchUp(Vec<proto::Update>),
+    Floors(Vec<Floor>),
+    CaughtUp(CaughtUp),
+}
+
+#[derive(Debug)]
+enum Ev {
+    Inject(usize),
+    Deliver {
+        e: usize,
+        d: usize,
+        epoch: u64,
+        msg: Msg,
+    },
+    Sync {
+        e: usize,
+        d: usize,
+        epoch: u64,
+    },
+    Cut,
+    Heal,
+}
+
+/// An event at a time; `n` keeps events of one time in the order they were made.
+#[derive(Debug)]
+struct Item {
+    t: u64,
+    n: u64,
+    ev: Ev,
+}
+
+impl PartialEq for Item {
+    fn eq(&self, o: &Item) -> bool {
+        (self.t, self.n) == (o.t, o.n)
+    }
+}
+impl Eq for Item {}
+impl PartialOrd for Item {
+    fn partial_cmp(&self, o: &Item) -> Option<CmpOrdering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Item {
+    // Reversed: BinaryHeap is a max-heap and the earliest event goes first.
+    fn cmp(&self, o: &Item) -> CmpOrdering {
+        (o.t, o.n).cmp(&(self.t, self.n))
+    }
+}
+
+struct Link {
+    ends: (usize, usize),
+    up: bool,
+    epoch: u64,
+    sync: [LinkSync; 2],
+    /// When the last message sent each way arrives (FIFO).
+    last_due: [u64; 2],
+}
+
+/// How far each update has spread.
+#[derive(Clone, Copy, Default)]
+struct Spread {
+    made_at: u64,
+    holders: u32,
+    all_at: Option<u64>,
+}
+
+struct Sim {
+    cfg: Config,
+    rng: fastrand::Rng,
+    now: u64,
+    next_n: u64,
+    events: BinaryHeap<Item>,
+    nodes: Vec<Replica>,
+    index: HashMap<Arc<str>, usize>,
+    /// Per node: (neighbour, link).
+    adjacent: Vec<Vec<(usize, usize)>>,
+    links: Vec<Link>,
+    spread: Vec<Spread>,
+    /// The side of each node in the partition (true: cut off).
+    side: Vec<bool>,
+    partitioned: Option<(usize, usize)>,
+    healed_at: Option<u64>,
+    heal_k: usize,
+    r: Counters,
+}
+
+#[derive(Default)]
+struct Counters {
+    messages: u64,
+    useful: u64,
+    redundant: u64,
+    catch_ups: u64,
+    catch_up_records: u64,
+    catch_up_bytes: u64,
+}
+
+/// The servers' names and neighbour lists.
+fn shape(topology: &Topology, rng: &mut fastrand::Rng) -> (Vec<Arc<str>>, Vec<(usize, usize)>) {
+    match topology {
+        Topology::Paper => {
+            let herd = crate::config::HerdConfig::load(None).expect("the built-in herd file");
+            let names: Vec<Arc<str>> = herd.servers.iter().map(|s| s.name.clone()).collect();
+            let mut edges = Vec::new();
+            for (i, s) in herd.servers.iter().enumerate() {
+                for n in &s.neighbours {
+                    let j = names.iter().position(|x| **x == **n).expect("a server");
+                    if i < j {
+                        edges.push((i, j));
+                    }
+                }
+            }
+            (names, edges)
+        }
+        &Topology::Random { servers, degree } => {
+            let n = servers.max(2);
+            let names = (0..n).map(|i| Arc::from(format!("S{i}"))).collect();
+            let mut edges = Vec::new();
+            let mut have = std::collections::HashSet::new();
+            for i in 1..n {
+                let j = rng.usize(0..i);
+                edges.push((j, i));
+                have.insert((j, i));
+            }
+            let want = ((degree * n as f64 / 2.0).round() as usize).min(n * (n - 1) / 2);
+            while edges.len() < want {
+                let (a, b) = (rng.usize(0..n), rng.usize(0..n));
+                let (a, b) = (a.min(b), a.max(b));
+                if a != b && have.insert((a, b)) {
+                    edges.push((a, b));
+                }
+            }
+            (names, edges)
+        }
+    }
+}
+
+fn resident_bytes() -> u64 {
+    crate::proc_metrics::Reading::now().map_or(0, |r| r.resident_bytes)
+}
+
+/// Runs one simulation to its end: every IAMAT made, everything healed, every
+/// message delivered.
+pub fn run(cfg: &Config) -> Report {
+    let started = Instant::now();
+    let rss_before = resident_bytes();
+    let mut rng = fastrand::Rng::with_seed(cfg.seed);
+    let (names, edges) = shape(&cfg.topology, &mut rng);
+    let n = names.len();
+    let mut adjacent = vec![Vec::new(); n];
+    for (l, &(a, b)) in edges.iter().enumerate() {
+        adjacent[a].push((b, l));
+        adjacent[b].push((a, l));
+    }
+    let nodes = (0..n)
+        .map(|i| {
+            let neighbours = adjacent[i].iter().map(|&(j, _)| names[j].clone()).collect();
+            Replica::new(names[i].clone(), 1 + i as u64, neighbours)
+        })
+        .collect();
+    let side = (0..n).map(|_| rng.bool()).collect();
+    let mut sim = Sim {
+        rng,
+        now: 0,
+        next_n: 0,
+        events: BinaryHeap::new(),
+        nodes,
+        index: names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.clone(), i))
+            .collect(),
+        adjacent,
+        links: edges
+            .iter()
+            .map(|&ends| Link {
+                ends,
+                up: true,
+                epoch: 0,
+                sync: Default::default(),
+                last_due: [0; 2],
+            })
+            .collect(),
+        spread: vec![Spread::default(); cfg.updates],
+        side,
+        partitioned: cfg
+            .partition
+            .then(|| (cfg.updates / 3, 2 * cfg.updates / 3)),
+        healed_at: None,
+        heal_k: 0,
+        r: Counters::default(),
+        cfg: cfg.clone(),
+    };
+    if cfg.updates > 0 {
+        sim.at(0, Ev::Inject(0));
+    }
+    while let Some(item) = sim.events.pop() {
+        sim.now = item.t;
+        sim.handle(item.ev);
+    }
+    let rss_after = resident_bytes();
+    sim.report(cfg, started.elapsed(), rss_after.saturating_sub(rss_before))
+}
+
+impl Sim {
+    fn at(&mut self, t: u64, ev: Ev) {
+        self.next_n += 1;
+        self.events.push(Item {
+            t,
+            n: self.next_n,
+            ev,
+        });
+    }
+
+    fn interval_us(&self) -> u64 {
+        (1e6 / self.cfg.rate.max(1e-3)) as u64
+    }
+
+    /// Sends `msg` on link `e` from its end `d`: gone if the link is down.
+    fn send(&mut self, e: usize, d: usize, msg: Msg) {
+        let link = &self.links[e];
+        if !link.up {
+            return;
+        }
+        let (lo, hi) = self.cfg.delay_us;
+        let mut t = self.now + self.rng.u64(lo.min(hi)..=hi.max(lo));
+        if self.cfg.loss > 0.0 && self.rng.f64() < self.cfg.loss {
+            t += self.cfg.retransmit_us;
+        }
+        let t = t.max(link.last_due[d] + 1);
+        let epoch = link.epoch;
+        self.links[e].last_due[d] = t;
+        self.at(t, Ev::Deliver { e, d, epoch, msg });
+    }
+
+    /// The link from `i` to the neighbour named `name`, and its direction from `i`.
+    fn link_to(&self, i: usize, name: &str) -> (usize, usize) {
+        let j = self.index[name];
+        let &(_, l) = self.adjacent[i]
+            .iter()
+            .find(|&&(k, _)| k == j)
+            .expect("a neighbour");
+        (l, usize::from(self.links[l].ends.0 != i))
+    }
+
+    fn is_up(&self, i: usize, name: &str) -> bool {
+        self.links[self.link_to(i, name).0].up
+    }
+
+    fn forward(&mut self, i: usize, targets: Vec<String>, update: proto::Update) {
+        let mut update = Some(update);
+        let last = targets.len().saturating_sub(1);
+        for (k, t) in targets.iter().enumerate() {
+            let (e, d) = self.link_to(i, t);
+            let u = if k == last {
+                update.take().expect("the update")
+            } else {
+                update.clone().expect("the update")
+            };
+            self.send(e, d, Msg::Updates(vec![u]));
+        }
+    }
+
+    fn reached(&mut self, client: &[u8]) {
+        let k: usize = std::str::from_utf8(&client[1..])
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .expect("a simulated client id");
+        let s = &mut self.spread[k];
+        s.holders += 1;
+        if s.holders as usize == self.nodes.len() {
+            s.all_at = Some(self.now);
+        }
+    }
+
+    fn handle(&mut self, ev: Ev) {
+        match ev {
+            Ev::Inject(k) => self.inject(k),
+            Ev::Deliver { e, d, epoch, msg } => {
+                if epoch == self.links[e].epoch {
+                    self.deliver(e, d, msg);
+                }
+            }
+            Ev::Sync { e, d, epoch } => {
+                if epoch == self.links[e].epoch {
+                    self.sync(e, d);
+                }
+            }
+            Ev::Cut => {
+                for e in 0..self.links.len() {
+                    let (a, b) = self.links[e].ends;
+                    if self.side[a] != self.side[b] {
+                        let link = &mut self.links[e];
+                        link.up = false;
+                        link.epoch += 1;
+                        link.sync = Default::default();
+                    }
+                }
+            }
+            Ev::Heal => {
+                self.healed_at = Some(self.now);
+                for e in 0..self.links.len() {
+                    if self.links[e].up {
+                        continue;
+                    }
+                    let link = &mut self.links[e];
+                    link.up = true;
+                    link.epoch += 1;
+                    link.last_due = [self.now; 2];
+                    let ends = link.ends;
+                    // Each end sends its floors first, as a new stream does.
+                    for d in 0..2 {
+                        let from = if d == 0 { ends.0 } else { ends.1 };
+                        let floors = self.nodes[from].floors();
+                        self.send(e, d, Msg::Floors(floors));
+                    }
+                }
+            }
+        }
+    }
+
+    fn inject(&mut self, k: usize) {
+        if let Some((cut, heal)) = self.partitioned {
+            if k == cut {
+                self.handle(Ev::Cut);
+            } else if k == heal {
+                self.heal_k = k;
+                self.handle(Ev::Heal);
+            }
+        }
+        let i = self.rng.usize(0..self.nodes.len());
+        let line = format!(
+            "IAMAT c{k} +{}.5-{}.25 {}.{:09}",
+            i % 90,
+            k % 180,
+            1 + k / 1000,
+            k % 1000
+        );
+        let Ok(wire::Command::IAmAt(cmd)) = wire::parse(line.as_bytes()) else {
+            unreachable!("a valid IAMAT: {line}");
+        };
+        let record = Record::from_iamat(&self.nodes[i].name().clone(), b"+0.000001000", &cmd);
+        self.spread[k].made_at = self.now;
+        let forward = {
+            let node = &self.nodes[i];
+            let applied = node
+                .iamat(record, &cmd.client_time, true)
+                .expect("a new client is stored");
+            let plan = node.plan(&applied, None, &[], |name| self.is_up(i, name));
+            let targets: Vec<String> = plan.targets.iter().map(|t| t.to_string()).collect();
+            let update = applied
+                .record
+                .as_ref()
+                .expect("kept")
+                .to_update(plan.seen, Some(applied.version.clone()));
+            (targets, update)
+        };
+        self.reached(format!("c{k}").as_bytes());
+        self.forward(i, forward.0, forward.1);
+        if k + 1 < self.cfg.updates {
+            let t = self.now + self.interval_us();
+            self.at(t, Ev::Inject(k + 1));
+        }
+    }
+
+    fn deliver(&mut self, e: usize, d: usize, msg: Msg) {
+        let (from, to) = if d == 0 {
+            self.links[e].ends
+        } else {
+            (self.links[e].ends.1, self.links[e].ends.0)
+        };
+        match msg {
+            Msg::Updates(updates) => {
+                for u in updates {
+                    self.apply(from, to, u, true);
+                }
+            }
+            Msg::CatchUp(updates) => {
+                for u in updates {
+                    self.apply(from, to, u, false);
+                }
+            }
+            Msg::Floors(theirs) => {
+                // Floors from `from` start a catch-up on the direction back to it.
+                self.links[e].sync[1 - d].floors(theirs);
+                let epoch = self.links[e].epoch;
+                self.at(self.now, Ev::Sync { e, d: 1 - d, epoch });
+            }
+            Msg::CaughtUp(floors) => {
+                self.nodes[to].caught_up(&floors).expect("few sources");
+            }
+        }
+    }
+
+    /// `to` handles an update from `from` (`live`: flooded, not a catch-up record).
+    fn apply(&mut self, from: usize, to: usize, u: proto::Update, live: bool) {
+        let next = {
+            let node = &self.nodes[to];
+            let from_name = self.nodes[from].name();
+            match node.offer(&u).expect("a valid update") {
+                Offer::Applied(applied) => {
+                    let plan = node.plan(&applied, Some(from_name), &u.seen, |n| self.is_up(to, n));
+                    let targets: Vec<String> = plan.targets.iter().map(|t| t.to_string()).collect();
+                    Some((targets, plan.seen))
+                }
+                Offer::Stale => None,
+            }
+        };
+        if live {
+            self.r.messages += 1;
+            if next.is_some() {
+                self.r.useful += 1;
+            } else {
+                self.r.redundant += 1;
+            }
+        }
+        if let Some((targets, seen)) = next {
+            self.reached(&u.client_id);
+            let mut fwd = u;
+            fwd.seen = seen;
+            self.forward(to, targets, fwd);
+        }
+    }
+
+    /// The sending side of (e, d) runs its catch-up to the end.
+    fn sync(&mut self, e: usize, d: usize) {
+        let (from, to) = if d == 0 {
+            self.links[e].ends
+        } else {
+            (self.links[e].ends.1, self.links[e].ends.0)
+        };
+        let peer = self.nodes[to].name().clone();
+        loop {
+            let mut marker = None;
+            let step = self.links[e].sync[d].step(
+                &self.nodes[from],
+                &peer,
+                1 << 20,
+                || 0,
+                |m| marker = Some(m),
+            );
+            if let Some(m) = marker {
+                self.send(e, d, Msg::CaughtUp(m));
+            }
+            match step {
+                SyncStep::Started { .. } => self.r.catch_ups += 1,
+                SyncStep::Records(r) => {
+                    self.r.catch_up_records += r.len() as u64;
+                    self.r.catch_up_bytes += r
+                        .iter()
+                        .map(|u| prost::Message::encoded_len(u) as u64)
+                        .sum::<u64>();
+                    self.send(e, d, Msg::CatchUp(r));
+                }
+                SyncStep::Ended { .. } | SyncStep::Idle => return,
+            }
+        }
+    }
+
+    fn report(&self, cfg: &Config, wall: Duration, rss: u64) -> Report {
+        let window = self.partitioned;
+        let mut reach: Vec<u64> = self
+            .spread
+            .iter()
+            .enumerate()
+            .filter(|(k, _)| window.is_none_or(|(cut, heal)| *k < cut || *k >= heal))
+            .filter_map(|(_, s)| s.all_at.map(|t| t - s.made_at))
+            .collect();
+        reach.sort_unstable();
+        let pct = |p: f64| {
+            if reach.is_empty() {
+                0
+            } else {
+                reach[((reach.len() - 1) as f64 * p).round() as usize]
+            }
+        };
+        let heal_to_converged_us = self.healed_at.map(|healed| {
+            self.spread[..self.heal_k]
+                .iter()
+                .filter_map(|s| s.all_at)
+                .max()
+                .unwrap_or(healed)
+                .saturating_sub(healed)
+        });
+        let digests: Vec<(u64, u64)> = self.nodes.iter().map(|n| n.digest()).collect();
+        Report {
+            seed: cfg.seed,
+            servers: self.nodes.len(),
+            links: self.links.len(),
+            updates: cfg.updates,
+            reached_all: self.spread.iter().filter(|s| s.all_at.is_some()).count(),
+            reach_p50_us: pct(0.50),
+            reach_p99_us: pct(0.99),
+            reach_max_us: reach.last().copied().unwrap_or(0),
+            messages: self.r.messages,
+            useful: self.r.useful,
+            redundant: self.r.redundant,
+            catch_ups: self.r.catch_ups,
+            catch_up_records: self.r.catch_up_records,
+            catch_up_bytes: self.r.catch_up_bytes,
+            heal_to_converged_us,
+            converged: digests.windows(2).all(|w| w[0] == w[1]),
+            memory_per_server: rss / self.nodes.len().max(1) as u64,
+            simulated_us: self.now,
+            wall_ms: wall.as_millis() as u64,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn small(topology: Topology, seed: u64) -> Config {
+        Config {
+            topology,
+            updates: 300,
+            rate: 2000.0,
+            seed,
+            ..Config::default()
+        }
+    }
+
+    #[test]
+    fn the_papers_herd_gets_every_update_everywhere_with_at_most_one_redundant_message() {
+        let r = run(&small(Topology::Paper, 7));
+        assert_eq!((r.servers, r.links), (5, 6), "{r:?}");
+        assert_eq!(r.reached_all, 300, "{r:?}");
+        assert!(r.converged, "{r:?}");
+        assert_eq!(r.useful, 300 * 4, "{r:?}");
+        // The seen lists cover what each sender sends: an update made at Goloman or
+        // Wilkes goes out once to each server. From Hands, Holiday or Welsh, the two
+        // servers that get it at the same hop both send it on to one more (Holiday, or
+        // Hands), which gets it twice: at most one redundant message per update.
+        assert_eq!(r.messages, r.useful + r.redundant, "{r:?}");
+        assert!(r.redundant > 0 && r.redundant <= 300, "{r:?}");
+        assert!(r.reach_p50_us >= 100 && r.reach_p99_us <= 4 * 1000, "{r:?}");
+    }
+
+    #[test]
+    fn a_random_herd_of_a_hundred_converges_and_counts_its_redundant_messages() {
+        let r = run(&small(
+            Topology::Random {
+                servers: 100,
+                degree: 4.0,
+            },
+            11,
+        ));
+        assert_eq!(r.servers, 100);
+        assert_eq!(r.links, 200);
+        assert_eq!(r.reached_all, 300, "{r:?}");
+        assert!(r.converged, "{r:?}");
+        assert_eq!(r.useful, 300 * 99, "{r:?}");
+        assert_eq!(r.messages, r.useful + r.redundant, "{r:?}");
+        // Cycles make flooding send some updates to servers that have them already.
+        assert!(r.redundant > 0, "{r:?}");
+    }
+
+    #[test]
+    fn a_partition_heals_by_catch_up_and_the_herd_converges() {
+        for seed in 1..=4 {
+            let mut cfg = small(
+                Topology::Random {
+                    servers: 40,
+                    degree: 3.0,
+                },
+                seed,
+            );
+            cfg.partition = true;
+            cfg.loss = 0.01;
+            let r = run(&cfg);
+            assert_eq!(r.reached_all, 300, "seed {seed}: {r:?}");
+            assert!(r.converged, "seed {seed}: {r:?}");
+            assert!(
+                r.catch_ups > 0 && r.catch_up_records > 0,
+                "seed {seed}: {r:?}"
+            );
+            assert!(r.heal_to_converged_us.is_some(), "seed {seed}: {r:?}");
+        }
+    }
+
+    #[test]
+    fn the_same_seed_gives_the_same_run() {
+        let cfg = Config {
+            partition: true,
+            loss: 0.05,
+            ..small(
+                Topology::Random {
+                    servers: 30,
+                    degree: 3.0,
+                },
+                5,
+            )
+        };
+        let (a, b) = (run(&cfg), run(&cfg));
+        assert_eq!(
+            (
+                a.reach_p99_us,
+                a.messages,
+                a.catch_up_records,
+                a.simulated_us
+            ),
+            (
+                b.reach_p99_us,
+                b.messages,
+                b.catch_up_records,
+                b.simulated_us
+            )
+        );
+    }
+}
