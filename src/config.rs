@@ -228,8 +228,8 @@ pub struct GatewayConfig {
     /// way the connection is not read (backpressure). Default 262144 (256 KiB).
     pub max_held_replies: usize,
     /// `max_clients`: client connections one server holds at once; past it a new one is
-    /// accepted and closed at once. None (the default): as many as the process's open
-    /// file limit leaves once `fd_reserve` is kept back.
+    /// accepted and closed at once. None (the default): no cap of its own; the process's
+    /// open file limit less `fd_reserve` (shared by the process's servers) is the cap.
     pub max_clients: Option<usize>,
     /// `fd_reserve`: file descriptors client connections never take, so that the peer
     /// port, health, `/metrics`, log files and places requests keep working when the

@@ -49,14 +49,19 @@ pub async fn run(
     tasks: TaskTracker,
 ) {
     let budget = descriptor_budget(limits.fd_reserve);
-    let max_clients = limits.max_clients.unwrap_or(budget.limit);
     tracing::debug!(
-        max_clients,
+        max_clients = ?limits.max_clients,
         descriptors = budget.limit,
         max_clients_per_ip = limits.max_clients_per_ip,
         "client limits"
     );
-    let slots = Arc::new(Semaphore::new(max_clients));
+    // With no `max_clients` the descriptor budget is the only cap, and a refusal is
+    // counted as "descriptors": a per-server cap equal to the budget would bite first
+    // and hide which limit it really was (and `herd up` shares the budget among its
+    // servers, so one server's share is not the budget anyway).
+    let slots = Arc::new(Semaphore::new(
+        limits.max_clients.unwrap_or(Semaphore::MAX_PERMITS),
+    ));
     let per_ip = PerIp::new(limits.max_clients_per_ip);
     loop {
         let (socket, addr) = tokio::select! {

@@ -208,7 +208,8 @@ impl Metrics {
             m.replies_written_early.clone(),
         );
         for reason in REFUSED {
-            m.connections_refused
+            let _ = m
+                .connections_refused
                 .get_or_create(&ReasonLabels { reason });
         }
         r.register(
@@ -217,7 +218,7 @@ impl Metrics {
             m.connections_refused.clone(),
         );
         for reason in CLOSED {
-            m.connections_closed.get_or_create(&ReasonLabels { reason });
+            let _ = m.connections_closed.get_or_create(&ReasonLabels { reason });
         }
         r.register(
             "client_connections_closed",
