@@ -207,7 +207,7 @@ pub fn explain(line: &[u8]) -> String {
             line.len()
         );
     }
-    match wire::parse(line) {
+    match wire::parse(line, crate::config::DEFAULT_MAX_CLIENT_ID) {
         Err(e) => e.to_string(),
         Ok(Command::WhatsAt(cmd)) => format!(
             "the server holds no record of client {}: WHATSAT needs a client it knows \

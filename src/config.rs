@@ -216,20 +216,57 @@ fn check_url(url: &str) -> Result<String, String> {
     Ok(url.trim_end_matches('/').to_owned())
 }
 
-/// The client gateway's settings: the herd file's `[gateway]` table.
+/// The client gateway's settings: the herd file's `[gateway]` table. Every limit a
+/// hostile client meets is here, with a default a real deployment can live with
+/// (README.md, "Hostile clients", has the table of attacks, limits and metrics).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct GatewayConfig {
     /// `max_held_reply_bytes`: the replies one client connection may hold before they
     /// are written. Past it, they are written before the rest of a read's lines are
     /// answered, instead of all together once the read is answered (a reply is never
-    /// split: a connection holds at most this plus one reply). Default 262144 (256 KiB).
+    /// split: a connection holds at most this plus one reply). While a write is under
+    /// way the connection is not read (backpressure). Default 262144 (256 KiB).
     pub max_held_replies: usize,
+    /// `max_clients`: client connections one server holds at once; past it a new one is
+    /// accepted and closed at once. None (the default): no cap of its own; the process's
+    /// open file limit less `fd_reserve` (shared by the process's servers) is the cap.
+    pub max_clients: Option<usize>,
+    /// `fd_reserve`: file descriptors client connections never take, so that the peer
+    /// port, health, `/metrics`, log files and places requests keep working when the
+    /// client port is full. Default 1024 (at most half the open file limit is kept).
+    pub fd_reserve: usize,
+    /// `max_clients_per_ip`: client connections from one IPv4 address (or IPv6 /64)
+    /// at once. Default 1024.
+    pub max_clients_per_ip: usize,
+    /// `idle_timeout_ms`: a connection that completes no line for this long is closed.
+    /// Default 300000 (5 minutes).
+    pub idle_timeout: Duration,
+    /// `line_timeout_ms`: a line that has started must end within this (slowloris).
+    /// Default 10000 (10 s).
+    pub line_timeout: Duration,
+    /// `write_timeout_ms`: a connection whose replies cannot be written (the client
+    /// reads nothing) for this long is closed. Default 30000 (30 s).
+    pub write_timeout: Duration,
+    /// `max_client_id_bytes`: the longest client ID an IAMAT or WHATSAT may carry; a
+    /// longer one is answered `? line`. Default [`DEFAULT_MAX_CLIENT_ID`].
+    pub max_client_id: usize,
 }
+
+/// The default of `gateway.max_client_id_bytes`: far above any real ID (a host name is
+/// at most 253 bytes, a UUID 36), far below the 64 KiB line limit.
+pub const DEFAULT_MAX_CLIENT_ID: usize = 1024;
 
 impl Default for GatewayConfig {
     fn default() -> GatewayConfig {
         GatewayConfig {
             max_held_replies: 256 * 1024,
+            max_clients: None,
+            fd_reserve: 1024,
+            max_clients_per_ip: 1024,
+            idle_timeout: Duration::from_secs(300),
+            line_timeout: Duration::from_secs(10),
+            write_timeout: Duration::from_secs(30),
+            max_client_id: DEFAULT_MAX_CLIENT_ID,
         }
     }
 }
@@ -263,16 +300,54 @@ impl Default for BackboneConfig {
 #[serde(deny_unknown_fields)]
 struct RawGateway {
     max_held_reply_bytes: Option<usize>,
+    max_clients: Option<usize>,
+    fd_reserve: Option<usize>,
+    max_clients_per_ip: Option<usize>,
+    idle_timeout_ms: Option<u64>,
+    line_timeout_ms: Option<u64>,
+    write_timeout_ms: Option<u64>,
+    max_client_id_bytes: Option<usize>,
 }
 
 impl RawGateway {
     fn validate(self) -> Result<GatewayConfig, String> {
         let d = GatewayConfig::default();
+        let ms = |v: Option<u64>, d: Duration| v.map_or(d, Duration::from_millis);
         let gateway = GatewayConfig {
             max_held_replies: self.max_held_reply_bytes.unwrap_or(d.max_held_replies),
+            max_clients: self.max_clients,
+            fd_reserve: self.fd_reserve.unwrap_or(d.fd_reserve),
+            max_clients_per_ip: self.max_clients_per_ip.unwrap_or(d.max_clients_per_ip),
+            idle_timeout: ms(self.idle_timeout_ms, d.idle_timeout),
+            line_timeout: ms(self.line_timeout_ms, d.line_timeout),
+            write_timeout: ms(self.write_timeout_ms, d.write_timeout),
+            max_client_id: self.max_client_id_bytes.unwrap_or(d.max_client_id),
         };
-        if gateway.max_held_replies == 0 {
-            return Err("gateway.max_held_reply_bytes must be above 0".into());
+        let above_zero = [
+            ("max_held_reply_bytes", gateway.max_held_replies),
+            ("max_clients", gateway.max_clients.unwrap_or(1)),
+            ("max_clients_per_ip", gateway.max_clients_per_ip),
+            ("max_client_id_bytes", gateway.max_client_id),
+        ];
+        for (key, value) in above_zero {
+            if value == 0 {
+                return Err(format!("gateway.{key} must be above 0"));
+            }
+        }
+        for (key, value) in [
+            ("idle_timeout_ms", gateway.idle_timeout),
+            ("line_timeout_ms", gateway.line_timeout),
+            ("write_timeout_ms", gateway.write_timeout),
+        ] {
+            if value.is_zero() {
+                return Err(format!("gateway.{key} must be above 0"));
+            }
+        }
+        if gateway.max_client_id > crate::gateway::MAX_LINE {
+            return Err(format!(
+                "gateway.max_client_id_bytes must be at most the {}-byte line limit",
+                crate::gateway::MAX_LINE
+            ));
         }
         Ok(gateway)
     }
@@ -958,6 +1033,48 @@ max_response_bytes = 65536
         assert!(bad("max_held_reply_bytes = 0").contains("gateway.max_held_reply_bytes"));
         assert!(bad("max_held_reply_bytes = -1").contains("malformed"));
         assert!(bad("max_line = 10").contains("max_line"));
+    }
+
+    #[test]
+    fn hostile_client_limits_have_defaults_and_keys() {
+        let d = HerdConfig::parse(TWO, "t.toml").unwrap().gateway;
+        assert_eq!(d, GatewayConfig::default());
+        assert_eq!(d.max_clients, None);
+        assert_eq!((d.fd_reserve, d.max_clients_per_ip), (1024, 1024));
+        assert_eq!(d.idle_timeout, Duration::from_secs(300));
+        assert_eq!(d.line_timeout, Duration::from_secs(10));
+        assert_eq!(d.write_timeout, Duration::from_secs(30));
+        assert_eq!(d.max_client_id, 1024);
+        let text = format!(
+            "[gateway]\nmax_clients = 7\nfd_reserve = 64\nmax_clients_per_ip = 3\n\
+             idle_timeout_ms = 1500\nline_timeout_ms = 250\nwrite_timeout_ms = 900\n\
+             max_client_id_bytes = 16\n{TWO}"
+        );
+        let g = HerdConfig::parse(&text, "t.toml").unwrap().gateway;
+        assert_eq!(
+            (g.max_clients, g.fd_reserve, g.max_clients_per_ip),
+            (Some(7), 64, 3)
+        );
+        assert_eq!(g.idle_timeout, Duration::from_millis(1500));
+        assert_eq!(g.line_timeout, Duration::from_millis(250));
+        assert_eq!(g.write_timeout, Duration::from_millis(900));
+        assert_eq!(g.max_client_id, 16);
+        let bad = |line: &str| err(&format!("[gateway]\n{line}\n{TWO}"));
+        for key in [
+            "max_clients",
+            "max_clients_per_ip",
+            "idle_timeout_ms",
+            "line_timeout_ms",
+            "write_timeout_ms",
+            "max_client_id_bytes",
+        ] {
+            assert!(
+                bad(&format!("{key} = 0")).contains(&format!("gateway.{key} must be above 0")),
+                "{key}"
+            );
+        }
+        assert!(bad("max_client_id_bytes = 65537").contains("line limit"));
+        assert!(bad("idle_timeout_ms = -1").contains("malformed"));
     }
 
     #[test]

@@ -1,13 +1,19 @@
 //! The client gateway: the accept loop and one task per connection, turning each
 //! line into a [`Node`] call and writing the replies. It holds no logic of its own.
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    net::{IpAddr, Ipv6Addr, SocketAddr},
+    sync::{Arc, Mutex, OnceLock},
+    time::Duration,
+};
 
 use bytes::BytesMut;
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
     net::{TcpListener, TcpStream},
     sync::Semaphore,
+    time::Instant,
 };
 use tokio_util::{codec::Decoder as _, sync::CancellationToken, task::TaskTracker};
 use tracing::Instrument as _;
@@ -26,12 +32,15 @@ use crate::{
 /// the reply still echoes every byte.
 pub const MAX_LINE: usize = 64 * 1024;
 
-/// The most client connections one server holds at once; more wait in the kernel's
-/// accept queue. Keeps clients from taking every file descriptor (the peer port
-/// needs some too).
-pub const MAX_CLIENTS: usize = 50_000;
-
 /// Accepts clients until `shutdown`, each on its own task in `tasks`.
+///
+/// Past a limit (`gateway.max_clients`, `gateway.max_clients_per_ip`, or the process's
+/// descriptors less `gateway.fd_reserve`) a new connection is accepted and closed at
+/// once, and counted, rather than left in the kernel's accept queue: the client learns
+/// at once that it was refused (a queued one waits for a connect timeout and retries
+/// into the same queue), the accept loop keeps draining the queue so connections that
+/// fit when a slot frees are not stuck behind refused ones, and the refusal shows in a
+/// metric. Taking that connection's descriptor for an instant is what `fd_reserve` is for.
 pub async fn run(
     listener: TcpListener,
     node: Arc<Node>,
@@ -39,17 +48,47 @@ pub async fn run(
     shutdown: CancellationToken,
     tasks: TaskTracker,
 ) {
-    let slots = Arc::new(Semaphore::new(MAX_CLIENTS));
+    let budget = descriptor_budget(limits.fd_reserve);
+    tracing::debug!(
+        max_clients = ?limits.max_clients,
+        descriptors = budget.limit,
+        max_clients_per_ip = limits.max_clients_per_ip,
+        "client limits"
+    );
+    // With no `max_clients` the descriptor budget is the only cap, and a refusal is
+    // counted as "descriptors": a per-server cap equal to the budget would bite first
+    // and hide which limit it really was (and `herd up` shares the budget among its
+    // servers, so one server's share is not the budget anyway).
+    let slots = Arc::new(Semaphore::new(
+        limits.max_clients.unwrap_or(Semaphore::MAX_PERMITS),
+    ));
+    let per_ip = PerIp::new(limits.max_clients_per_ip);
     loop {
-        let accepted = tokio::select! {
+        let (socket, addr) = tokio::select! {
             _ = shutdown.cancelled() => return,
-            a = async {
-                let permit = slots.clone().acquire_owned().await;
-                (permit, accept(&listener).await)
-            } => a,
+            a = accept(&listener) => a,
         };
-        let (Ok(permit), (socket, addr)) = accepted else {
-            return;
+        let admitted = (|| {
+            let ip = per_ip.admit(addr.ip()).ok_or("max_clients_per_ip")?;
+            let slot = slots
+                .clone()
+                .try_acquire_owned()
+                .map_err(|_| "max_clients")?;
+            let fd = budget
+                .descriptors
+                .clone()
+                .try_acquire_owned()
+                .map_err(|_| "descriptors")?;
+            Ok::<_, &'static str>((ip, slot, fd))
+        })();
+        let permits = match admitted {
+            Ok(permits) => permits,
+            Err(reason) => {
+                tracing::debug!(peer = %addr, reason, "client refused");
+                node.metrics().refused(reason);
+                drop(socket);
+                continue;
+            }
         };
         let span = tracing::info_span!("client", peer = %addr);
         let node = node.clone();
@@ -57,10 +96,108 @@ pub async fn run(
         tasks.spawn(
             async move {
                 connection(socket, addr, node, limits, shutdown).await;
-                drop(permit);
+                drop(permits);
             }
             .instrument(span),
         );
+    }
+}
+
+/// The descriptors client connections may take in this process: its open file limit
+/// less the reserve. Shared by every server of the process (`herd up` runs them all in
+/// one), since the limit is the process's.
+struct DescriptorBudget {
+    limit: usize,
+    descriptors: Arc<Semaphore>,
+}
+
+fn descriptor_budget(fd_reserve: usize) -> &'static DescriptorBudget {
+    static BUDGET: OnceLock<DescriptorBudget> = OnceLock::new();
+    BUDGET.get_or_init(|| {
+        let open_files = open_file_limit().unwrap_or(1024);
+        // A small limit keeps half for the clients rather than none: a server that
+        // refuses every client would be worse than one with a thin reserve.
+        let reserve = fd_reserve.min(open_files / 2);
+        if reserve < fd_reserve {
+            tracing::warn!(
+                open_files,
+                fd_reserve,
+                "the open file limit is small: only {reserve} descriptors are kept from clients"
+            );
+        }
+        let limit = open_files - reserve;
+        DescriptorBudget {
+            limit,
+            descriptors: Arc::new(Semaphore::new(limit)),
+        }
+    })
+}
+
+/// The process's soft limit on open files (main raises it to the hard one first).
+fn open_file_limit() -> Option<usize> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit only writes the struct passed to it.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return None;
+    }
+    Some(
+        usize::try_from(limit.rlim_cur)
+            .unwrap_or(usize::MAX)
+            .min(Semaphore::MAX_PERMITS),
+    )
+}
+
+/// Client connections per address: an IPv4 address, or an IPv6 /64 (one host's
+/// share of addresses, which it can change at will inside it).
+struct PerIp {
+    max: usize,
+    open: Arc<Mutex<HashMap<IpAddr, usize>>>,
+}
+
+/// One connection's place in its address's count, given back on drop.
+struct IpSlot {
+    key: IpAddr,
+    open: Arc<Mutex<HashMap<IpAddr, usize>>>,
+}
+
+impl PerIp {
+    fn new(max: usize) -> PerIp {
+        PerIp {
+            max,
+            open: Arc::default(),
+        }
+    }
+
+    fn admit(&self, ip: IpAddr) -> Option<IpSlot> {
+        let key = match ip.to_canonical() {
+            IpAddr::V6(v6) => IpAddr::V6(Ipv6Addr::from_bits(v6.to_bits() & !((1u128 << 64) - 1))),
+            v4 => v4,
+        };
+        let mut open = crate::lock(&self.open);
+        let count = open.entry(key).or_insert(0);
+        if *count >= self.max {
+            return None;
+        }
+        *count += 1;
+        Some(IpSlot {
+            key,
+            open: self.open.clone(),
+        })
+    }
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        let mut open = crate::lock(&self.open);
+        if let Some(count) = open.get_mut(&self.key) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.key);
+            }
+        }
     }
 }
 
@@ -78,6 +215,33 @@ pub async fn accept(listener: &TcpListener) -> (TcpStream, SocketAddr) {
     }
 }
 
+/// How a connection ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum End {
+    /// The client closed its side; every line was answered.
+    ClientDone,
+    /// The server is shutting down.
+    Shutdown,
+    /// No complete line for `gateway.idle_timeout_ms`.
+    Idle,
+    /// A started line did not end within `gateway.line_timeout_ms`.
+    SlowLine,
+    /// Replies could not be written for `gateway.write_timeout_ms`.
+    WriteTimeout,
+}
+
+impl End {
+    /// The `herd_client_connections_closed_total` reason, when a limit closed it.
+    fn reason(self) -> Option<&'static str> {
+        match self {
+            End::ClientDone | End::Shutdown => None,
+            End::Idle => Some("idle"),
+            End::SlowLine => Some("slow_line"),
+            End::WriteTimeout => Some("write_timeout"),
+        }
+    }
+}
+
 async fn connection(
     socket: TcpStream,
     addr: SocketAddr,
@@ -89,7 +253,13 @@ async fn connection(
     node.metrics().connections_opened.inc();
     node.metrics().connections_open.inc();
     match serve(socket, &node, limits, &shutdown).await {
-        Ok(()) => tracing::debug!(%addr, "closed"),
+        Ok(end) => match end.reason() {
+            Some(reason) => {
+                node.metrics().closed(reason);
+                tracing::debug!(%addr, reason, "closed by the server");
+            }
+            None => tracing::debug!(%addr, "closed"),
+        },
         Err(e) => tracing::debug!(%addr, error = %e, "connection failed"),
     }
     node.metrics().connections_open.dec();
@@ -104,12 +274,18 @@ async fn connection(
 /// receive time for all of them, one write for their replies), and `FramedRead` hides
 /// that; it also allocates its buffer up front and keeps it, where an idle connection
 /// here holds none.
+///
+/// Reading waits for a deadline: `idle_timeout` after the last complete line, or
+/// `line_timeout` after a line started, whichever is first. While replies are being
+/// written nothing is read (so a client that never reads makes the server hold at most
+/// a read's bytes and `max_held_replies` plus a reply), and a write that makes no
+/// progress for `write_timeout` ends the connection.
 async fn serve(
     mut socket: TcpStream,
     node: &Node,
     limits: GatewayConfig,
     shutdown: &CancellationToken,
-) -> std::io::Result<()> {
+) -> std::io::Result<End> {
     socket.set_nodelay(true)?;
     // Both buffers are allocated when data comes and given back when drained, so an
     // idle connection holds no buffer at all.
@@ -120,14 +296,28 @@ async fn serve(
     // is shared by every connection.
     let cancelled = shutdown.cancelled();
     tokio::pin!(cancelled);
+    let mut last_line = Instant::now();
+    // When the line in progress (bytes received, no line end yet) started.
+    let mut line_started: Option<Instant> = None;
     loop {
+        let idle = last_line + limits.idle_timeout;
+        let (deadline, end) = match line_started {
+            Some(started) if started + limits.line_timeout < idle => {
+                (started + limits.line_timeout, End::SlowLine)
+            }
+            _ => (idle, End::Idle),
+        };
         let n = tokio::select! {
-            _ = &mut cancelled => return Ok(()),
-            n = read(&mut socket, &mut buf) => n?,
+            _ = &mut cancelled => return Ok(End::Shutdown),
+            n = tokio::time::timeout_at(deadline, read(&mut socket, &mut buf)) => match n {
+                Ok(n) => n?,
+                Err(_) => return Ok(end),
+            },
         };
         let eof = n == 0;
         // Every line of this read was received now, whatever the lines before it cost.
         let received = Timestamp::now();
+        let mut ended_a_line = false;
         loop {
             let frame = if eof {
                 codec.decode_eof(&mut buf)?
@@ -140,11 +330,16 @@ async fn serve(
             // reply, not after, so no reply is split and the last write is not early.
             if out.len() >= limits.max_held_replies {
                 node.metrics().replies_written_early.inc();
-                socket.write_all(&out).await?;
+                if !write_out(&mut socket, &out, limits.write_timeout).await? {
+                    return Ok(End::WriteTimeout);
+                }
                 out.clear();
             }
             match frame {
-                Frame::Line(line) => answer(node, &line, received, &mut out).await,
+                Frame::Line(line) => {
+                    ended_a_line = true;
+                    answer(node, &line, received, limits.max_client_id, &mut out).await;
+                }
                 Frame::LongStart(head) => {
                     count_too_long(node, &head);
                     out.extend_from_slice(b"? ");
@@ -152,23 +347,55 @@ async fn serve(
                 }
                 Frame::LongMore(more) => out.extend_from_slice(&more),
                 Frame::LongEnd(tail) => {
+                    ended_a_line = true;
                     out.extend_from_slice(&tail);
                     out.push(b'\n');
                 }
             }
         }
         if !out.is_empty() {
-            socket.write_all(&out).await?;
+            if !write_out(&mut socket, &out, limits.write_timeout).await? {
+                return Ok(End::WriteTimeout);
+            }
             out = Vec::new();
         }
         if eof {
             socket.shutdown().await?;
-            return Ok(());
+            return Ok(End::ClientDone);
         }
+        // The clocks start once this read is answered: the time its answers took (a
+        // places lookup) is the server's, not the client's.
+        let now = Instant::now();
+        if ended_a_line {
+            last_line = now;
+        }
+        line_started = match (!buf.is_empty() || codec.in_long_line(), line_started) {
+            (false, _) => None,
+            (true, Some(started)) if !ended_a_line => Some(started),
+            (true, _) => Some(now),
+        };
         if buf.is_empty() {
             buf = BytesMut::new();
         }
     }
+}
+
+/// Writes `out` whole, unless a write makes no progress for `timeout` (the client
+/// reads nothing): then false. A slow reader that keeps taking bytes is not cut off.
+async fn write_out(
+    socket: &mut TcpStream,
+    mut out: &[u8],
+    timeout: Duration,
+) -> std::io::Result<bool> {
+    while !out.is_empty() {
+        match tokio::time::timeout(timeout, socket.write(out)).await {
+            Ok(Ok(0)) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(Ok(n)) => out = &out[n..],
+            Ok(Err(e)) => return Err(e),
+            Err(_) => return Ok(false),
+        }
+    }
+    Ok(true)
 }
 
 /// Reads what the socket has, allocating room only once it is readable.
@@ -196,12 +423,18 @@ fn count_too_long(node: &Node, head: &[u8]) {
 }
 
 /// Answers one line (without its line end), appending the reply to `out`.
-async fn answer(node: &Node, line: &[u8], received: Timestamp, out: &mut Vec<u8>) {
+async fn answer(
+    node: &Node,
+    line: &[u8],
+    received: Timestamp,
+    max_client_id: usize,
+    out: &mut Vec<u8>,
+) {
     // One event per line (target `logging::LINES`): the line received and the reply
     // sent, together; a WHATSAT's reply as its AT line and the JSON's size, the JSON
     // (about 3.4 KB at 20 results) only in a debug event of its own.
     let start = out.len();
-    match wire::parse(line) {
+    match wire::parse(line, max_client_id) {
         Ok(Command::Blank) => {}
         Ok(Command::IAmAt(cmd)) => node.iamat(&cmd, received, out),
         Ok(Command::WhatsAt(cmd)) => {
@@ -225,7 +458,7 @@ async fn answer(node: &Node, line: &[u8], received: Timestamp, out: &mut Vec<u8>
             return;
         }
         Err(e) => {
-            node.metrics().command("invalid", "rejected");
+            node.metrics().command("invalid", e.outcome());
             node.reject(line, out);
             let reply = Escaped(&out[start..]);
             tracing::info!(target: crate::logging::LINES, line = %Escaped(line), %reply, reason = %e, "answered");

@@ -8,7 +8,8 @@
 //!   lines and overlong-line pieces out of bytes in any split), bytes in,
 //!   [`wire::Command`] out; replies byte for byte.
 //! - [`gateway`]: the accept loop and per-connection task; runs the framer on each read
-//!   and turns lines into [`node::Node`] calls.
+//!   and turns lines into [`node::Node`] calls; enforces the limits on hostile clients
+//!   (connection caps, descriptor reserve, idle, slow-line and write timeouts).
 //! - [`node`]: one server as its clients see it: IAMAT and WHATSAT over the replicated table.
 //! - [`replica`]: the replication protocol as pure code: versions, floors, the flood
 //!   decision, what a catch-up sends; with its seeded simulation tests.

@@ -23,6 +23,21 @@ pub struct CommandLabels {
     pub outcome: &'static str,
 }
 
+/// Why the gateway refused or closed a client connection: one of [`REFUSED`] or [`CLOSED`].
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: &'static str,
+}
+
+/// Why a new client connection was accepted and closed at once: the server's
+/// `gateway.max_clients`, its address's `gateway.max_clients_per_ip`, or the process's
+/// open file limit less `gateway.fd_reserve`.
+pub const REFUSED: [&str; 3] = ["max_clients", "max_clients_per_ip", "descriptors"];
+
+/// Why the server closed a client connection: `gateway.idle_timeout_ms`,
+/// `gateway.line_timeout_ms` (slowloris) or `gateway.write_timeout_ms` (never reads).
+pub const CLOSED: [&str; 3] = ["idle", "slow_line", "write_timeout"];
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct LinkLabels {
     pub neighbour: String,
@@ -81,6 +96,10 @@ pub struct Metrics {
     /// Times a client connection's held replies passed `gateway.max_held_reply_bytes`
     /// and were written before the rest of a read's lines were answered.
     pub replies_written_early: Counter,
+    /// Client connections accepted and closed at once, by [`REFUSED`] reason.
+    pub connections_refused: Family<ReasonLabels, Counter>,
+    /// Client connections the server closed, by [`CLOSED`] reason.
+    pub connections_closed: Family<ReasonLabels, Counter>,
     pub updates_received: Counter,
     pub updates_applied: Counter,
     pub updates_forwarded: Counter,
@@ -105,13 +124,14 @@ pub struct Metrics {
 }
 
 /// Every command outcome there is: each series exists (at 0) from the start.
-const COMMANDS: [(&str, &str); 6] = [
+const COMMANDS: [(&str, &str); 7] = [
     ("iamat", "applied"),
     ("iamat", "stale"),
     ("whatsat", "ok"),
     ("whatsat", "unknown_client"),
     ("invalid", "rejected"),
     ("invalid", "too_long"),
+    ("invalid", "client_id_too_long"),
 ];
 
 impl Metrics {
@@ -126,6 +146,8 @@ impl Metrics {
             commands: Family::default(),
             questions: Counter::default(),
             replies_written_early: Counter::default(),
+            connections_refused: Family::default(),
+            connections_closed: Family::default(),
             updates_received: Counter::default(),
             updates_applied: Counter::default(),
             updates_forwarded: Counter::default(),
@@ -184,6 +206,24 @@ impl Metrics {
             "client_replies_written_early",
             "Times a client connection's held replies passed gateway.max_held_reply_bytes and were written before its read was fully answered",
             m.replies_written_early.clone(),
+        );
+        for reason in REFUSED {
+            let _ = m
+                .connections_refused
+                .get_or_create(&ReasonLabels { reason });
+        }
+        r.register(
+            "client_connections_refused",
+            "Client connections accepted and closed at once, by the limit that bit",
+            m.connections_refused.clone(),
+        );
+        for reason in CLOSED {
+            let _ = m.connections_closed.get_or_create(&ReasonLabels { reason });
+        }
+        r.register(
+            "client_connections_closed",
+            "Client connections the server closed, by the timeout that bit",
+            m.connections_closed.clone(),
         );
         r.register(
             "updates_received",
@@ -308,6 +348,20 @@ impl Metrics {
                 .get_or_create(&CommandLabels { kind, outcome })
                 .inc(),
         };
+    }
+
+    /// Counts a refused client connection; `reason` is one of [`REFUSED`].
+    pub fn refused(&self, reason: &'static str) {
+        self.connections_refused
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
+    }
+
+    /// Counts a client connection the server closed; `reason` is one of [`CLOSED`].
+    pub fn closed(&self, reason: &'static str) {
+        self.connections_closed
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
     }
 
     pub fn link_state(&self, neighbour: &str, state: &'static str) {

@@ -79,7 +79,7 @@ impl Record {
             }
             iamat.extend_from_slice(part);
         }
-        let cmd = match wire::parse(&iamat) {
+        let cmd = match wire::parse(&iamat, usize::MAX) {
             Ok(wire::Command::IAmAt(cmd)) => cmd,
             Ok(_) => return Err(BadUpdate::Fields(wire::ParseError::UnknownCommand)),
             Err(e) => return Err(BadUpdate::Fields(e)),
@@ -397,7 +397,7 @@ mod tests {
 
     fn rec(origin: &str, id: &str, loc: &str, time: &str) -> Record {
         let line = format!("IAMAT {id} {loc} {time}");
-        let wire::Command::IAmAt(c) = wire::parse(line.as_bytes()).unwrap() else {
+        let wire::Command::IAmAt(c) = wire::parse(line.as_bytes(), usize::MAX).unwrap() else {
             panic!("not an IAMAT")
         };
         Record::from_iamat(origin, b"+0.100000000", &c)

@@ -970,8 +970,13 @@ async fn an_overlong_garbage_line_is_echoed_in_full() {
 async fn a_line_past_the_limit_gets_the_same_reply_however_tcp_splits_it() {
     // The server reads at most MAX_LINE bytes as a command (README): a longer line,
     // even a would-be valid IAMAT with a huge client ID, is answered `?` with its
-    // bytes, and the same bytes get the same reply in one read or several.
-    let herd = goloman().await;
+    // bytes, and the same bytes get the same reply in one read or several. The
+    // client ID cap is raised to the line limit so that the line limit alone decides.
+    let herd = TestHerd::start_with(
+        &[("Goloman", &[])],
+        &format!("[gateway]\nmax_client_id_bytes = {MAX_LINE}\n"),
+    )
+    .await;
     let id = garbage(MAX_LINE + 1024);
     let line = iamat(&id, "+1+1", "1");
     let mut c = herd.client("Goloman").await;

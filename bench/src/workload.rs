@@ -677,7 +677,7 @@ mod tests {
             assert_eq!(&line.as_bytes()[6..line.len() - 1], &key[..]);
             assert!(
                 matches!(
-                    herd::wire::parse(line.trim_end().as_bytes()),
+                    herd::wire::parse(line.trim_end().as_bytes(), usize::MAX),
                     Ok(herd::wire::Command::IAmAt(_))
                 ),
                 "{line}"

@@ -730,7 +730,9 @@ mod tests {
 
     fn iamat(b: &Backbone, id: &str, time: &str) {
         let line = format!("IAMAT {id} +1+1 {time}");
-        let crate::wire::Command::IAmAt(cmd) = crate::wire::parse(line.as_bytes()).unwrap() else {
+        let crate::wire::Command::IAmAt(cmd) =
+            crate::wire::parse(line.as_bytes(), usize::MAX).unwrap()
+        else {
             panic!()
         };
         let record = crate::store::Record::from_iamat("Goloman", b"+0.000000000", &cmd);

@@ -456,7 +456,7 @@ impl Sim {
             1 + k / 1000,
             k % 1000
         );
-        let Ok(wire::Command::IAmAt(cmd)) = wire::parse(line.as_bytes()) else {
+        let Ok(wire::Command::IAmAt(cmd)) = wire::parse(line.as_bytes(), usize::MAX) else {
             unreachable!("a valid IAMAT: {line}");
         };
         let record = Record::from_iamat(&self.nodes[i].name().clone(), b"+0.000001000", &cmd);

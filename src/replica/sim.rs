@@ -58,7 +58,9 @@ struct Stats {
 
 fn record(origin: &str, client: usize, time: &str, loc: &str) -> (Record, wire::ClientTime) {
     let line = format!("IAMAT c{client} {loc} {time}");
-    let wire::Command::IAmAt(cmd) = wire::parse(line.as_bytes()).expect("a valid IAMAT") else {
+    let wire::Command::IAmAt(cmd) =
+        wire::parse(line.as_bytes(), usize::MAX).expect("a valid IAMAT")
+    else {
         panic!("not an IAMAT");
     };
     (

@@ -64,6 +64,12 @@ impl LineCodec {
     pub fn max_length(&self) -> usize {
         self.max_length
     }
+
+    /// Whether a line past the limit has started and not yet ended (its bytes so far
+    /// were handed out, so the buffer may be empty in the middle of it).
+    pub fn in_long_line(&self) -> bool {
+        self.state == State::Long
+    }
 }
 
 /// The first `n` bytes of `src`, taken off it. When they are all of it, the buffer

@@ -44,6 +44,10 @@ pub struct WhatsAt<'a> {
 pub enum ParseError {
     #[error("unknown command")]
     UnknownCommand,
+    #[error(
+        "the client ID is {len} bytes, longer than the {max}-byte limit (gateway.max_client_id_bytes)"
+    )]
+    ClientIdTooLong { len: usize, max: usize },
     #[error("{command} takes 4 fields, got {found}")]
     FieldCount { command: &'static str, found: usize },
     #[error("location is not ISO 6709 [+-]D+[.D+][+-]D+[.D+]")]
@@ -64,14 +68,27 @@ pub enum ParseError {
     BoundRange,
 }
 
+impl ParseError {
+    /// The `herd_commands_total{kind="invalid"}` outcome of this error: a client ID
+    /// past the limit is counted on its own, as a limit that bit.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            ParseError::ClientIdTooLong { .. } => "client_id_too_long",
+            _ => "rejected",
+        }
+    }
+}
+
 const MAX_LAT: u32 = 90;
 const MAX_LON: u32 = 180;
 const MAX_RADIUS_KM: u32 = 50;
 const MAX_BOUND: usize = 20;
 
 /// Parses one line, given WITHOUT its line end (see [`strip_line_end`](super::strip_line_end)).
-/// Command names are case-sensitive: exactly `IAMAT` or `WHATSAT`.
-pub fn parse(line: &[u8]) -> Result<Command<'_>, ParseError> {
+/// Command names are case-sensitive: exactly `IAMAT` or `WHATSAT`. A client ID longer
+/// than `max_client_id` bytes is an error (`gateway.max_client_id_bytes`): a record
+/// is stored and flooded to every server, so its size is bounded here, at the door.
+pub fn parse(line: &[u8], max_client_id: usize) -> Result<Command<'_>, ParseError> {
     let mut fields = fields(line);
     let Some(name) = fields.next() else {
         return Ok(Command::Blank);
@@ -96,6 +113,12 @@ pub fn parse(line: &[u8]) -> Result<Command<'_>, ParseError> {
         });
     }
     let [client_id, a, b] = args;
+    if client_id.len() > max_client_id {
+        return Err(ParseError::ClientIdTooLong {
+            len: client_id.len(),
+            max: max_client_id,
+        });
+    }
     if command == "IAMAT" {
         let (lat, lon) = parse_location(a)?;
         let client_time = ClientTime::parse(b)?;
@@ -172,6 +195,45 @@ fn parse_bound(field: &[u8]) -> Result<usize, ParseError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Parses with no client ID limit; `client_id_limit` tests the limit.
+    fn parse(line: &[u8]) -> Result<Command<'_>, ParseError> {
+        super::parse(line, usize::MAX)
+    }
+
+    #[test]
+    fn client_id_limit() {
+        let id = "x".repeat(16);
+        let ok = format!("IAMAT {id} +1+2 3");
+        assert!(matches!(
+            super::parse(ok.as_bytes(), 16),
+            Ok(Command::IAmAt(_))
+        ));
+        let w = format!("WHATSAT {id} 1 2");
+        assert!(matches!(
+            super::parse(w.as_bytes(), 16),
+            Ok(Command::WhatsAt(_))
+        ));
+        let long = format!("IAMAT {id}y +1+2 3");
+        assert_eq!(
+            super::parse(long.as_bytes(), 16),
+            Err(ParseError::ClientIdTooLong { len: 17, max: 16 })
+        );
+        let long = format!("WHATSAT {id}y 1 2");
+        assert_eq!(
+            super::parse(long.as_bytes(), 16),
+            Err(ParseError::ClientIdTooLong { len: 17, max: 16 })
+        );
+        // The field count is checked first; the ID before the other fields.
+        assert!(matches!(
+            super::parse(format!("IAMAT {id}y +1+2").as_bytes(), 16),
+            Err(ParseError::FieldCount { .. })
+        ));
+        assert!(matches!(
+            super::parse(format!("IAMAT {id}y bad bad").as_bytes(), 16),
+            Err(ParseError::ClientIdTooLong { .. })
+        ));
+    }
 
     fn iamat(line: &str) -> IAmAt<'_> {
         match parse(line.as_bytes()) {
@@ -476,5 +538,66 @@ mod tests {
         // The radius is checked before the bound.
         assert_eq!(e("x").to_string(), "bound is not D+");
         assert_eq!(err(b"WHATSAT c 0 x"), ParseError::RadiusRange);
+    }
+
+    #[test]
+    fn random_lines_never_panic_and_what_parses_is_valid() {
+        // A seeded fuzz loop run in every test pass (cargo fuzz, in fuzz/, runs the
+        // same checks for as long as one likes): lines made of the bytes that matter
+        // to the grammar, each case a fresh seed so a failure names its input.
+        const PIECES: [&[u8]; 16] = [
+            b"IAMAT",
+            b"WHATSAT",
+            b" ",
+            b"\t",
+            b"\x0b",
+            b"+",
+            b"-",
+            b".",
+            b"0",
+            b"9",
+            b"1",
+            b"5",
+            b"20",
+            b"\0",
+            b"\xff",
+            b"\xe2\x80\x83",
+        ];
+        for seed in 0..200_000u64 {
+            let mut rng = fastrand::Rng::with_seed(seed);
+            let mut line = Vec::new();
+            for _ in 0..rng.usize(0..24) {
+                if rng.u8(0..8) == 0 {
+                    line.push(rng.u8(..));
+                } else {
+                    line.extend_from_slice(PIECES[rng.usize(..PIECES.len())]);
+                }
+            }
+            let max = rng.usize(1..8);
+            let shown = String::from_utf8_lossy(&line).into_owned();
+            match super::parse(&line, max) {
+                Ok(Command::IAmAt(c)) => {
+                    assert!(
+                        c.client_id.len() <= max && !c.client_id.is_empty(),
+                        "{seed} {shown:?}"
+                    );
+                    assert!(c.client_id.iter().all(|&b| !crate::wire::is_ws(b)));
+                    assert!((-90.0..=90.0).contains(&c.lat), "{seed} {shown:?}");
+                    assert!((-180.0..=180.0).contains(&c.lon), "{seed} {shown:?}");
+                }
+                Ok(Command::WhatsAt(c)) => {
+                    assert!(c.client_id.len() <= max, "{seed} {shown:?}");
+                    assert!(c.radius_km > 0.0 && c.radius_km <= 50.0, "{seed} {shown:?}");
+                    assert!(c.bound <= 20, "{seed} {shown:?}");
+                }
+                Ok(Command::Blank) => {
+                    assert!(
+                        line.iter().all(|&b| crate::wire::is_ws(b)),
+                        "{seed} {shown:?}"
+                    )
+                }
+                Err(_) => {}
+            }
+        }
     }
 }

@@ -79,7 +79,7 @@ mod tests {
         let line = strip_line_end(
             b"IAMAT kiwi.cs.ucla.edu +34.068930-118.445127 1520023934.918963997\r\n",
         );
-        let Ok(Command::IAmAt(c)) = parse(line) else {
+        let Ok(Command::IAmAt(c)) = parse(line, usize::MAX) else {
             panic!("not parsed")
         };
         let now = Timestamp {

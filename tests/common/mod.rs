@@ -67,7 +67,14 @@ pub struct ServerSpec<'a> {
 /// is generous: the first WHATSAT of a test binary may wait for the index (built
 /// once, ~1 s in debug, longer on a loaded 2-core machine); timeouts are not tested here.
 pub fn herd_toml(servers: &[ServerSpec<'_>]) -> String {
+    herd_toml_with(servers, "")
+}
+
+/// [`herd_toml`] with `tables` (whole tables, e.g. `[gateway]` and its keys) added.
+pub fn herd_toml_with(servers: &[ServerSpec<'_>], tables: &str) -> String {
     let mut text = String::from("[places]\nprovider = \"offline\"\ntimeout_ms = 60000\n");
+    text.push_str(tables);
+    text.push('\n');
     for s in servers {
         let neighbours: Vec<String> = s.neighbours.iter().map(|n| format!("{n:?}")).collect();
         text.push_str(&format!(
@@ -157,6 +164,11 @@ impl TestHerd {
     }
 
     pub async fn start(topology: Topology<'_>) -> TestHerd {
+        TestHerd::start_with(topology, "").await
+    }
+
+    /// [`TestHerd::start`] with `tables` added to the herd file (see [`herd_toml_with`]).
+    pub async fn start_with(topology: Topology<'_>, tables: &str) -> TestHerd {
         let mut bound = Vec::with_capacity(topology.len());
         for (name, _) in topology {
             let client = TcpListener::bind("127.0.0.1:0")
@@ -177,7 +189,7 @@ impl TestHerd {
                 neighbours,
             })
             .collect();
-        let toml = herd_toml(&specs);
+        let toml = herd_toml_with(&specs, tables);
         let config = Arc::new(
             HerdConfig::parse(&toml, "test herd")
                 .unwrap_or_else(|e| panic!("test herd file rejected: {e}\n{toml}")),
