@@ -118,7 +118,8 @@ impl Report {
 
 #[derive(Debug)]
 enum Msg {
-    Updates(Vec<proto::Update>),
+    /// A flooded update, shared by every target it is sent to.
+    Update(Arc<proto::Update>),
     CatchUp(Vec<proto::Update>),
     Floors(Vec<Floor>),
     CaughtUp(CaughtUp),
@@ -368,16 +369,10 @@ impl Sim {
     }
 
     fn forward(&mut self, i: usize, targets: Vec<String>, update: proto::Update) {
-        let mut update = Some(update);
-        let last = targets.len().saturating_sub(1);
-        for (k, t) in targets.iter().enumerate() {
+        let update = Arc::new(update);
+        for t in &targets {
             let (e, d) = self.link_to(i, t);
-            let u = if k == last {
-                update.take().expect("the update")
-            } else {
-                update.clone().expect("the update")
-            };
-            self.send(e, d, Msg::Updates(vec![u]));
+            self.send(e, d, Msg::Update(update.clone()));
         }
     }
 
@@ -490,13 +485,9 @@ impl Sim {
             (self.links[e].ends.1, self.links[e].ends.0)
         };
         match msg {
-            Msg::Updates(updates) => {
-                for u in updates {
-                    self.apply(from, to, u, true);
-                }
-            }
+            Msg::Update(u) => self.apply(from, to, &u, true),
             Msg::CatchUp(updates) => {
-                for u in updates {
+                for u in &updates {
                     self.apply(from, to, u, false);
                 }
             }
@@ -513,7 +504,7 @@ impl Sim {
     }
 
     /// `to` handles an update from `from` (`live`: flooded, not a catch-up record).
-    fn apply(&mut self, from: usize, to: usize, u: proto::Update, live: bool) {
+    fn apply(&mut self, from: usize, to: usize, u: &proto::Update, live: bool) {
         let next = {
             let node = &self.nodes[to];
             let from_name = self.nodes[from].name();
@@ -536,9 +527,19 @@ impl Sim {
         }
         if let Some((targets, seen)) = next {
             self.reached(&u.client_id);
-            let mut fwd = u;
-            fwd.seen = seen;
-            self.forward(to, targets, fwd);
+            if !targets.is_empty() {
+                let fwd = proto::Update {
+                    client_id: u.client_id.clone(),
+                    location: u.location.clone(),
+                    client_time: u.client_time.clone(),
+                    origin: u.origin.clone(),
+                    time_diff: u.time_diff.clone(),
+                    label: u.label.clone(),
+                    seen,
+                    version: u.version.clone(),
+                };
+                self.forward(to, targets, fwd);
+            }
         }
     }
 
