@@ -508,7 +508,7 @@ impl Sim {
         let next = {
             let node = &self.nodes[to];
             let from_name = self.nodes[from].name();
-            match node.offer(&u).expect("a valid update") {
+            match node.offer(u).expect("a valid update") {
                 Offer::Applied(applied) => {
                     let plan = node.plan(&applied, Some(from_name), &u.seen, |n| self.is_up(to, n));
                     let targets: Vec<String> = plan.targets.iter().map(|t| t.to_string()).collect();
