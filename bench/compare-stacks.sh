@@ -43,63 +43,8 @@ OUT=$(cd "$OUT" && pwd)
 PLOT=${PLOT:-$OUT/latency-vs-load.png}
 PYLIB=$PWD/target/stacks-py   # uvloop and matplotlib, pip-installed here, not system-wide
 
-started=()
-stop() {
-    local pid=$1
-    kill -TERM "$pid" 2>/dev/null || return 0
-    for _ in $(seq 50); do
-        kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null || true; return 0; }
-        sleep 0.1
-    done
-    kill -KILL "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-}
-cleanup() {
-    local pid
-    for pid in "${started[@]}"; do stop "$pid"; done
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-say() { printf '\n== %s\n' "$*" >&2; }
-
-free_ports() {
-    python3 -c '
-import socket, sys
-held = []
-for _ in range(int(sys.argv[1])):
-    s = socket.socket(); s.bind(("127.0.0.1", 0)); held.append(s)
-print(" ".join(str(s.getsockname()[1]) for s in held))' "$1"
-}
-
-wait_port() {
-    local port=$1 i
-    for i in $(seq 300); do
-        (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && return 0
-        sleep 0.1
-    done
-    echo "nothing listens on 127.0.0.1:$port after 30 s" >&2
-    return 1
-}
-
-# The same herd file for every stack (the Node reference reads this subset of TOML itself).
-herd_file() {
-    local file=$1; shift
-    python3 - "$file" "$@" <<'EOF'
-import sys
-path, names, ports = sys.argv[1], sys.argv[2].split(","), [int(p) for p in sys.argv[3:]]
-links = [("Goloman", "Hands"), ("Goloman", "Holiday"), ("Goloman", "Wilkes"),
-         ("Hands", "Wilkes"), ("Holiday", "Welsh"), ("Holiday", "Wilkes")]
-with open(path, "w") as f:
-    for i, name in enumerate(names):
-        nb = [b if a == name else a for a, b in links if name in (a, b) and a in names and b in names]
-        f.write(f'[[server]]\nname = "{name}"\nhost = "127.0.0.1"\n'
-                f'client_port = {ports[2 * i]}\npeer_port = {ports[2 * i + 1]}\n'
-                f'neighbours = [{", ".join(chr(34) + n + chr(34) for n in nb)}]\n\n')
-EOF
-}
-
-ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+# stop/cleanup (on exit), say, free_ports, wait_port, herd_file; raises the fd limit.
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 if ! command -v redis-server >/dev/null 2>&1 && [[ " $SYSTEMS " == *" redis "* ]]; then
     say "installing redis-server"
