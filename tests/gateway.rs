@@ -7,15 +7,12 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{
-    Client, IO_TIMEOUT, TestHerd, assert_bytes, at_fields, check_at, diff_nanos, iamat, now_nanos,
-    question, show, time_field,
+    Client, TestHerd, assert_bytes, at_fields, check_at, diff_nanos, iamat, now_nanos, question,
+    scrape_metrics, show, time_field,
 };
 use herd::{gateway::MAX_LINE, places::PlacesRequest};
 use serde_json::Value;
-use tokio::{
-    io::{AsyncReadExt as _, AsyncWriteExt as _},
-    net::TcpStream,
-};
+use tokio::io::AsyncWriteExt as _;
 
 const UCLA: &str = "+34.068930-118.445127";
 /// Open ocean, far from any island: no place within 50 km.
@@ -1081,17 +1078,7 @@ async fn an_iamat_padded_with_whitespace_up_to_the_limit_is_answered() {
 
 /// One series of `name`'s Prometheus metrics, scraped over HTTP/1.1 on its peer port.
 async fn metric(herd: &TestHerd, name: &str, series: &str) -> u64 {
-    let mut s = TcpStream::connect(herd.peer_addr(name))
-        .await
-        .expect("connect to the peer port");
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .await
-        .expect("ask for the metrics");
-    let mut text = String::new();
-    tokio::time::timeout(IO_TIMEOUT, s.read_to_string(&mut text))
-        .await
-        .expect("the metrics in time")
-        .expect("read the metrics");
+    let text = scrape_metrics(herd.peer_addr(name)).await;
     text.lines()
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
         .unwrap_or_else(|| panic!("no {series} in {text}"))

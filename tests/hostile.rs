@@ -12,7 +12,7 @@ use std::{
 
 use common::{
     IO_TIMEOUT, ServerSpec, TempDir, TestHerd, assert_bytes, check_at, herd_toml_with, iamat,
-    question, unique_id, wait_for,
+    question, scrape_metrics, unique_id, wait_for,
 };
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
@@ -22,23 +22,6 @@ use tokio::{
 /// One server, Goloman, with `gateway` as its `[gateway]` table's keys.
 async fn goloman(gateway: &str) -> TestHerd {
     TestHerd::start_with(&[("Goloman", &[])], &format!("[gateway]\n{gateway}\n")).await
-}
-
-/// The metrics of the server whose peer port is `peer`, over HTTP/1.1.
-async fn scrape(peer: SocketAddr) -> String {
-    let mut s = tokio::time::timeout(IO_TIMEOUT, TcpStream::connect(peer))
-        .await
-        .expect("the peer port accepts in time")
-        .expect("connect to the peer port");
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .await
-        .expect("ask for the metrics");
-    let mut text = String::new();
-    tokio::time::timeout(IO_TIMEOUT, s.read_to_string(&mut text))
-        .await
-        .expect("the metrics in time")
-        .expect("read the metrics");
-    text
 }
 
 /// One series' value in a scrape, e.g. `herd_client_connections_open{server="Goloman"}`.
@@ -63,7 +46,7 @@ async fn wait_open(peer: SocketAddr, n: u64) {
     wait_for(
         IO_TIMEOUT,
         &format!("{n} client connections open"),
-        || async { (series(&scrape(peer).await, OPEN) == n).then_some(()) },
+        || async { (series(&scrape_metrics(peer).await, OPEN) == n).then_some(()) },
     )
     .await;
 }
@@ -127,7 +110,7 @@ async fn past_max_clients_a_client_is_refused_at_once_and_the_peer_port_answers(
         .unwrap();
     let _ = extra.write_all(b"IAMAT x +1+2 3\n").await;
     assert_eq!(closed_by_server(&mut extra, IO_TIMEOUT).await, b"");
-    let text = scrape(peer).await;
+    let text = scrape_metrics(peer).await;
     assert_eq!(series(&text, &refused("max_clients")), 1, "{text}");
     assert_eq!(series(&text, OPEN), 20);
     assert!(
@@ -173,7 +156,7 @@ async fn past_max_clients_per_ip_an_address_is_refused_and_others_are_served() {
     let mut sixth = connect_from([127, 0, 0, 3], client).await;
     assert_eq!(closed_by_server(&mut sixth, IO_TIMEOUT).await, b"");
     assert_eq!(
-        series(&scrape(peer).await, &refused("max_clients_per_ip")),
+        series(&scrape_metrics(peer).await, &refused("max_clients_per_ip")),
         1
     );
 
@@ -222,7 +205,7 @@ async fn a_connection_with_no_complete_line_is_closed_after_the_idle_timeout() {
         started.elapsed()
     );
     assert_bytes(&chatty.ask("FOO\n").await, b"? FOO\n");
-    assert_eq!(series(&scrape(peer).await, &closed("idle")), 1);
+    assert_eq!(series(&scrape_metrics(peer).await, &closed("idle")), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -268,8 +251,11 @@ async fn slowloris_lines_are_closed_after_the_line_timeout_while_good_clients_ar
         .expect("every slow connection closed")
         .unwrap();
     assert!(all_closed - started >= LINE, "closed early");
-    assert_eq!(series(&scrape(peer).await, &closed("slow_line")), 50);
-    assert_eq!(series(&scrape(peer).await, &closed("idle")), 0);
+    assert_eq!(
+        series(&scrape_metrics(peer).await, &closed("slow_line")),
+        50
+    );
+    assert_eq!(series(&scrape_metrics(peer).await, &closed("idle")), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -284,7 +270,7 @@ async fn an_overlong_line_that_never_ends_is_a_slow_line() {
     assert!(echoed.starts_with(b"? xxx"), "{}", echoed.len());
     assert_eq!(
         series(
-            &scrape(herd.peer_addr("Goloman")).await,
+            &scrape_metrics(herd.peer_addr("Goloman")).await,
             &closed("slow_line")
         ),
         1
@@ -325,7 +311,7 @@ async fn a_client_that_never_reads_is_stopped_then_closed_and_others_are_answere
     let took = round_trip(&herd).await;
     assert!(took < WRITE, "a good client waited {took:?}");
     wait_for(IO_TIMEOUT, "the hog closed for write_timeout", || async {
-        (series(&scrape(peer).await, &closed("write_timeout")) == 1).then_some(())
+        (series(&scrape_metrics(peer).await, &closed("write_timeout")) == 1).then_some(())
     })
     .await;
     assert!(stalled_at.elapsed() < IO_TIMEOUT + WRITE);
@@ -351,7 +337,7 @@ async fn a_client_id_past_the_limit_gets_a_question_mark() {
     let at_limit = vec![b'k'; herd::config::DEFAULT_MAX_CLIENT_ID];
     let reply = c.ask(iamat(&at_limit, "+1+2", "3")).await;
     check_at(&reply, "Goloman", &at_limit, b"+1+2", b"3");
-    let text = scrape(herd.peer_addr("Goloman")).await;
+    let text = scrape_metrics(herd.peer_addr("Goloman")).await;
     assert_eq!(
         series(
             &text,
@@ -501,7 +487,7 @@ async fn clients_never_take_the_reserved_descriptors_and_the_peer_port_keeps_wor
         }
     }
     let text = wait_for(IO_TIMEOUT, "the flood to be refused", || async {
-        let text = scrape(peer).await;
+        let text = scrape_metrics(peer).await;
         (series(&text, &refused("descriptors")) + series(&text, OPEN) >= 400).then_some(text)
     })
     .await;

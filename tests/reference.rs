@@ -19,9 +19,9 @@ use std::{
 };
 
 use common::{
-    Client, DEFAULT_TOPOLOGY, FAIR_CHANCE, IO_TIMEOUT, NAMES, SPREAD, ServerSpec, TempDir,
-    Topology, assert_bytes, check_at, diff_nanos, herd_toml, iamat, now_nanos, question, show,
-    time_field, unique_id, wait_for,
+    Client, DEFAULT_TOPOLOGY, FAIR_CHANCE, IO_TIMEOUT, NAMES, SPREAD, TempDir, Topology,
+    assert_bytes, check_at, diff_nanos, herd_file, iamat, now_nanos, question, show, time_field,
+    unique_id, wait_for,
 };
 
 /// Which server implementation runs the herd.
@@ -74,19 +74,9 @@ impl ProcHerd {
             .collect();
         // Released just before the servers bind them: a tiny race with other processes.
         drop(listeners);
-        let specs: Vec<ServerSpec<'_>> = topology
-            .iter()
-            .enumerate()
-            .map(|(i, (name, neighbours))| ServerSpec {
-                name,
-                client_port: ports[2 * i],
-                peer_port: ports[2 * i + 1],
-                neighbours,
-            })
-            .collect();
         let dir = TempDir::new(&format!("reference-{stack:?}"));
         let config = dir.path().join("herd.toml");
-        std::fs::write(&config, herd_toml(&specs)).expect("write the herd file");
+        std::fs::write(&config, herd_file(topology, &ports)).expect("write the herd file");
         let mut herd = ProcHerd {
             stack,
             command,

@@ -104,6 +104,25 @@ pub fn herd_file(topology: Topology<'_>, ports: &[u16]) -> String {
     herd_toml(&specs)
 }
 
+/// The Prometheus metrics of the server whose peer port is `peer`, over HTTP/1.1
+/// (the whole response, headers first).
+#[allow(dead_code)] // not every test binary reads metrics
+pub async fn scrape_metrics(peer: SocketAddr) -> String {
+    let mut s = tokio::time::timeout(IO_TIMEOUT, TcpStream::connect(peer))
+        .await
+        .expect("the peer port accepts in time")
+        .expect("connect to the peer port");
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("ask for the metrics");
+    let mut text = String::new();
+    tokio::time::timeout(IO_TIMEOUT, s.read_to_string(&mut text))
+        .await
+        .expect("the metrics in time")
+        .expect("read the metrics");
+    text
+}
+
 /// The offline provider shared by every herd of this test binary. Its index is built
 /// once, on a thread of its own (so it survives the runtime of the test that started it).
 pub fn offline() -> OfflineProvider {
