@@ -320,7 +320,7 @@ pub fn run(cfg: &Config) -> Report {
         sim.handle(item.ev);
     }
     let rss_after = resident_bytes();
-    sim.report(cfg, started.elapsed(), rss_after.saturating_sub(rss_before))
+    sim.report(started.elapsed(), rss_after.saturating_sub(rss_before))
 }
 
 impl Sim {
@@ -352,6 +352,12 @@ impl Sim {
         let epoch = link.epoch;
         self.links[e].last_due[d] = t;
         self.at(t, Ev::Deliver { e, d, epoch, msg });
+    }
+
+    /// The sender and the receiver of direction `d` of link `e`.
+    fn ends(&self, e: usize, d: usize) -> (usize, usize) {
+        let (a, b) = self.links[e].ends;
+        if d == 0 { (a, b) } else { (b, a) }
     }
 
     /// The link from `i` to the neighbour named `name`, and its direction from `i`.
@@ -422,10 +428,9 @@ impl Sim {
                     link.up = true;
                     link.epoch += 1;
                     link.last_due = [self.now; 2];
-                    let ends = link.ends;
                     // Each end sends its floors first, as a new stream does.
                     for d in 0..2 {
-                        let from = if d == 0 { ends.0 } else { ends.1 };
+                        let (from, _) = self.ends(e, d);
                         let floors = self.nodes[from].floors();
                         self.send(e, d, Msg::Floors(floors));
                     }
@@ -479,11 +484,7 @@ impl Sim {
     }
 
     fn deliver(&mut self, e: usize, d: usize, msg: Msg) {
-        let (from, to) = if d == 0 {
-            self.links[e].ends
-        } else {
-            (self.links[e].ends.1, self.links[e].ends.0)
-        };
+        let (from, to) = self.ends(e, d);
         match msg {
             Msg::Update(u) => self.apply(from, to, &u, true),
             Msg::CatchUp(updates) => {
@@ -545,11 +546,7 @@ impl Sim {
 
     /// The sending side of (e, d) runs its catch-up to the end.
     fn sync(&mut self, e: usize, d: usize) {
-        let (from, to) = if d == 0 {
-            self.links[e].ends
-        } else {
-            (self.links[e].ends.1, self.links[e].ends.0)
-        };
+        let (from, to) = self.ends(e, d);
         let peer = self.nodes[to].name().clone();
         loop {
             let mut marker = None;
@@ -578,7 +575,8 @@ impl Sim {
         }
     }
 
-    fn report(&self, cfg: &Config, wall: Duration, rss: u64) -> Report {
+    fn report(&self, wall: Duration, rss: u64) -> Report {
+        let cfg = &self.cfg;
         let window = self.partitioned;
         let mut reach: Vec<u64> = self
             .spread
