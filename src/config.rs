@@ -436,7 +436,15 @@ pub struct HerdConfig {
     pub gateway: GatewayConfig,
     pub log: LogConfig,
     pub backbone: BackboneConfig,
+    /// `data_dir` (or `--data-dir`, `HERD_DATA_DIR`): None keeps state in memory only.
+    pub data_dir: Option<PathBuf>,
+    /// Whether each server gets `<data_dir>/<name>` (`herd up`) or `data_dir` itself.
+    pub data_per_server: bool,
+    /// `fsync` and the `[data]` table.
+    pub data: DataSettings,
 }
+
+pub use crate::durable::{DataConfig, DataSettings, Fsync};
 
 /// The `[log]` table: how the servers' log files are written.
 pub type LogConfig = crate::logging::FileSettings;
@@ -494,8 +502,55 @@ struct RawHerd {
     log: RawLog,
     #[serde(default)]
     backbone: RawBackbone,
+    /// The data dir (with `herd up`, one subdirectory per server); none: in memory.
+    data_dir: Option<PathBuf>,
+    fsync: Option<String>,
+    #[serde(default)]
+    data: RawData,
     #[serde(default)]
     server: Vec<RawServer>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawData {
+    segment_bytes: Option<u64>,
+    compact_min_bytes: Option<u64>,
+    max_unwritten_bytes: Option<usize>,
+}
+
+impl RawData {
+    fn validate(self, fsync: Option<String>) -> Result<DataSettings, String> {
+        let d = DataSettings::default();
+        let data = DataSettings {
+            fsync: match fsync {
+                Some(f) => f.parse()?,
+                None => d.fsync,
+            },
+            segment_bytes: self.segment_bytes.unwrap_or(d.segment_bytes),
+            compact_min_bytes: self.compact_min_bytes.unwrap_or(d.compact_min_bytes),
+            max_unwritten_bytes: self.max_unwritten_bytes.unwrap_or(d.max_unwritten_bytes),
+        };
+        if !((64 << 10)..=(1 << 40)).contains(&data.segment_bytes) {
+            return Err(format!(
+                "data.segment_bytes is {}; it must be 65536 (64 KiB) to 2^40",
+                data.segment_bytes
+            ));
+        }
+        if !((64 << 10)..=(1 << 40)).contains(&data.compact_min_bytes) {
+            return Err(format!(
+                "data.compact_min_bytes is {}; it must be 65536 (64 KiB) to 2^40",
+                data.compact_min_bytes
+            ));
+        }
+        if !((1 << 20)..=(1 << 34)).contains(&data.max_unwritten_bytes) {
+            return Err(format!(
+                "data.max_unwritten_bytes is {}; it must be 1048576 (1 MiB) to 2^34",
+                data.max_unwritten_bytes
+            ));
+        }
+        Ok(data)
+    }
 }
 
 #[derive(Deserialize, Default)]
@@ -766,6 +821,14 @@ impl HerdConfig {
         let gateway = raw.gateway.validate().map_err(invalid)?;
         let log = raw.log.validate().map_err(invalid)?;
         let backbone = raw.backbone.validate().map_err(invalid)?;
+        let data = raw.data.validate(raw.fsync).map_err(invalid)?;
+        if raw
+            .data_dir
+            .as_ref()
+            .is_some_and(|d| d.as_os_str().is_empty())
+        {
+            return Err(invalid("data_dir is empty".into()));
+        }
 
         Ok(HerdConfig {
             origin: origin.to_owned(),
@@ -774,16 +837,39 @@ impl HerdConfig {
             gateway,
             log,
             backbone,
+            data_dir: raw.data_dir,
+            data_per_server: false,
+            data,
         })
     }
 
-    /// Applies the environment, which wins over the herd file: `HERD_PLACES`,
+    /// Server `name`'s data dir and settings, if the herd has a data dir.
+    pub fn data_for(&self, name: &str) -> Option<DataConfig> {
+        let dir = self.data_dir.as_ref()?;
+        Some(DataConfig {
+            dir: if self.data_per_server {
+                dir.join(name)
+            } else {
+                dir.clone()
+            },
+            settings: self.data.clone(),
+        })
+    }
+
+    /// Applies the environment, which wins over the herd file: `HERD_DATA_DIR`,
+    /// `HERD_FSYNC`, `HERD_PLACES`,
     /// `HERD_PLACES_API`, `HERD_PLACES_URL` and `GOOGLE_PLACES_API_KEY` (PROTOCOL.md's
     /// operating contract). `get` reads a variable; an empty value counts as unset.
     /// A google provider without a key is an error here, before any port is bound.
     pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
         let get = |var: &'static str| get(var).filter(|v| !v.trim().is_empty());
         let env = |var: &'static str, problem: String| ConfigError::Env { var, problem };
+        if let Some(v) = get("HERD_DATA_DIR") {
+            self.data_dir = Some(PathBuf::from(v));
+        }
+        if let Some(v) = get("HERD_FSYNC") {
+            self.data.fsync = v.trim().parse().map_err(|e| env("HERD_FSYNC", e))?;
+        }
         let places = &mut self.places;
         if let Some(v) = get("HERD_PLACES") {
             places.provider = v.trim().parse().map_err(|e| env("HERD_PLACES", e))?;

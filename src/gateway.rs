@@ -292,6 +292,7 @@ async fn serve(
     let mut buf = BytesMut::new();
     let mut out = Vec::new();
     let mut codec = LineCodec::new(MAX_LINE);
+    let mut unsettled = Unsettled::default();
     // Registered once per connection, not once per read: the token's waiter list
     // is shared by every connection.
     let cancelled = shutdown.cancelled();
@@ -330,6 +331,7 @@ async fn serve(
             // reply, not after, so no reply is split and the last write is not early.
             if out.len() >= limits.max_held_replies {
                 node.metrics().replies_written_early.inc();
+                unsettled.settle(node, &mut out).await;
                 if !write_out(&mut socket, &out, limits.write_timeout).await? {
                     return Ok(End::WriteTimeout);
                 }
@@ -338,7 +340,8 @@ async fn serve(
             match frame {
                 Frame::Line(line) => {
                     ended_a_line = true;
-                    answer(node, &line, received, limits.max_client_id, &mut out).await;
+                    answer(node, &line, received, limits.max_client_id, &mut out, &mut unsettled)
+                        .await;
                 }
                 Frame::LongStart(head) => {
                     count_too_long(node, &head);
@@ -354,6 +357,7 @@ async fn serve(
             }
         }
         if !out.is_empty() {
+            unsettled.settle(node, &mut out).await;
             if !write_out(&mut socket, &out, limits.write_timeout).await? {
                 return Ok(End::WriteTimeout);
             }
@@ -422,6 +426,45 @@ fn count_too_long(node: &Node, head: &[u8]) {
     node.metrics().questions.inc();
 }
 
+/// IAMAT replies in `out` that wait for the data dir (see [`Node::settle`]).
+#[derive(Debug, Default)]
+struct Unsettled {
+    pos: u64,
+    floods: Vec<(crate::store::Record, crate::proto::Version)>,
+    /// Each reply's place in `out`, and its line (answered `?` if the disk fails).
+    replies: Vec<(std::ops::Range<usize>, Vec<u8>)>,
+}
+
+impl Unsettled {
+    /// Waits for the journal; if it failed, the waiting replies become `? line`.
+    async fn settle(&mut self, node: &Node, out: &mut Vec<u8>) {
+        if self.replies.is_empty() {
+            return;
+        }
+        if node.settle(self.pos, self.floods.drain(..)).await.is_err() {
+            let mut fixed = Vec::with_capacity(out.len());
+            let mut at = 0;
+            for (range, line) in &self.replies {
+                fixed.extend_from_slice(&out[at..range.start]);
+                node.reject(line, &mut fixed);
+                at = range.end;
+            }
+            fixed.extend_from_slice(&out[at..]);
+            *out = fixed;
+            if let Some(j) = node.journal() {
+                j.metrics.refused_iamats.inc_by(self.replies.len() as u64);
+            }
+            tracing::warn!(
+                iamats = self.replies.len(),
+                "the data dir could not take these IAMATs; answered '?'"
+            );
+        }
+        self.floods.clear();
+        self.replies.clear();
+        self.pos = 0;
+    }
+}
+
 /// Answers one line (without its line end), appending the reply to `out`.
 async fn answer(
     node: &Node,
@@ -429,6 +472,7 @@ async fn answer(
     received: Timestamp,
     max_client_id: usize,
     out: &mut Vec<u8>,
+    unsettled: &mut Unsettled,
 ) {
     // One event per line (target `logging::LINES`): the line received and the reply
     // sent, together; a WHATSAT's reply as its AT line and the JSON's size, the JSON
@@ -436,8 +480,18 @@ async fn answer(
     let start = out.len();
     match wire::parse(line, max_client_id) {
         Ok(Command::Blank) => {}
-        Ok(Command::IAmAt(cmd)) => node.iamat(&cmd, received, out),
+        Ok(Command::IAmAt(cmd)) => {
+            if let Some(u) = node.iamat(&cmd, line, received, out) {
+                unsettled.pos = unsettled.pos.max(u.pos);
+                unsettled.floods.extend(u.flood);
+                unsettled.replies.push((start..out.len(), line.to_vec()));
+            }
+        }
         Ok(Command::WhatsAt(cmd)) => {
+            // A WHATSAT waits for places: what waits for the disk goes first, so
+            // that the replies before it are final (their places in `out` too).
+            unsettled.settle(node, out).await;
+            let start = out.len();
             if !node.whatsat(&cmd, out).await {
                 node.reject(line, out);
                 let reply = Escaped(&out[start..]);

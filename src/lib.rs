@@ -14,6 +14,8 @@
 //! - [`replica`]: the replication protocol as pure code: versions, floors, the flood
 //!   decision, what a catch-up sends; with its seeded simulation tests.
 //! - [`store`]: client records, "is this newer?", and each record's version.
+//! - [`durable`]: the data dir: a journal of every change (length, CRC32C, payload in
+//!   segment files), snapshots that compact it, fsync policies, the restart.
 //! - [`peer`]: the gRPC backbone: the `Link` service, the dialer per neighbour, link states,
 //!   byte-bounded queues, catch-ups and anti-entropy over the links.
 //! - [`places`]: the tower stack around the places providers (the embedded offline dataset,
@@ -31,6 +33,7 @@
 
 pub mod client;
 pub mod config;
+pub mod durable;
 pub mod gateway;
 pub mod inspect;
 pub mod logging;

@@ -25,6 +25,8 @@ Environment (a flag, when given, wins):
   HERD_PLACES_URL        the Google base URL (default: Google's for the API)
   GOOGLE_PLACES_API_KEY  the Google key (read only from here; never logged)
   HERD_HISTORY           `herd client`'s history file (default: ~/.herd_history)
+  HERD_DATA_DIR          the data dir (default: none, state in memory only)
+  HERD_FSYNC             always, everysec (default) or no: when a reply waits for the disk
 
 Docs: README.md and docs/PROTOCOL.md in the repository.";
 
@@ -157,6 +159,14 @@ struct Common {
         value_name = "FORMAT"
     )]
     log_format: LogFormat,
+    /// Keep state in DIR across restarts (`herd up`: DIR/<NAME> per server); without
+    /// it (and without HERD_DATA_DIR or the herd file's data_dir) state is in memory only.
+    #[arg(long, env = "HERD_DATA_DIR", value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// When an IAMAT's reply may leave: `always` (its record is on disk), `everysec`
+    /// (written; synced about once a second; the default) or `no` (written).
+    #[arg(long, env = "HERD_FSYNC", value_name = "POLICY")]
+    fsync: Option<herd::durable::Fsync>,
 }
 
 fn main() -> ExitCode {
@@ -188,6 +198,13 @@ fn main() -> ExitCode {
     if let Err(e) = herd.apply_env(|var| std::env::var(var).ok()) {
         return fail(2, &e);
     }
+    if let Some(dir) = &common.data_dir {
+        herd.data_dir = Some(dir.clone());
+    }
+    if let Some(fsync) = common.fsync {
+        herd.data.fsync = fsync;
+    }
+    herd.data_per_server = only.is_none();
     let names: Vec<Arc<str>> = match only {
         Some(name) => match herd.server(name) {
             Ok(s) => vec![s.name.clone()],

@@ -336,6 +336,11 @@ impl Metrics {
         }
     }
 
+    /// Adds a data dir's series (`herd_data_*`).
+    pub fn register_data(&mut self, data: &crate::durable::DataMetrics) {
+        data.register(self.registry.sub_registry_with_prefix("herd"));
+    }
+
     pub fn command(&self, kind: &'static str, outcome: &'static str) {
         match self
             .common_commands

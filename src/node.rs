@@ -7,9 +7,11 @@ use tower::ServiceExt as _;
 
 use crate::{
     config::BackboneConfig,
+    durable::{DataConfig, Failed, Fsync, Journal, OpenError},
     metrics::Metrics,
     peer::{Backbone, link::Links},
     places::{Places, PlacesRequest, PlacesService},
+    proto,
     replica::Replica,
     store::{Record, Store},
     wire::{self, Timestamp},
@@ -23,6 +25,16 @@ pub struct Node {
     backbone: Arc<Backbone>,
     places: PlacesService,
     metrics: Arc<Metrics>,
+    journal: Option<Arc<Journal>>,
+}
+
+/// An IAMAT answered but not yet settled: its reply (and, with a data dir, its
+/// flood) waits until the journal holds everything up to `pos`.
+#[derive(Debug)]
+pub struct Unsettled {
+    pub pos: u64,
+    /// The record to flood once written, with its version.
+    pub flood: Option<(Record, proto::Version)>,
 }
 
 impl Node {
@@ -33,13 +45,39 @@ impl Node {
         places: PlacesService,
         backbone: BackboneConfig,
     ) -> Node {
-        let metrics = Arc::new(Metrics::new(&name));
-        let replica = Replica::new(name, Replica::fresh_incarnation(), neighbours);
-        Node {
+        Node::open(name, neighbours, places, backbone, None).expect("no data dir to open")
+    }
+
+    /// A server with its data dir, if it has one: the state in it is restored (the
+    /// same incarnation, its seqs continued), and every change is journaled.
+    pub fn open(
+        name: Arc<str>,
+        neighbours: Vec<Arc<str>>,
+        places: PlacesService,
+        backbone: BackboneConfig,
+        data: Option<&DataConfig>,
+    ) -> Result<Node, OpenError> {
+        let mut metrics = Metrics::new(&name);
+        let mut replica = Replica::new(name, Replica::fresh_incarnation(), neighbours);
+        let journal = match data {
+            Some(data) => {
+                let j = Journal::open(data, &mut replica)?;
+                metrics.register_data(&j.metrics);
+                Some(j)
+            }
+            None => None,
+        };
+        let metrics = Arc::new(metrics);
+        Ok(Node {
             backbone: Arc::new(Backbone::new(replica, backbone, metrics.clone())),
             places,
             metrics,
-        }
+            journal,
+        })
+    }
+
+    pub fn journal(&self) -> Option<&Arc<Journal>> {
+        self.journal.as_ref()
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {
@@ -74,8 +112,85 @@ impl Node {
         self.backbone.replica().store()
     }
 
-    /// Handles an IAMAT received at `now`; appends the reply line (with its newline).
-    pub fn iamat(&self, cmd: &wire::IAmAt<'_>, now: Timestamp, out: &mut Vec<u8>) {
+    /// Handles an IAMAT (`line`) received at `now`; appends the reply line (with its
+    /// newline). With a data dir the reply must not leave before [`Node::settle`]
+    /// says its record is written (the result says up to where), and an IAMAT is
+    /// answered `?` while the data dir cannot be written.
+    pub fn iamat(
+        &self,
+        cmd: &wire::IAmAt<'_>,
+        line: &[u8],
+        now: Timestamp,
+        out: &mut Vec<u8>,
+    ) -> Option<Unsettled> {
+        let Some(journal) = &self.journal else {
+            self.iamat_in_memory(cmd, now, out);
+            return None;
+        };
+        if journal.refusing() {
+            journal.metrics.refused_iamats.inc();
+            self.metrics.command("iamat", "refused");
+            self.reject(line, out);
+            return None;
+        }
+        let mut diff = Vec::with_capacity(24);
+        wire::write_time_diff(now, &cmd.client_time, &mut diff);
+        let record = Record::from_iamat(self.name(), &diff, cmd);
+        let start = out.len();
+        out.extend_from_slice(record.line());
+        let copy = self.backbone.wants_own_records();
+        let flood = match self
+            .backbone
+            .replica()
+            .iamat(record, &cmd.client_time, copy)
+        {
+            Ok(mut applied) => {
+                self.metrics.command("iamat", "applied");
+                // Flooded once written (nothing of this incarnation leaves before
+                // its entry is written; see `crate::durable`), so the gate goes now.
+                let record = applied.record.take();
+                let version = applied.version.clone();
+                drop(applied);
+                record.map(|r| (r, version))
+            }
+            Err(stored) => {
+                self.metrics.command("iamat", "stale");
+                out.truncate(start);
+                out.extend_from_slice(stored.line());
+                None
+            }
+        };
+        out.push(b'\n');
+        // The position after this record's entry (or, for a stale IAMAT, after the
+        // entry of the record its reply shows).
+        Some(Unsettled {
+            pos: journal.appended(),
+            flood,
+        })
+    }
+
+    /// Waits until the journal holds everything up to `pos` (written, and with
+    /// `fsync = always` on disk), then floods `floods`. Err: the disk failed, and
+    /// the IAMATs waiting for it must not be answered as stored.
+    pub async fn settle(
+        &self,
+        pos: u64,
+        floods: impl Iterator<Item = (Record, proto::Version)>,
+    ) -> Result<(), Failed> {
+        let Some(journal) = &self.journal else {
+            return Ok(());
+        };
+        journal.write_through(pos)?;
+        for (record, version) in floods {
+            self.backbone.flood_own_record(&record, version);
+        }
+        if journal.settings().fsync == Fsync::Always {
+            journal.wait_synced(pos).await?;
+        }
+        Ok(())
+    }
+
+    fn iamat_in_memory(&self, cmd: &wire::IAmAt<'_>, now: Timestamp, out: &mut Vec<u8>) {
         let mut diff = Vec::with_capacity(24);
         wire::write_time_diff(now, &cmd.client_time, &mut diff);
         let record = Record::from_iamat(self.name(), &diff, cmd);

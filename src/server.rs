@@ -32,11 +32,26 @@ pub enum ServerError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("{server}: {source}")]
+    Data {
+        server: String,
+        source: crate::durable::OpenError,
+    },
     #[error("{server}: gRPC server failed: {source}")]
     Grpc {
         server: String,
         source: tonic::transport::Error,
     },
+}
+
+/// The replica of a backbone, for the compactor's thread.
+struct BackboneReplica(Arc<peer::Backbone>);
+
+impl std::ops::Deref for BackboneReplica {
+    type Target = crate::replica::Replica;
+    fn deref(&self) -> &crate::replica::Replica {
+        self.0.replica()
+    }
 }
 
 /// A server's two listeners, bound before anything runs so that a busy port stops
@@ -92,12 +107,48 @@ async fn serve(
     for notice in &herd.places.deprecated {
         tracing::warn!("{notice}");
     }
-    let node = Arc::new(Node::new(
-        me.name.clone(),
-        me.neighbours.clone(),
-        places,
-        herd.backbone.clone(),
-    ));
+    let data = herd.data_for(&me.name);
+    let opened = {
+        let (name, neighbours, backbone) = (
+            me.name.clone(),
+            me.neighbours.clone(),
+            herd.backbone.clone(),
+        );
+        let span = tracing::Span::current();
+        // Reading a data dir is blocking work (a second for a million records).
+        tokio::task::spawn_blocking(move || {
+            span.in_scope(|| Node::open(name, neighbours, places, backbone, data.as_ref()))
+        })
+        .await
+    };
+    let node = match opened {
+        Ok(Ok(node)) => Arc::new(node),
+        Ok(Err(source)) => {
+            return Err(ServerError::Data {
+                server: me.name.to_string(),
+                source,
+            });
+        }
+        Err(join) => {
+            return Err(ServerError::Data {
+                server: me.name.to_string(),
+                source: crate::durable::OpenError::Io {
+                    dir: Default::default(),
+                    what: "restore panicked",
+                    source: std::io::Error::other(join.to_string()),
+                },
+            });
+        }
+    };
+    let journal_threads = node.journal().map(|j| {
+        let span = tracing::Span::current();
+        let (j1, j2, b) = (j.clone(), j.clone(), node.backbone().clone());
+        let s1 = span.clone();
+        [
+            std::thread::spawn(move || s1.in_scope(|| j1.run_syncer())),
+            std::thread::spawn(move || span.in_scope(|| j2.run_compactor(BackboneReplica(b)))),
+        ]
+    });
     let tasks = TaskTracker::new();
     let shown = |a: std::io::Result<std::net::SocketAddr>| a.map_or("?".into(), |a| a.to_string());
     let client_addr = shown(listeners.client.local_addr());
@@ -152,6 +203,35 @@ async fn serve(
     health
         .set_service_status("", tonic_health::ServingStatus::Serving)
         .await;
+    if let Some(j) = node.journal() {
+        // A data dir that cannot be written turns the server NOT_SERVING.
+        let mut failure = j.failure();
+        let health = health.clone();
+        let shutdown = shutdown.clone();
+        tasks.spawn(
+            async move {
+                loop {
+                    let failed = failure.borrow_and_update().is_some();
+                    let status = if failed {
+                        tonic_health::ServingStatus::NotServing
+                    } else {
+                        tonic_health::ServingStatus::Serving
+                    };
+                    health.set_service_status("", status).await;
+                    if failed {
+                        health.set_not_serving::<PeerServer<PeerService>>().await;
+                    } else {
+                        health.set_serving::<PeerServer<PeerService>>().await;
+                    }
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        r = failure.changed() => if r.is_err() { return },
+                    }
+                }
+            }
+            .in_current_span(),
+        );
+    }
     // One line for the operator once every link had its first dial (up, or waiting
     // to redial a neighbour that is not there yet), so "ready" means what it says.
     let dialled = node.links().iter().map(|slot| {
@@ -187,6 +267,16 @@ async fn serve(
         grpc.await
     })
     .await;
+    if let (Some(j), Some(threads)) = (node.journal(), journal_threads) {
+        // A last write and sync of what the journal holds.
+        j.stop();
+        let _ = tokio::task::spawn_blocking(move || {
+            for t in threads {
+                let _ = t.join();
+            }
+        })
+        .await;
+    }
     match drained {
         Ok(Ok(Ok(()))) => tracing::info!("stopped"),
         Ok(Ok(Err(source))) => {

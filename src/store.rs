@@ -66,6 +66,44 @@ impl Record {
         }
     }
 
+    /// A record read back from a data dir (its AT line), validated as strictly as
+    /// an update from a peer: a checksum that matched is still not trusted blindly.
+    pub fn from_stored(line: &[u8]) -> Result<Record, BadUpdate> {
+        let mut f = line.splitn(6, |&b| b == b' ');
+        let (Some(b"AT"), Some(origin), Some(diff), Some(id), Some(location), Some(time)) =
+            (f.next(), f.next(), f.next(), f.next(), f.next(), f.next())
+        else {
+            return Err(BadUpdate::Fields(wire::ParseError::UnknownCommand));
+        };
+        let mut iamat = Vec::with_capacity(8 + id.len() + location.len() + time.len());
+        for (i, part) in [&b"IAMAT"[..], id, location, time].into_iter().enumerate() {
+            if i > 0 {
+                iamat.push(b' ');
+            }
+            iamat.extend_from_slice(part);
+        }
+        let cmd = match wire::parse(&iamat) {
+            Ok(wire::Command::IAmAt(cmd)) => cmd,
+            Ok(_) => return Err(BadUpdate::Fields(wire::ParseError::UnknownCommand)),
+            Err(e) => return Err(BadUpdate::Fields(e)),
+        };
+        let origin = std::str::from_utf8(origin).unwrap_or("");
+        if !crate::config::valid_name(origin) {
+            return Err(BadUpdate::Origin(origin.to_owned()));
+        }
+        if !valid_diff(diff) {
+            return Err(BadUpdate::TimeDiff(
+                String::from_utf8_lossy(diff).into_owned(),
+            ));
+        }
+        Ok(Record::from_iamat(origin, diff, &cmd))
+    }
+
+    /// The origin server's name (the second field).
+    pub fn origin(&self) -> &[u8] {
+        self.field(1)
+    }
+
     /// Validates an update from a peer as strictly as an IAMAT from a client.
     pub fn from_update(u: &proto::Update) -> Result<Record, BadUpdate> {
         let mut iamat =
@@ -309,6 +347,17 @@ impl Store {
         keep_old: impl FnOnce(&Record, &Record) -> bool,
         version: impl FnOnce(u64, Option<Version>) -> Version,
     ) -> Offered {
+        self.offer_with(record, keep_old, |hash, old, _| version(hash, old))
+    }
+
+    /// As [`Store::offer`], and `version` also sees the record being stored (to
+    /// journal it in the same critical section).
+    pub fn offer_with(
+        &self,
+        record: Record,
+        keep_old: impl FnOnce(&Record, &Record) -> bool,
+        version: impl FnOnce(u64, Option<Version>, &Record) -> Version,
+    ) -> Offered {
         let id = record.client_id();
         let hash = self.hash(id);
         let mut shard = self.shard(hash);
@@ -320,12 +369,12 @@ impl Store {
             hashbrown::hash_table::Entry::Occupied(mut e) => {
                 let slot = e.get_mut();
                 let old = slot.version.get();
-                slot.version = Packed::new(version(hash, Some(old)));
+                slot.version = Packed::new(version(hash, Some(old), &record));
                 slot.record = record;
                 Ok(Some(old))
             }
             hashbrown::hash_table::Entry::Vacant(e) => {
-                let version = Packed::new(version(hash, None));
+                let version = Packed::new(version(hash, None, &record));
                 e.insert(Slot {
                     hash,
                     record,
@@ -379,6 +428,26 @@ impl Store {
             for s in crate::lock(shard).iter() {
                 f(&s.record, s.version.get());
             }
+        }
+    }
+
+    /// How many shards [`Store::scan_shard`] takes.
+    pub fn shard_count(&self) -> usize {
+        self.shards.len()
+    }
+
+    /// Every record of shard `i` and its version, with the shard locked throughout:
+    /// `prepare` runs once the lock is held, and its value is passed to each call.
+    pub fn scan_shard<T>(
+        &self,
+        i: usize,
+        prepare: impl FnOnce() -> T,
+        mut f: impl FnMut(&T, &Record, Version),
+    ) {
+        let shard = crate::lock(&self.shards[i]);
+        let t = prepare();
+        for s in shard.iter() {
+            f(&t, &s.record, s.version.get());
         }
     }
 

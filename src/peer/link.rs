@@ -542,6 +542,11 @@ impl Outgoing {
                 );
                 match step {
                     SyncStep::Records(updates) => {
+                        // Nothing leaves before its journal entry is written (see
+                        // `crate::durable`); a failed disk only delays nothing here.
+                        if let Some(j) = self.backbone.replica().journal() {
+                            let _ = j.write_through(j.appended());
+                        }
                         let bytes: usize = updates.iter().map(prost::Message::encoded_len).sum();
                         metrics.catch_up_sent(&self.peer, updates.len() as u64, bytes as u64);
                         return Some(LinkMessage {

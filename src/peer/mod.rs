@@ -126,6 +126,19 @@ impl Backbone {
         self.announce(record, "", &update);
     }
 
+    /// Floods an own IAMAT's record once its journal entry is written (the gate was
+    /// released after storing it: see `crate::durable` for why that is sound).
+    pub fn flood_own_record(&self, record: &Record, version: proto::Version) {
+        let plan = self.replica.plan_own(|n| self.links.is_up(n));
+        let update = record.to_update(plan.seen, Some(version));
+        for target in plan.targets {
+            if self.links.send(target, update.clone()) {
+                self.metrics.updates_forwarded.inc();
+            }
+        }
+        self.announce(record, "", &update);
+    }
+
     /// Applies an update from neighbour `from`: stored and forwarded only when it is
     /// newer than what this server holds. Ok(true) when it was applied.
     pub fn apply_update(&self, update: &proto::Update, from: &str) -> Result<bool, OfferError> {

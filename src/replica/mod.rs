@@ -239,6 +239,9 @@ pub struct Replica {
     gate: RwLock<()>,
     /// Per neighbour: catch-ups to it running now.
     catching_up: Vec<(Arc<str>, Arc<AtomicU32>)>,
+    /// The data dir's journal, if the server has one: every change is appended to
+    /// it in the critical section that makes it.
+    journal: Option<Arc<crate::durable::Journal>>,
 }
 
 impl Replica {
@@ -254,7 +257,113 @@ impl Replica {
             neighbours,
             store: Store::new(),
             gate: RwLock::new(()),
+            journal: None,
         }
+    }
+
+    /// From now on every change is journaled (after a restore).
+    pub fn attach(&mut self, journal: Arc<crate::durable::Journal>) {
+        self.journal = Some(journal);
+    }
+
+    pub fn journal(&self) -> Option<&Arc<crate::durable::Journal>> {
+        self.journal.as_ref()
+    }
+
+    /// Restoring: this node is (its name, `incarnation`) from now on. The first
+    /// call, on a fresh replica, replaces the fresh incarnation it was made with.
+    pub fn set_incarnation(&mut self, incarnation: u64) -> Result<(), TooManySources> {
+        let fresh = self.store.is_empty() && self.versions().iter().count() == 1;
+        if fresh {
+            *crate::lock(&self.versions) = Versions::new(self.me.clone(), incarnation);
+        } else {
+            self.versions().set_own(&self.me, incarnation)?;
+        }
+        self.incarnation = incarnation;
+        Ok(())
+    }
+
+    /// Restoring: own seqs continue after `last`.
+    pub fn resume_own(&self, last: u64) {
+        self.versions().resume_own(last);
+    }
+
+    /// Restoring: a record read back with its version (origin, incarnation, seq).
+    pub fn restore(
+        &self,
+        record: Record,
+        incarnation: u64,
+        seq: u64,
+    ) -> Result<(), TooManySources> {
+        let origin = std::str::from_utf8(record.origin())
+            .unwrap_or("")
+            .to_owned();
+        let (source, own) = {
+            let mut v = self.versions();
+            let id = v.id(&origin, incarnation)?;
+            (id, id == v.own())
+        };
+        let version = Version { source, seq };
+        let offered = self
+            .store
+            .offer(record, Store::update_keeps_old, |hash, old| {
+                let mut v = self.versions();
+                v.replaced(hash, old, version);
+                if own {
+                    v.get_mut(source).index.insert(seq, hash);
+                }
+                v.get_mut(source).seen(seq);
+                version
+            });
+        if offered.is_err() {
+            self.versions().get_mut(source).seen(seq);
+        }
+        Ok(())
+    }
+
+    /// Restoring: floors a neighbour's catch-up (or a snapshot) proved.
+    pub fn restore_floors(&self, floors: &[(String, u64, u64)]) -> Result<(), TooManySources> {
+        let mut v = self.versions();
+        for (origin, inc, seq) in floors {
+            let id = v.id(origin, *inc)?;
+            v.get_mut(id).raise(*seq);
+        }
+        Ok(())
+    }
+
+    /// For a snapshot: own incarnation, last own seq, and every floor (own too).
+    pub fn snapshot_floors(&self) -> (u64, u64, Vec<(Arc<str>, u64, u64)>) {
+        let v = self.versions();
+        let floors = v
+            .iter()
+            .filter(|(_, s)| s.floor > 0)
+            .map(|(_, s)| (s.origin.clone(), s.incarnation, s.floor))
+            .collect();
+        (self.incarnation, v.last_own(), floors)
+    }
+
+    /// For a snapshot: every record of shard `i` as (incarnation, seq, line).
+    pub fn snapshot_shard(&self, i: usize, mut f: impl FnMut(u64, u64, &[u8])) {
+        self.store.scan_shard(
+            i,
+            || {
+                // Under the shard's lock: a source a record here is current for
+                // cannot be retired meanwhile, so this map stays right for them.
+                let v = self.versions();
+                let mut incs = Vec::new();
+                for (id, s) in v.iter() {
+                    let i = id.0 as usize;
+                    if incs.len() <= i {
+                        incs.resize(i + 1, 0);
+                    }
+                    incs[i] = s.incarnation;
+                }
+                incs
+            },
+            |incs, record, version| {
+                f(incs[version.source.0 as usize], version.seq, record.line());
+            },
+        );
     }
 
     /// A fresh incarnation number: the time now in nanoseconds since the epoch.
@@ -322,10 +431,13 @@ impl Replica {
         let mut version = None;
         let kept = copy.then(|| record.clone());
         self.store
-            .offer(record, Store::iamat_keeps_old(time), |hash, old| {
+            .offer_with(record, Store::iamat_keeps_old(time), |hash, old, record| {
                 let mut v = self.versions();
                 let new = v.next_own(hash);
                 v.replaced(hash, old, new);
+                if let Some(j) = &self.journal {
+                    j.put(self.incarnation, new.seq, record.line());
+                }
                 version = Some(new);
                 new
             })?;
@@ -369,14 +481,19 @@ impl Replica {
             source,
             seq: wire.seq,
         };
-        let offered = self
-            .store
-            .offer(record.clone(), Store::update_keeps_old, |hash, old| {
+        let offered = self.store.offer_with(
+            record.clone(),
+            Store::update_keeps_old,
+            |hash, old, record| {
                 let mut v = self.versions();
                 v.replaced(hash, old, version);
                 v.get_mut(source).seen(version.seq);
+                if let Some(j) = &self.journal {
+                    j.put(wire.incarnation, version.seq, record.line());
+                }
                 version
-            });
+            },
+        );
         match offered {
             Ok(_) => Ok(Offer::Applied(Applied {
                 record: Some(record),
@@ -403,6 +520,12 @@ impl Replica {
                 .iter()
                 .any(|(name, c)| &**name == n && c.load(Ordering::Acquire) > 0)
         })
+    }
+
+    /// Whom an own record goes to when it is flooded after its store (a data dir's
+    /// journal was written in between, with the gate released).
+    pub fn plan_own(&self, is_up: impl Fn(&str) -> bool) -> Flood<'_> {
+        plan(&self.me, &self.neighbours, None, &[], is_up, |_| false)
     }
 
     /// This node's floor vector (sources at floor 0 are left out). Retires old
@@ -434,6 +557,17 @@ impl Replica {
             if id != v.own() {
                 v.get_mut(id).raise(f.seq);
             }
+        }
+        if let Some(j) = &self.journal {
+            // Under the versions lock: after every record the catch-up sent.
+            j.floors(
+                floors
+                    .iter()
+                    .filter(|f| !(*f.origin == *self.me && f.incarnation == self.incarnation))
+                    .map(|f| (&*f.origin, f.incarnation, f.seq))
+                    .collect::<Vec<_>>()
+                    .into_iter(),
+            );
         }
         Ok(())
     }

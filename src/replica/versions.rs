@@ -93,7 +93,7 @@ impl SeqIndex {
         self.entries.binary_search_by_key(&seq, |&(s, _)| s & !DEAD)
     }
 
-    fn insert(&mut self, seq: u64, hash: u64) {
+    pub(crate) fn insert(&mut self, seq: u64, hash: u64) {
         debug_assert!(seq < DEAD);
         match self.entries.last() {
             Some(&(last, _)) if last & !DEAD >= seq => match self.position(seq) {
@@ -278,6 +278,25 @@ impl Versions {
             .iter()
             .enumerate()
             .filter_map(|(i, s)| Some((SourceId(i as u32), s.as_ref()?)))
+    }
+
+    /// Makes (`origin`, `incarnation`) this node's own source (a restart that
+    /// resumes an incarnation, or starts a new one after a damaged data dir); the
+    /// one before stays as any other source.
+    pub fn set_own(&mut self, origin: &str, incarnation: u64) -> Result<(), TooManySources> {
+        let id = self.id(origin, incarnation)?;
+        self.own = id;
+        self.last = self.get(id).floor;
+        Ok(())
+    }
+
+    /// A restart resumes its own incarnation after seq `last`: every own version
+    /// up to it is reflected (see `crate::durable`).
+    pub fn resume_own(&mut self, last: u64) {
+        self.last = self.last.max(last);
+        let last = self.last;
+        let own = self.own;
+        self.get_mut(own).raise(last);
     }
 
     /// The next own version (its record is being stored under a shard's lock).

@@ -1,0 +1,219 @@
+//! The restart: the newest snapshot, then every segment from its index on, read
+//! into a fresh replica. A torn last entry is cut off; a corrupt entry elsewhere is
+//! skipped, and from there on floors are not trusted (see `crate::durable`).
+
+use std::path::{Path, PathBuf};
+
+use super::{
+    DataMetrics,
+    format::{self, Entry, Read},
+};
+use crate::{replica::Replica, store::Record};
+
+/// Bytes of a data dir file that were not a valid entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Damage {
+    pub file: PathBuf,
+    pub offset: usize,
+    pub bytes: usize,
+}
+
+#[derive(Debug)]
+pub(super) enum Error {
+    Io(&'static str, std::io::Error),
+    OtherServer(String),
+}
+
+#[derive(Debug, Default)]
+pub(super) struct Restored {
+    /// Bytes of the segments read (what a compaction would fold away).
+    pub segment_bytes: u64,
+    pub snapshot_bytes: u64,
+}
+
+struct State<'a> {
+    replica: &'a mut Replica,
+    metrics: &'a DataMetrics,
+    /// The incarnation the files so far belong to (None before the first header).
+    incarnation: Option<u64>,
+    last_own: u64,
+    /// A corrupt entry or a LOST marker was met: floors after it claim too much.
+    damaged: bool,
+}
+
+impl State<'_> {
+    fn entry(&mut self, payload: &[u8], file: &Path, offset: usize) -> Result<(), Error> {
+        let Some(entry) = format::decode(payload) else {
+            self.corrupt(file, offset, payload.len() + format::FRAME, "unknown entry");
+            return Ok(());
+        };
+        match entry {
+            Entry::Header {
+                name,
+                incarnation,
+                last_own,
+            } => {
+                if name != &**self.replica.name() {
+                    return Err(Error::OtherServer(name.to_owned()));
+                }
+                if self.incarnation != Some(incarnation) {
+                    // The first file, or the first after a restart that began a new
+                    // incarnation (a damaged data dir).
+                    if self.incarnation.is_some() && !self.damaged {
+                        self.replica.resume_own(self.last_own);
+                    }
+                    self.replica
+                        .set_incarnation(incarnation)
+                        .map_err(|e| Error::Io("too many sources", std::io::Error::other(e)))?;
+                    self.incarnation = Some(incarnation);
+                    self.last_own = 0;
+                }
+                self.last_own = self.last_own.max(last_own);
+            }
+            Entry::Put {
+                incarnation,
+                seq,
+                line,
+            } => match Record::from_stored(line) {
+                Ok(record) if seq > 0 && seq <= crate::store::MAX_SEQ => {
+                    if record.origin() == self.replica.name().as_bytes()
+                        && Some(incarnation) == self.incarnation
+                    {
+                        self.last_own = self.last_own.max(seq);
+                    }
+                    if self.replica.restore(record, incarnation, seq).is_err() {
+                        self.corrupt(file, offset, payload.len(), "too many sources");
+                    }
+                }
+                _ => self.corrupt(
+                    file,
+                    offset,
+                    payload.len() + format::FRAME,
+                    "invalid record",
+                ),
+            },
+            Entry::Floors(floors) => {
+                if !self.damaged && self.replica.restore_floors(&floors).is_err() {
+                    self.damaged = true;
+                }
+            }
+            Entry::End(_) => {}
+            Entry::Lost => {
+                tracing::warn!(file = %file.display(), offset, "the journal lost entries here while the disk failed; neighbours' catch-ups refill them");
+                self.damaged = true;
+            }
+        }
+        Ok(())
+    }
+
+    fn corrupt(&mut self, file: &Path, offset: usize, bytes: usize, why: &str) {
+        tracing::error!(
+            file = %file.display(),
+            offset,
+            bytes,
+            why,
+            "corrupt entry in the data dir, skipped; neighbours' catch-ups refill what it held"
+        );
+        self.metrics.corrupt_entries.inc();
+        self.damaged = true;
+    }
+}
+
+/// Reads `snapshots`' newest and `segments` from its index on into `replica`.
+pub(super) fn restore(
+    _dir: &Path,
+    segments: &[(u64, PathBuf)],
+    snapshots: &[(u64, PathBuf)],
+    replica: &mut Replica,
+    metrics: &DataMetrics,
+) -> Result<Restored, Error> {
+    let mut state = State {
+        replica,
+        metrics,
+        incarnation: None,
+        last_own: 0,
+        damaged: false,
+    };
+    let mut restored = Restored::default();
+    let from = match snapshots.last() {
+        Some((index, path)) => {
+            let data = std::fs::read(path).map_err(|e| Error::Io("cannot read a snapshot", e))?;
+            restored.snapshot_bytes = data.len() as u64;
+            let mut complete = false;
+            for read in format::Reader::new(&data) {
+                match read {
+                    Read::Entry { offset, payload } => {
+                        complete = payload.first() == Some(&format::END);
+                        state.entry(payload, path, offset)?;
+                    }
+                    Read::Bad { offset, bytes, .. } => {
+                        state.corrupt(path, offset, bytes, "checksum mismatch");
+                    }
+                }
+            }
+            if !complete {
+                state.corrupt(path, data.len(), 0, "snapshot has no end");
+            }
+            *index
+        }
+        None => 0,
+    };
+    let todo: Vec<_> = segments.iter().filter(|(i, _)| *i >= from).collect();
+    for (n, (_, path)) in todo.iter().enumerate() {
+        let last_file = n + 1 == todo.len();
+        let data = std::fs::read(path).map_err(|e| Error::Io("cannot read a segment", e))?;
+        restored.segment_bytes += data.len() as u64;
+        let mut cut = None;
+        for read in format::Reader::new(&data) {
+            match read {
+                Read::Entry { offset, payload } => state.entry(payload, path, offset)?,
+                Read::Bad {
+                    offset,
+                    bytes,
+                    at_end: true,
+                } if last_file => cut = Some((offset, bytes)),
+                Read::Bad { offset, bytes, .. } => {
+                    state.corrupt(path, offset, bytes, "checksum mismatch")
+                }
+            }
+        }
+        if let Some((offset, bytes)) = cut {
+            // A write the process did not finish: nothing in it was acknowledged.
+            tracing::warn!(
+                file = %path.display(),
+                offset,
+                bytes,
+                "torn last entry in the data dir (a write cut short), cut off"
+            );
+            metrics.torn_bytes.inc_by(bytes as u64);
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(path)
+                .and_then(|f| f.set_len(offset as u64))
+                .map_err(|e| Error::Io("cannot cut a torn entry", e))?;
+        }
+    }
+    let State {
+        replica,
+        incarnation,
+        last_own,
+        damaged,
+        ..
+    } = state;
+    if incarnation.is_some() {
+        replica.resume_own(last_own);
+        if damaged {
+            // Some own seq may have been in what was skipped: never give it again.
+            let fresh = Replica::fresh_incarnation();
+            tracing::warn!(
+                old = incarnation,
+                new = fresh,
+                "the data dir was damaged; starting a new incarnation so that no version is given twice"
+            );
+            replica
+                .set_incarnation(fresh)
+                .map_err(|e| Error::Io("too many sources", std::io::Error::other(e)))?;
+        }
+    }
+    Ok(restored)
+}
