@@ -136,14 +136,14 @@ impl Procs {
         }
     }
 
-    /// Waits until `name`'s client port answers (it is restored and serving).
+    /// Waits until `name` says `herd ready` (its data dir restored, its listeners
+    /// up: they are bound before the restore, so a connection alone says little).
     async fn ready(&self, name: &str) {
-        let port = self.client_port(name);
         let n = self.starts.get(name).copied().unwrap_or(0);
         wait_for(
             Duration::from_secs(30),
-            &format!("{name} to listen"),
-            || async { TcpStream::connect(("127.0.0.1", port)).await.ok().map(drop) },
+            &format!("{name} to be ready"),
+            || async { self.stderr(name, n).contains("herd ready").then_some(()) },
         )
         .await;
         // The herd file's ports are reserved by closing listeners: make sure it is ours.

@@ -201,8 +201,9 @@ pub(super) fn restore(
         ..
     } = state;
     if incarnation.is_some() {
-        replica.resume_own(last_own);
-        if damaged {
+        if !damaged {
+            replica.resume_own(last_own);
+        } else {
             // Some own seq may have been in what was skipped: never give it again.
             let fresh = Replica::fresh_incarnation();
             tracing::warn!(
