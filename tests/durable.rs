@@ -667,3 +667,68 @@ async fn a_full_disk_turns_the_server_not_serving_and_iamats_are_never_answered_
     }
     drop(c);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compaction_keeps_the_data_dir_near_its_live_data_and_a_restart_reads_the_snapshot() {
+    let mut p = Procs::new("compact", SOLO, true, &["--fsync", "no"]);
+    let herd_toml = p.root.path().join("herd.toml");
+    let mut text = std::fs::read_to_string(&herd_toml).unwrap();
+    text.push_str("\n[data]\nsegment_bytes = 65536\ncompact_min_bytes = 65536\n");
+    std::fs::write(&herd_toml, text).unwrap();
+    p.start("Solo");
+    p.ready("Solo").await;
+    // 500 clients, each moving 30 times: about 1.5 MB of journal, 50 KB live.
+    let addr = ([127, 0, 0, 1], p.client_port("Solo")).into();
+    let mut c = Client::connect(addr).await;
+    let mut last = BTreeMap::new();
+    for round in 0..30 {
+        let mut batch = String::new();
+        for i in 0..500 {
+            batch.push_str(&format!(
+                "IAMAT compact-{i} +{round}.5-118.{i:03} {}\n",
+                time_field(now_nanos())
+            ));
+        }
+        c.send(&batch).await;
+        for i in 0..500 {
+            let reply = c.line().await;
+            assert!(reply.starts_with(b"AT "), "{}", show(&reply));
+            last.insert(
+                i,
+                String::from_utf8_lossy(&reply[..reply.len() - 1]).into_owned(),
+            );
+        }
+    }
+    let dir = p.data_dir("Solo");
+    let (m, bytes) = wait_for(Duration::from_secs(20), "a compaction", || async {
+        let m = p.metrics("Solo").await;
+        let bytes: u64 = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().metadata().unwrap().len())
+            .sum();
+        (metric(&m, "herd_data_compactions_total").unwrap_or(0.0) >= 1.0 && bytes < 400_000)
+            .then_some((m, bytes))
+    })
+    .await;
+    assert!(
+        std::fs::read_dir(&dir).unwrap().any(|e| e
+            .unwrap()
+            .file_name()
+            .to_string_lossy()
+            .ends_with(".snap")),
+        "a snapshot"
+    );
+    assert!(metric(&m, "herd_data_dir_bytes").is_some(), "{m}");
+    eprintln!("data dir after compaction: {bytes} bytes for 500 records");
+    p.kill("Solo");
+    p.start("Solo");
+    p.ready("Solo").await;
+    for (i, line) in &last {
+        assert_eq!(
+            p.known("Solo", &format!("compact-{i}")).await.as_deref(),
+            Some(line.as_str())
+        );
+    }
+    let restored = p.stderr("Solo", 2);
+    assert!(restored.contains("records=500"), "{restored}");
+}

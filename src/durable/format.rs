@@ -257,7 +257,8 @@ mod tests {
     #[test]
     fn a_torn_tail_is_bad_at_the_end() {
         let b = sample();
-        for cut in 1..40 {
+        // The last entry (END) is 17 bytes: any cut inside it.
+        for cut in 1..17 {
             let torn = &b[..b.len() - cut];
             let reads = entries(torn);
             let Some(Read::Bad {
