@@ -255,6 +255,87 @@ for line in notes:
     print("  " + line)
 EOF
 
+# Durability (DURABLE=1; not part of the default run): herd with a data dir against Redis
+# with `appendonly yes` and the same `appendfsync`, IAMAT 50 x 16 per policy; then the
+# time to restart with $RECORDS records (herd: until "herd ready"; Redis: until it
+# answers PING after loading its AOF), and the bytes on disk per record.
+if [ "${DURABLE:-0}" = 1 ]; then
+    start_one_data() {  # POLICY
+        local ports
+        read -r -a ports <<<"$(free_ports 2)"
+        herd_file "$OUT/one.toml" Goloman "${ports[@]}"
+        rm -rf "$OUT/data"
+        "$HERD" serve Goloman --config "$OUT/one.toml" --log-dir "$OUT/logs" \
+            --data-dir "$OUT/data" --fsync "$1" 2>>"$OUT/herd-serve.log" &
+        HERD_PID=$!
+        started+=("$HERD_PID")
+        wait_port "${ports[0]}"
+        ONE=127.0.0.1:${ports[0]}
+        ONE_PORTS=("${ports[@]}")
+    }
+    start_redis_aof() {  # POLICY [keep]
+        REDIS_PORT=$(free_ports 1)
+        [ "${2:-}" = keep ] || rm -rf "$OUT/redis-data"
+        mkdir -p "$OUT/redis-data"
+        redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save "" --appendonly yes \
+            --appendfsync "$1" --dir "$OUT/redis-data" --maxclients $((CONNECTIONS + 1000)) \
+            --daemonize no --logfile "$OUT/redis-aof.log" &
+        REDIS_PID=$!
+        started+=("$REDIS_PID")
+        wait_port "$REDIS_PORT"
+        REDIS=127.0.0.1:$REDIS_PORT
+    }
+    for policy in everysec always; do
+        redis_policy=$policy
+        start_one_data "$policy"
+        bench "durable-$policy-herd" iamat -c 50 -d 16 "${LOAD[@]}" --addr "$ONE"
+        stop "$HERD_PID"
+        start_redis_aof "$redis_policy"
+        bench "durable-$policy-redis" iamat -c 50 -d 16 "${LOAD[@]}" --redis --addr "$REDIS"
+        stop "$REDIS_PID"
+    done
+    # Restart times: load, SIGKILL, start again on the same files.
+    start_one_data everysec
+    bench durable-load-herd records --addr "$ONE" --records "$RECORDS" --server-pid "$HERD_PID"
+    sleep 2
+    kill -9 "$HERD_PID"; wait "$HERD_PID" 2>/dev/null || true
+    herd_bytes=$(du -sb "$OUT/data" | cut -f1)
+    t0=$(date +%s.%N)
+    "$HERD" serve Goloman --config "$OUT/one.toml" --log-dir "$OUT/logs" \
+        --data-dir "$OUT/data" 2>"$OUT/herd-restart.log" &
+    HERD_PID=$!
+    started+=("$HERD_PID")
+    until grep -q "herd ready" "$OUT/herd-restart.log"; do sleep 0.01; done
+    herd_restart=$(echo "$(date +%s.%N) - $t0" | bc)
+    stop "$HERD_PID"
+    start_redis_aof everysec
+    bench durable-load-redis records --redis --addr "$REDIS" --records "$RECORDS" --server-pid "$REDIS_PID"
+    sleep 2
+    kill -9 "$REDIS_PID"; wait "$REDIS_PID" 2>/dev/null || true
+    redis_bytes=$(du -sb "$OUT/redis-data" | cut -f1)
+    t0=$(date +%s.%N)
+    start_redis_aof everysec keep
+    until redis-cli -p "$REDIS_PORT" ping 2>/dev/null | grep -q PONG; do sleep 0.01; done
+    redis_restart=$(echo "$(date +%s.%N) - $t0" | bc)
+    stop "$REDIS_PID"
+    python3 - "$OUT" "$RECORDS" "$herd_restart" "$redis_restart" "$herd_bytes" "$redis_bytes" <<'PY'
+import json, os, sys
+out, records = sys.argv[1], int(sys.argv[2])
+hr, rr, hb, rb = float(sys.argv[3]), float(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
+def ops(name):
+    try:
+        return json.load(open(os.path.join(out, name + ".json")))["throughput_ops_s"]
+    except (OSError, ValueError, KeyError):
+        return None
+for policy in ["everysec", "always"]:
+    h, r = ops(f"durable-{policy}-herd"), ops(f"durable-{policy}-redis")
+    ratio = f"{h / r:.2f}" if h and r else "-"
+    print(f"IAMAT 50 x 16, fsync {policy}: herd {h or 0:,.0f} ops/s, Redis AOF {r or 0:,.0f} ops/s ({ratio})")
+print(f"restart with {records:,} records: herd {hr:.2f} s, Redis AOF {rr:.2f} s")
+print(f"on disk per record: herd {hb / records:.0f} B, Redis AOF {rb / records:.0f} B")
+PY
+fi
+
 if [ "${KEEP_LOGS:-0}" != 1 ]; then
     echo "(deleting the servers' logs, $(du -sh "$OUT/logs" 2>/dev/null | cut -f1); KEEP_LOGS=1 keeps them)" >&2
     rm -rf "$OUT/logs"

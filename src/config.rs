@@ -1200,6 +1200,47 @@ max_response_bytes = 65536
     }
 
     #[test]
+    fn data_dir_fsync_and_the_data_table() {
+        let herd = HerdConfig::parse(TWO, "t.toml").unwrap();
+        assert_eq!(herd.data_dir, None, "memory only by default");
+        assert_eq!(herd.data, DataSettings::default());
+        assert_eq!(herd.data.fsync, Fsync::EverySec);
+        let text = format!(
+            "data_dir = \"/var/lib/herd\"\nfsync = \"always\"\n[data]\nsegment_bytes = 1048576\ncompact_min_bytes = 65536\nmax_unwritten_bytes = 2097152\n{TWO}"
+        );
+        let mut herd = HerdConfig::parse(&text, "t.toml").unwrap();
+        assert_eq!(herd.data.fsync, Fsync::Always);
+        assert_eq!(herd.data.segment_bytes, 1 << 20);
+        assert_eq!(
+            herd.data_for("A").unwrap().dir,
+            PathBuf::from("/var/lib/herd")
+        );
+        herd.data_per_server = true;
+        assert_eq!(
+            herd.data_for("A").unwrap().dir,
+            PathBuf::from("/var/lib/herd/A")
+        );
+        let bad = |head: &str| err(&format!("{head}\n{TWO}"));
+        assert!(bad("fsync = \"sometimes\"").contains("always, everysec"));
+        assert!(bad("[data]\nsegment_bytes = 10").contains("data.segment_bytes"));
+        assert!(bad("[data]\nmax_unwritten_bytes = 10").contains("data.max_unwritten_bytes"));
+        assert!(
+            bad("[data]\ncompact = 1").contains("compact"),
+            "unknown keys are named"
+        );
+        let mut herd = HerdConfig::parse(TWO, "t.toml").unwrap();
+        herd.apply_env(env(&[("HERD_DATA_DIR", "/d"), ("HERD_FSYNC", "no")]))
+            .unwrap();
+        assert_eq!(herd.data_dir, Some(PathBuf::from("/d")));
+        assert_eq!(herd.data.fsync, Fsync::No);
+        let e = herd
+            .apply_env(env(&[("HERD_FSYNC", "never")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("HERD_FSYNC"), "{e}");
+    }
+
+    #[test]
     fn backbone_defaults_keys_and_bad_figures() {
         let herd = HerdConfig::parse(TWO, "t.toml").unwrap();
         assert_eq!(herd.backbone, BackboneConfig::default());

@@ -696,7 +696,9 @@ impl Journal {
                 Fsync::EverySec => last_sync.elapsed() >= Duration::from_secs(1),
                 Fsync::No => false,
             };
-            if (due || stopping) && !self.refusing() {
+            // Even while a later write fails: what was written before it is synced,
+            // and the replies waiting for that may go.
+            if (due || stopping) && !self.sync_failed.load(Ordering::Acquire) {
                 last_sync = Instant::now();
                 let _ = self.sync();
             }
