@@ -8,7 +8,10 @@ use super::{
     DataMetrics,
     format::{self, Entry, Read},
 };
-use crate::{replica::Replica, store::Record};
+use crate::{
+    replica::Replica,
+    store::{Record, SourceId},
+};
 
 /// Bytes of a data dir file that were not a valid entry.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -39,6 +42,8 @@ struct State<'a> {
     last_own: u64,
     /// A corrupt entry or a LOST marker was met: floors after it claim too much.
     damaged: bool,
+    /// The source of the last record restored: (origin, incarnation, id).
+    source: Option<(Vec<u8>, u64, SourceId)>,
 }
 
 impl State<'_> {
@@ -67,6 +72,8 @@ impl State<'_> {
                         .map_err(|e| Error::Io("too many sources", std::io::Error::other(e)))?;
                     self.incarnation = Some(incarnation);
                     self.last_own = 0;
+                    // A fresh replica's sources are made again: no id is kept.
+                    self.source = None;
                 }
                 self.last_own = self.last_own.max(last_own);
             }
@@ -81,9 +88,24 @@ impl State<'_> {
                     {
                         self.last_own = self.last_own.max(seq);
                     }
-                    if self.replica.restore(record, incarnation, seq).is_err() {
-                        self.corrupt(file, offset, payload.len(), "too many sources");
-                    }
+                    // Records come in runs of one source: its id is looked up once a run.
+                    let source = match &self.source {
+                        Some((o, i, id)) if *i == incarnation && o[..] == *record.origin() => *id,
+                        _ => {
+                            let origin = std::str::from_utf8(record.origin()).unwrap_or("");
+                            match self.replica.restore_source(origin, incarnation) {
+                                Ok(id) => {
+                                    self.source = Some((record.origin().to_vec(), incarnation, id));
+                                    id
+                                }
+                                Err(_) => {
+                                    self.corrupt(file, offset, payload.len(), "too many sources");
+                                    return Ok(());
+                                }
+                            }
+                        }
+                    };
+                    self.replica.restore(record, source, seq);
                 }
                 _ => self.corrupt(
                     file,
@@ -133,6 +155,7 @@ pub(super) fn restore(
         incarnation: None,
         last_own: 0,
         damaged: false,
+        source: None,
     };
     let mut restored = Restored::default();
     let from = match snapshots.last() {

@@ -288,21 +288,18 @@ impl Replica {
         self.versions().resume_own(last);
     }
 
-    /// Restoring: a record read back with its version (origin, incarnation, seq).
-    pub fn restore(
+    /// Restoring: the id of source (`origin`, `incarnation`), made if new.
+    pub fn restore_source(
         &self,
-        record: Record,
+        origin: &str,
         incarnation: u64,
-        seq: u64,
-    ) -> Result<(), TooManySources> {
-        let origin = std::str::from_utf8(record.origin())
-            .unwrap_or("")
-            .to_owned();
-        let (source, own) = {
-            let mut v = self.versions();
-            let id = v.id(&origin, incarnation)?;
-            (id, id == v.own())
-        };
+    ) -> Result<SourceId, TooManySources> {
+        self.versions().id(origin, incarnation)
+    }
+
+    /// Restoring: a record read back with its version (`source`, seq).
+    pub fn restore(&self, record: Record, source: SourceId, seq: u64) {
+        let own = source == self.versions().own();
         let version = Version { source, seq };
         let offered = self
             .store
@@ -318,7 +315,6 @@ impl Replica {
         if offered.is_err() {
             self.versions().get_mut(source).seen(seq);
         }
-        Ok(())
     }
 
     /// Restoring: floors a neighbour's catch-up (or a snapshot) proved.
