@@ -431,23 +431,11 @@ impl Store {
         }
     }
 
-    /// How many shards [`Store::scan_shard`] takes.
-    pub fn shard_count(&self) -> usize {
-        self.shards.len()
-    }
-
-    /// Every record of shard `i` and its version, with the shard locked throughout:
-    /// `prepare` runs once the lock is held, and its value is passed to each call.
-    pub fn scan_shard<T>(
-        &self,
-        i: usize,
-        prepare: impl FnOnce() -> T,
-        mut f: impl FnMut(&T, &Record, Version),
-    ) {
-        let shard = crate::lock(&self.shards[i]);
-        let t = prepare();
-        for s in shard.iter() {
-            f(&t, &s.record, s.version.get());
+    /// Makes room for about `records` more records (a restore that knows roughly
+    /// how many are coming grows no table on the way).
+    pub fn reserve(&self, records: usize) {
+        for shard in self.shards.iter() {
+            crate::lock(shard).reserve(records / SHARDS + 1, |s| s.hash);
         }
     }
 

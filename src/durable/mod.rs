@@ -779,14 +779,18 @@ impl Journal {
         format::header(&mut buf, &self.name, incarnation, last);
         let mut records = 0u64;
         let mut written = 0u64;
-        for shard in 0..replica.store().shard_count() {
-            replica.snapshot_shard(shard, |inc, seq, line| {
-                format::put(&mut buf, inc, seq, line);
-                records += 1;
-            });
-            file.write_all(&buf)?;
-            written += buf.len() as u64;
-            buf.clear();
+        let mut failed = None;
+        replica.snapshot_records(|inc, seq, line| {
+            format::put(&mut buf, inc, seq, line);
+            records += 1;
+            if buf.len() >= 1 << 20 && failed.is_none() {
+                written += buf.len() as u64;
+                failed = file.write_all(&buf).err();
+                buf.clear();
+            }
+        });
+        if let Some(e) = failed {
+            return Err(e);
         }
         format::floors(&mut buf, floors.iter().map(|(o, i, s)| (&**o, *i, *s)));
         format::end(&mut buf, records);

@@ -158,6 +158,15 @@ pub(super) fn restore(
         source: None,
     };
     let mut restored = Restored::default();
+    // About 100 bytes an entry: the tables are sized once instead of doubling.
+    let bytes: u64 = snapshots
+        .last()
+        .into_iter()
+        .chain(segments.iter())
+        .filter_map(|(_, p)| std::fs::metadata(p).ok())
+        .map(|m| m.len())
+        .sum();
+    state.replica.store().reserve((bytes / 100) as usize);
     let from = match snapshots.last() {
         Some((index, path)) => {
             let data = std::fs::read(path).map_err(|e| Error::Io("cannot read a snapshot", e))?;

@@ -338,28 +338,43 @@ impl Replica {
         (self.incarnation, v.last_own(), floors)
     }
 
-    /// For a snapshot: every record of shard `i` as (incarnation, seq, line).
-    pub fn snapshot_shard(&self, i: usize, mut f: impl FnMut(u64, u64, &[u8])) {
-        self.store.scan_shard(
-            i,
-            || {
-                // Under the shard's lock: a source a record here is current for
-                // cannot be retired meanwhile, so this map stays right for them.
-                let v = self.versions();
-                let mut incs = Vec::new();
-                for (id, s) in v.iter() {
-                    let i = id.0 as usize;
-                    if incs.len() <= i {
-                        incs.resize(i + 1, 0);
+    /// For a snapshot: every current record as (incarnation, seq, line), source by
+    /// source in seq order (so that a restore appends to each seq index, never
+    /// inserts into its middle). Read like a catch-up: a batch of index entries under
+    /// the versions lock, then each record under its shard's lock alone, so IAMATs
+    /// wait for one record's copy at most. A record replaced meanwhile is skipped:
+    /// what replaced it was journaled after the snapshot's segment began.
+    pub fn snapshot_records(&self, mut f: impl FnMut(u64, u64, &[u8])) {
+        let sources: Vec<(SourceId, u64)> = self
+            .versions()
+            .iter()
+            .map(|(id, s)| (id, s.incarnation))
+            .collect();
+        let mut entries = Vec::with_capacity(READ);
+        for (source, incarnation) in sources {
+            let mut cursor = 0;
+            loop {
+                entries.clear();
+                {
+                    let v = self.versions();
+                    match v.iter().find(|(id, _)| *id == source) {
+                        Some((_, s)) if s.incarnation == incarnation => {
+                            s.index.above(cursor, READ, &mut entries)
+                        }
+                        _ => break,
                     }
-                    incs[i] = s.incarnation;
                 }
-                incs
-            },
-            |incs, record, version| {
-                f(incs[version.source.0 as usize], version.seq, record.line());
-            },
-        );
+                let Some(&(last, _)) = entries.last() else {
+                    break;
+                };
+                for &(seq, hash) in &entries {
+                    if let Some(record) = self.store.get_at(hash, Version { source, seq }) {
+                        f(incarnation, seq, record.line());
+                    }
+                }
+                cursor = last;
+            }
+        }
     }
 
     /// A fresh incarnation number: the time now in nanoseconds since the epoch.
