@@ -277,6 +277,9 @@ struct Writer {
     segment_bytes: u64,
     /// Bytes taken from `pending` whose write failed: written first next time.
     retry: Vec<u8>,
+    /// Segments closed since the last sync: the syncer syncs them first (not the
+    /// rotation itself, which would hold every writer up for the sync).
+    closed: Vec<Arc<File>>,
     /// Bytes of the segments since the last snapshot, and of that snapshot.
     since_snapshot: u64,
     snapshot_bytes: u64,
@@ -418,6 +421,7 @@ impl Journal {
                 index,
                 segment_bytes: head,
                 retry: Vec::new(),
+                closed: Vec::new(),
                 since_snapshot: restored.segment_bytes,
                 snapshot_bytes: restored.snapshot_bytes,
             }),
@@ -578,11 +582,9 @@ impl Journal {
         self.failure.send_replace(Some(why));
     }
 
-    /// Closes the current segment (synced, unless `fsync = no`) and begins the next.
+    /// Closes the current segment (left to the syncer to sync, unless `fsync = no`)
+    /// and begins the next.
     fn rotate(&self, w: &mut Writer) -> Result<(), Failed> {
-        if self.settings.fsync != Fsync::No {
-            self.sync_file(&w.file, self.written.load(Ordering::Acquire))?;
-        }
         let index = w.index + 1;
         match open_segment(
             &self.dir,
@@ -591,12 +593,15 @@ impl Journal {
             self.incarnation.load(Ordering::Relaxed),
         ) {
             Ok((file, head)) => {
-                w.file = Arc::new(file);
+                let old = std::mem::replace(&mut w.file, Arc::new(file));
+                if self.settings.fsync != Fsync::No {
+                    w.closed.push(old);
+                    if self.settings.fsync == Fsync::Always {
+                        self.wake();
+                    }
+                }
                 w.index = index;
                 w.segment_bytes = head;
-                if self.settings.fsync != Fsync::No {
-                    let _ = sync_dir(&self.dir);
-                }
                 Ok(())
             }
             Err(e) => {
@@ -631,12 +636,32 @@ impl Journal {
     /// Syncs everything written so far (the group commit: one call for every
     /// reply waiting now).
     fn sync(&self) -> Result<(), Failed> {
-        let (file, upto) = {
-            let w = crate::lock(&self.writer);
-            (w.file.clone(), self.written.load(Ordering::Acquire))
+        let (closed, file, upto) = {
+            let mut w = crate::lock(&self.writer);
+            (
+                std::mem::take(&mut w.closed),
+                w.file.clone(),
+                self.written.load(Ordering::Acquire),
+            )
         };
         if upto <= self.synced.borrow().pos {
             return Ok(());
+        }
+        // Segments closed before `upto` was read hold the bytes before the current
+        // one's: synced first, so `upto` is on disk when it is announced; and the
+        // directory, which holds the new segment's name.
+        if !closed.is_empty() {
+            let _ = sync_dir(&self.dir);
+        }
+        for old in closed {
+            if let Err(e) = old.sync_data() {
+                self.metrics.fsync_errors.inc();
+                self.sync_failed.store(true, Ordering::Release);
+                self.synced.send_modify(|s| s.failed = true);
+                self.fail(format!("fdatasync failed: {e}"));
+                return Err(Failed);
+            }
+            self.metrics.fsyncs.inc();
         }
         self.sync_file(&file, upto)
     }
@@ -787,6 +812,11 @@ impl Journal {
                 written += buf.len() as u64;
                 failed = file.write_all(&buf).err();
                 buf.clear();
+                // Written back as it goes: a snapshot's worth of dirty pages would
+                // make the kernel throttle every writer, the journal's among them.
+                if written % (8 << 20) < (1 << 20) && failed.is_none() {
+                    failed = file.flush().and_then(|()| file.get_ref().sync_data()).err();
+                }
             }
         });
         if let Some(e) = failed {

@@ -81,39 +81,14 @@ impl State<'_> {
                 incarnation,
                 seq,
                 line,
-            } => match Record::from_stored(line) {
-                Ok(record) if seq > 0 && seq <= crate::store::MAX_SEQ => {
-                    if record.origin() == self.replica.name().as_bytes()
-                        && Some(incarnation) == self.incarnation
-                    {
-                        self.last_own = self.last_own.max(seq);
-                    }
-                    // Records come in runs of one source: its id is looked up once a run.
-                    let source = match &self.source {
-                        Some((o, i, id)) if *i == incarnation && o[..] == *record.origin() => *id,
-                        _ => {
-                            let origin = std::str::from_utf8(record.origin()).unwrap_or("");
-                            match self.replica.restore_source(origin, incarnation) {
-                                Ok(id) => {
-                                    self.source = Some((record.origin().to_vec(), incarnation, id));
-                                    id
-                                }
-                                Err(_) => {
-                                    self.corrupt(file, offset, payload.len(), "too many sources");
-                                    return Ok(());
-                                }
-                            }
-                        }
-                    };
-                    self.replica.restore(record, source, seq);
-                }
-                _ => self.corrupt(
-                    file,
-                    offset,
-                    payload.len() + format::FRAME,
-                    "invalid record",
-                ),
-            },
+            } => self.put(
+                Record::from_stored(line).ok(),
+                incarnation,
+                seq,
+                file,
+                offset,
+                payload.len(),
+            ),
             Entry::Floors(floors) => {
                 if !self.damaged && self.replica.restore_floors(&floors).is_err() {
                     self.damaged = true;
@@ -128,6 +103,42 @@ impl State<'_> {
         Ok(())
     }
 
+    /// A record entry (`record` None: its line was not a valid record).
+    fn put(
+        &mut self,
+        record: Option<Record>,
+        incarnation: u64,
+        seq: u64,
+        file: &Path,
+        offset: usize,
+        len: usize,
+    ) {
+        let record = match record {
+            Some(record) if seq > 0 && seq <= crate::store::MAX_SEQ => record,
+            _ => return self.corrupt(file, offset, len + format::FRAME, "invalid record"),
+        };
+        if record.origin() == self.replica.name().as_bytes()
+            && Some(incarnation) == self.incarnation
+        {
+            self.last_own = self.last_own.max(seq);
+        }
+        // Records come in runs of one source: its id is looked up once a run.
+        let source = match &self.source {
+            Some((o, i, id)) if *i == incarnation && o[..] == *record.origin() => *id,
+            _ => {
+                let origin = std::str::from_utf8(record.origin()).unwrap_or("");
+                match self.replica.restore_source(origin, incarnation) {
+                    Ok(id) => {
+                        self.source = Some((record.origin().to_vec(), incarnation, id));
+                        id
+                    }
+                    Err(_) => return self.corrupt(file, offset, len, "too many sources"),
+                }
+            }
+        };
+        self.replica.restore(record, source, seq);
+    }
+
     fn corrupt(&mut self, file: &Path, offset: usize, bytes: usize, why: &str) {
         tracing::error!(
             file = %file.display(),
@@ -139,6 +150,128 @@ impl State<'_> {
         self.metrics.corrupt_entries.inc();
         self.damaged = true;
     }
+}
+
+/// What a file's reader thread hands over, in file order.
+enum Item {
+    /// A record entry, already parsed (None: not a valid record).
+    Put {
+        record: Option<Record>,
+        incarnation: u64,
+        seq: u64,
+        offset: usize,
+        len: usize,
+    },
+    /// Any other valid entry.
+    Other { payload: Vec<u8>, offset: usize },
+    Bad {
+        offset: usize,
+        bytes: usize,
+        at_end: bool,
+    },
+}
+
+/// Reads, checks and parses `path` on a thread of its own, in batches, while the
+/// caller stores what it already got: a restart of a million records takes the time
+/// of the slower half, not of both.
+fn read_items<'scope, 'env>(
+    scope: &'scope std::thread::Scope<'scope, 'env>,
+    path: &'env Path,
+) -> (
+    std::sync::mpsc::Receiver<Vec<Item>>,
+    std::thread::ScopedJoinHandle<'scope, std::io::Result<usize>>,
+) {
+    let (tx, rx) = std::sync::mpsc::sync_channel(8);
+    let reader = scope.spawn(move || {
+        let data = std::fs::read(path)?;
+        let mut batch = Vec::with_capacity(BATCH);
+        for read in format::Reader::new(&data) {
+            batch.push(match read {
+                Read::Entry { offset, payload } => match format::decode(payload) {
+                    Some(Entry::Put {
+                        incarnation,
+                        seq,
+                        line,
+                    }) => Item::Put {
+                        record: Record::from_stored(line).ok(),
+                        incarnation,
+                        seq,
+                        offset,
+                        len: payload.len(),
+                    },
+                    _ => Item::Other {
+                        payload: payload.to_vec(),
+                        offset,
+                    },
+                },
+                Read::Bad {
+                    offset,
+                    bytes,
+                    at_end,
+                } => Item::Bad {
+                    offset,
+                    bytes,
+                    at_end,
+                },
+            });
+            if batch.len() == BATCH && tx.send(std::mem::take(&mut batch)).is_err() {
+                break;
+            }
+        }
+        let _ = tx.send(batch);
+        Ok(data.len())
+    });
+    (rx, reader)
+}
+
+const BATCH: usize = 4096;
+
+/// Feeds file `path` to `state`, entry by entry; `bad` decides what a bad stretch
+/// is (offset, bytes, whether it reaches the end). Returns the file's length and
+/// whether its last entry was a snapshot's end.
+fn feed(
+    state: &mut State<'_>,
+    path: &Path,
+    mut bad: impl FnMut(&mut State<'_>, usize, usize, bool),
+) -> Result<(usize, bool), Error> {
+    std::thread::scope(|scope| {
+        let (rx, reader) = read_items(scope, path);
+        let mut complete = false;
+        let mut result = Ok(());
+        'batches: for batch in rx.iter() {
+            for item in batch {
+                complete = false;
+                match item {
+                    Item::Put {
+                        record,
+                        incarnation,
+                        seq,
+                        offset,
+                        len,
+                    } => state.put(record, incarnation, seq, path, offset, len),
+                    Item::Other { payload, offset } => {
+                        complete = payload.first() == Some(&format::END);
+                        if let Err(e) = state.entry(&payload, path, offset) {
+                            result = Err(e);
+                            break 'batches;
+                        }
+                    }
+                    Item::Bad {
+                        offset,
+                        bytes,
+                        at_end,
+                    } => bad(state, offset, bytes, at_end),
+                }
+            }
+        }
+        // A reader still sending stops at its next batch.
+        drop(rx);
+        let len = reader
+            .join()
+            .map_err(|_| Error::Io("reading a file", std::io::Error::other("reader panicked")))?
+            .map_err(|e| Error::Io("cannot read a data dir file", e))?;
+        result.map(|()| (len, complete))
+    })
 }
 
 /// Reads `snapshots`' newest and `segments` from its index on into `replica`.
@@ -169,22 +302,12 @@ pub(super) fn restore(
     state.replica.store().reserve((bytes / 100) as usize);
     let from = match snapshots.last() {
         Some((index, path)) => {
-            let data = std::fs::read(path).map_err(|e| Error::Io("cannot read a snapshot", e))?;
-            restored.snapshot_bytes = data.len() as u64;
-            let mut complete = false;
-            for read in format::Reader::new(&data) {
-                match read {
-                    Read::Entry { offset, payload } => {
-                        complete = payload.first() == Some(&format::END);
-                        state.entry(payload, path, offset)?;
-                    }
-                    Read::Bad { offset, bytes, .. } => {
-                        state.corrupt(path, offset, bytes, "checksum mismatch");
-                    }
-                }
-            }
+            let (len, complete) = feed(&mut state, path, |state, offset, bytes, _| {
+                state.corrupt(path, offset, bytes, "checksum mismatch")
+            })?;
+            restored.snapshot_bytes = len as u64;
             if !complete {
-                state.corrupt(path, data.len(), 0, "snapshot has no end");
+                state.corrupt(path, len, 0, "snapshot has no end");
             }
             *index
         }
@@ -193,22 +316,15 @@ pub(super) fn restore(
     let todo: Vec<_> = segments.iter().filter(|(i, _)| *i >= from).collect();
     for (n, (_, path)) in todo.iter().enumerate() {
         let last_file = n + 1 == todo.len();
-        let data = std::fs::read(path).map_err(|e| Error::Io("cannot read a segment", e))?;
-        restored.segment_bytes += data.len() as u64;
         let mut cut = None;
-        for read in format::Reader::new(&data) {
-            match read {
-                Read::Entry { offset, payload } => state.entry(payload, path, offset)?,
-                Read::Bad {
-                    offset,
-                    bytes,
-                    at_end: true,
-                } if last_file => cut = Some((offset, bytes)),
-                Read::Bad { offset, bytes, .. } => {
-                    state.corrupt(path, offset, bytes, "checksum mismatch")
-                }
+        let (len, _) = feed(&mut state, path, |state, offset, bytes, at_end| {
+            if at_end && last_file {
+                cut = Some((offset, bytes));
+            } else {
+                state.corrupt(path, offset, bytes, "checksum mismatch");
             }
-        }
+        })?;
+        restored.segment_bytes += len as u64;
         if let Some((offset, bytes)) = cut {
             // A write the process did not finish: nothing in it was acknowledged.
             tracing::warn!(
