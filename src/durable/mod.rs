@@ -322,8 +322,11 @@ fn snapshot_name(index: u64) -> String {
     format!("snapshot-{index:020}.snap")
 }
 
-/// Files of the data dir by kind and index, sorted by index.
-fn list(dir: &Path) -> std::io::Result<(Vec<(u64, PathBuf)>, Vec<(u64, PathBuf)>)> {
+/// Data dir files of one kind, by index.
+type Files = Vec<(u64, PathBuf)>;
+
+/// Files of the data dir by kind (segments, snapshots), sorted by index.
+fn list(dir: &Path) -> std::io::Result<(Files, Files)> {
     let mut segments = Vec::new();
     let mut snapshots = Vec::new();
     for e in std::fs::read_dir(dir)? {

@@ -176,6 +176,9 @@ impl Floor {
     }
 }
 
+/// A floor as a snapshot keeps it: (origin, incarnation, seq).
+pub type SnapshotFloor = (Arc<str>, u64, u64);
+
 /// Runs of seqs, `first..=last`.
 pub type SeqRuns = Vec<(u64, u64)>;
 
@@ -328,7 +331,7 @@ impl Replica {
     }
 
     /// For a snapshot: own incarnation, last own seq, and every floor (own too).
-    pub fn snapshot_floors(&self) -> (u64, u64, Vec<(Arc<str>, u64, u64)>) {
+    pub fn snapshot_floors(&self) -> (u64, u64, Vec<SnapshotFloor>) {
         let v = self.versions();
         let floors = v
             .iter()
