@@ -56,7 +56,7 @@ fn iamat(replica: &Replica, i: usize, now: Timestamp) {
         (i * 7) % 1_000_000,
         i % 1_000_000_000
     );
-    let wire::Command::IAmAt(cmd) = wire::parse(line.as_bytes()).unwrap() else {
+    let wire::Command::IAmAt(cmd) = wire::parse(line.as_bytes(), usize::MAX).unwrap() else {
         unreachable!()
     };
     let mut diff = Vec::new();

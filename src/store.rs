@@ -82,7 +82,9 @@ impl Record {
             }
             iamat.extend_from_slice(part);
         }
-        let cmd = match wire::parse(&iamat) {
+        // No client ID bound here: the record was taken when it was stored, and a
+        // lowered `max_client_id_bytes` must not drop what the data dir holds.
+        let cmd = match wire::parse(&iamat, usize::MAX) {
             Ok(wire::Command::IAmAt(cmd)) => cmd,
             Ok(_) => return Err(BadUpdate::Fields(wire::ParseError::UnknownCommand)),
             Err(e) => return Err(BadUpdate::Fields(e)),
