@@ -340,8 +340,15 @@ async fn serve(
             match frame {
                 Frame::Line(line) => {
                     ended_a_line = true;
-                    answer(node, &line, received, limits.max_client_id, &mut out, &mut unsettled)
-                        .await;
+                    answer(
+                        node,
+                        &line,
+                        received,
+                        limits.max_client_id,
+                        &mut out,
+                        &mut unsettled,
+                    )
+                    .await;
                 }
                 Frame::LongStart(head) => {
                     count_too_long(node, &head);
