@@ -353,6 +353,74 @@ impl RawGateway {
     }
 }
 
+/// Who may use the peer port: the herd file's `[auth]` table, and `HERD_SECRET_FILE`
+/// (which wins over `auth.secret_file`). The secret itself is read when the herd file
+/// is loaded, so a missing or weak one stops start-up before any port is bound.
+#[derive(Clone, Debug, Default)]
+pub struct AuthConfig {
+    /// The herd secret every `Link` stream and `Inspect` call must carry; None: no
+    /// secret (anyone who reaches the peer port is taken for a member).
+    pub secret: Option<crate::auth::Secret>,
+    /// Where the secret was read from (shown in logs; the secret never is).
+    pub secret_file: Option<PathBuf>,
+    /// `health_needs_secret`: the health service asks for the secret too. Default false,
+    /// so that orchestrators' probes need nothing.
+    pub health_needs_secret: bool,
+    /// `metrics_needs_secret`: `GET /metrics` asks for it too. Default false.
+    pub metrics_needs_secret: bool,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAuth {
+    secret_file: Option<PathBuf>,
+    #[serde(default)]
+    health_needs_secret: bool,
+    #[serde(default)]
+    metrics_needs_secret: bool,
+}
+
+/// Mutual TLS on the peer port: the herd file's `[tls]` table. Every server serves
+/// TLS with its own certificate and asks peers for theirs (signed by `ca`); a `Link`
+/// stream is accepted only when the client certificate names the server in
+/// `herd-from`, and a server dials its neighbours with TLS and checks that their
+/// certificates name them. `{server}` in `cert` and `key` is each server's name.
+/// Relative paths are relative to the herd file's directory.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsConfig {
+    /// The CA certificate (PEM) that signs every server's certificate.
+    pub ca: PathBuf,
+    /// Each server's certificate chain (PEM), e.g. `certs/{server}.pem`.
+    pub cert: String,
+    /// Each server's private key (PEM), e.g. `certs/{server}.key`.
+    pub key: String,
+}
+
+impl TlsConfig {
+    pub fn cert_path(&self, server: &str) -> PathBuf {
+        PathBuf::from(self.cert.replace("{server}", server))
+    }
+    pub fn key_path(&self, server: &str) -> PathBuf {
+        PathBuf::from(self.key.replace("{server}", server))
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    ca: PathBuf,
+    cert: String,
+    key: String,
+}
+
+/// `path` relative to `dir` (the herd file's directory) unless it is absolute.
+fn relative_to(dir: Option<&Path>, path: &Path) -> PathBuf {
+    match dir {
+        Some(dir) if path.is_relative() => dir.join(path),
+        _ => path.to_owned(),
+    }
+}
+
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawBackbone {
@@ -416,12 +484,15 @@ impl ServerConfig {
     pub fn peer_addr(&self) -> SocketAddr {
         SocketAddr::new(self.listen, self.peer_port)
     }
-    /// The URI neighbours dial to reach this server's gRPC side.
-    pub fn peer_uri(&self) -> String {
+    /// The URI neighbours dial to reach this server's gRPC side (`https` with `[tls]`:
+    /// tonic speaks TLS only to an https URI, and plaintext to an http one whatever
+    /// its TLS settings).
+    pub fn peer_uri(&self, tls: bool) -> String {
+        let scheme = if tls { "https" } else { "http" };
         if self.host.contains(':') {
-            format!("http://[{}]:{}", self.host, self.peer_port)
+            format!("{scheme}://[{}]:{}", self.host, self.peer_port)
         } else {
-            format!("http://{}:{}", self.host, self.peer_port)
+            format!("{scheme}://{}:{}", self.host, self.peer_port)
         }
     }
 }
@@ -442,6 +513,9 @@ pub struct HerdConfig {
     pub data_per_server: bool,
     /// `fsync` and the `[data]` table.
     pub data: DataSettings,
+    pub auth: AuthConfig,
+    /// None: the peer port is plain HTTP/2 (and HTTP/1.1 for `/metrics`).
+    pub tls: Option<TlsConfig>,
 }
 
 pub use crate::durable::{DataConfig, DataSettings, Fsync};
@@ -507,6 +581,9 @@ struct RawHerd {
     fsync: Option<String>,
     #[serde(default)]
     data: RawData,
+    #[serde(default)]
+    auth: RawAuth,
+    tls: Option<RawTls>,
     #[serde(default)]
     server: Vec<RawServer>,
 }
@@ -695,14 +772,24 @@ impl HerdConfig {
                     path: path.to_owned(),
                     source,
                 })?;
-                HerdConfig::parse(&text, &path.display().to_string())
+                HerdConfig::parse_in(&text, &path.display().to_string(), path.parent())
             }
             None => HerdConfig::parse(DEFAULT_HERD, "(built-in deploy/herd.toml)"),
         }
     }
 
-    /// Parses and validates a herd file's text; `origin` names it in messages.
+    /// Parses and validates a herd file's text; `origin` names it in messages. Paths
+    /// in it are relative to the working directory.
     pub fn parse(text: &str, origin: &str) -> Result<HerdConfig, ConfigError> {
+        HerdConfig::parse_in(text, origin, None)
+    }
+
+    /// [`HerdConfig::parse`] for a file in `dir`: its relative paths are relative to `dir`.
+    pub fn parse_in(
+        text: &str,
+        origin: &str,
+        dir: Option<&Path>,
+    ) -> Result<HerdConfig, ConfigError> {
         let raw: RawHerd = toml::from_str(text).map_err(|e| ConfigError::Malformed {
             origin: origin.to_owned(),
             message: e.to_string().trim_end().to_owned(),
@@ -829,6 +916,40 @@ impl HerdConfig {
         {
             return Err(invalid("data_dir is empty".into()));
         }
+        let secret_file = raw.auth.secret_file.map(|p| relative_to(dir, &p));
+        let auth = AuthConfig {
+            secret: match &secret_file {
+                Some(path) => Some(
+                    crate::auth::Secret::read(path)
+                        .map_err(|e| invalid(format!("auth.secret_file: {e}")))?,
+                ),
+                None => None,
+            },
+            secret_file,
+            health_needs_secret: raw.auth.health_needs_secret,
+            metrics_needs_secret: raw.auth.metrics_needs_secret,
+        };
+        let tls = raw.tls.map(|t| TlsConfig {
+            ca: relative_to(dir, &t.ca),
+            cert: relative_to(dir, Path::new(&t.cert))
+                .to_string_lossy()
+                .into_owned(),
+            key: relative_to(dir, Path::new(&t.key))
+                .to_string_lossy()
+                .into_owned(),
+        });
+        if tls.is_some() {
+            // A certificate names its server as a DNS name.
+            if let Some(s) = servers.iter().find(|s| {
+                rustls::pki_types::DnsName::try_from(&*s.name).is_err()
+                    || s.name.bytes().all(|b| b.is_ascii_digit() || b == b'.')
+            }) {
+                return Err(invalid(format!(
+                    "server name {:?} cannot be a TLS certificate's DNS name; with [tls] every name must be one",
+                    s.name
+                )));
+            }
+        }
 
         Ok(HerdConfig {
             origin: origin.to_owned(),
@@ -840,6 +961,8 @@ impl HerdConfig {
             data_dir: raw.data_dir,
             data_per_server: false,
             data,
+            auth,
+            tls,
         })
     }
 
@@ -857,8 +980,8 @@ impl HerdConfig {
     }
 
     /// Applies the environment, which wins over the herd file: `HERD_DATA_DIR`,
-    /// `HERD_FSYNC`, `HERD_PLACES`,
-    /// `HERD_PLACES_API`, `HERD_PLACES_URL` and `GOOGLE_PLACES_API_KEY` (PROTOCOL.md's
+    /// `HERD_FSYNC`, `HERD_PLACES`, `HERD_PLACES_API`, `HERD_PLACES_URL`,
+    /// `GOOGLE_PLACES_API_KEY` and `HERD_SECRET_FILE` (read here) (PROTOCOL.md's
     /// operating contract). `get` reads a variable; an empty value counts as unset.
     /// A google provider without a key is an error here, before any port is bound.
     pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
@@ -883,6 +1006,13 @@ impl HerdConfig {
         if let Some(v) = get("GOOGLE_PLACES_API_KEY") {
             places.google.key = ApiKey::new(&v);
         }
+        if let Some(v) = get("HERD_SECRET_FILE") {
+            let path = PathBuf::from(v.trim());
+            self.auth.secret =
+                Some(crate::auth::Secret::read(&path).map_err(|e| env("HERD_SECRET_FILE", e))?);
+            self.auth.secret_file = Some(path);
+        }
+        let places = &mut self.places;
         if places.provider == ProviderKind::Google && places.google.key.is_none() {
             return Err(env(
                 "GOOGLE_PLACES_API_KEY",
@@ -955,7 +1085,7 @@ neighbours = ["A"]
         );
         assert_eq!(herd.places.provider, ProviderKind::Offline);
         assert_eq!(
-            herd.server("Welsh").unwrap().peer_uri(),
+            herd.server("Welsh").unwrap().peer_uri(false),
             "http://127.0.0.1:13004"
         );
     }

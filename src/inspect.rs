@@ -8,10 +8,15 @@ use std::{pin::Pin, sync::Arc, time::SystemTime};
 use futures_util::{Stream, StreamExt as _};
 use tokio_stream::wrappers::{BroadcastStream, errors::BroadcastStreamRecvError};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
-use tonic::{Request, Response, Status, service::Routes};
+use tonic::{
+    Request, Response, Status,
+    service::{Routes, interceptor::InterceptedService},
+};
 use tonic_health::server::HealthReporter;
 
 use crate::{
+    auth::Guard,
+    config::AuthConfig,
     node::Node,
     peer::PeerService,
     proto::{
@@ -119,8 +124,15 @@ pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; cha
 
 /// Everything a server serves on its peer port, and the health reporter that says
 /// when it is SERVING.
+///
+/// With a herd secret, `Link` streams and `Inspect` calls must carry it (and health
+/// and `/metrics` too when `auth` says so); refusals are `UNAUTHENTICATED` (401 for
+/// `/metrics`) and counted in `herd_peer_auth_refused_total`. Reflection stays open:
+/// it tells only what the .proto file in the repository tells.
 pub fn routes(
     node: Arc<Node>,
+    auth: &AuthConfig,
+    tls: bool,
     shutdown: CancellationToken,
     tasks: TaskTracker,
 ) -> (Routes, HealthReporter) {
@@ -138,21 +150,56 @@ pub fn routes(
         .build_v1alpha()
         .expect("the compiled-in descriptor sets are valid");
     let metrics_node = node.clone();
-    let peers = PeerService::new(node.backbone().clone(), shutdown.clone(), tasks);
-    let routes = Routes::new(peers.into_server())
-        .add_service(InspectServer::new(InspectService { node, shutdown }))
-        .add_service(health)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        .into_axum_router()
-        .route(
-            "/metrics",
-            axum::routing::get(move || {
-                let m = metrics_node.metrics();
+    let guard = |service, needed: bool| {
+        let secret = if needed { auth.secret.clone() } else { None };
+        Guard::new(secret, node.metrics().clone(), service)
+    };
+    let metrics_guard = guard("metrics", auth.metrics_needs_secret);
+    let peers = PeerService::new(node.backbone().clone(), tls, shutdown.clone(), tasks);
+    let routes = Routes::new(InterceptedService::new(
+        peers.into_server(),
+        guard("link", true),
+    ))
+    .add_service(InterceptedService::new(
+        InspectServer::new(InspectService {
+            node: node.clone(),
+            shutdown,
+        }),
+        guard("inspect", true),
+    ))
+    .add_service(InterceptedService::new(
+        health,
+        guard("health", auth.health_needs_secret),
+    ))
+    .add_service(reflection_v1)
+    .add_service(reflection_v1alpha)
+    .into_axum_router()
+    .route(
+        "/metrics",
+        axum::routing::get(move |headers: axum::http::HeaderMap| {
+            let allowed = metrics_guard
+                .check(&tonic::metadata::MetadataMap::from_headers(headers))
+                .is_ok();
+            let m = metrics_node.metrics();
+            let reply = if allowed {
                 m.records.set(metrics_node.store().len() as i64);
-                let text = m.render();
-                async move { ([(axum::http::header::CONTENT_TYPE, CONTENT_TYPE)], text) }
-            }),
-        );
+                (axum::http::StatusCode::OK, CONTENT_TYPE, m.render())
+            } else {
+                (
+                    axum::http::StatusCode::UNAUTHORIZED,
+                    "text/plain; charset=utf-8",
+                    "this herd needs its secret: authorization: Bearer <secret>\n".to_owned(),
+                )
+            };
+            async move {
+                let (status, content_type, text) = reply;
+                (
+                    status,
+                    [(axum::http::header::CONTENT_TYPE, content_type)],
+                    text,
+                )
+            }
+        }),
+    );
     (Routes::from(routes), reporter)
 }

@@ -20,6 +20,8 @@
 //!   byte-bounded queues, catch-ups and anti-entropy over the links.
 //! - [`places`]: the tower stack around the places providers (the embedded offline dataset,
 //!   Google Places).
+//! - [`auth`]: who may use the peer port: the herd secret, checked in constant time,
+//!   and the mutual-TLS identities; `herd certs`' CA and certificates.
 //! - [`config`]: the herd file, validated before any port is bound.
 //! - [`server`]: one server's lifecycle: listeners, tasks, shutdown.
 //! - [`inspect`]: the operators' view: the `Inspect` gRPC service, health, reflection, metrics.
@@ -31,6 +33,7 @@
 //! The load generator, `herd-bench`, is a crate of its own in `bench/` (a member of this
 //! workspace): it uses [`proto`] and the places dataset, and the server does not carry it.
 
+pub mod auth;
 pub mod client;
 pub mod config;
 pub mod durable;

@@ -3,7 +3,12 @@
 //! The operators' tools (`client`, `status`, `topology`, `health`) live in the library
 //! (`herd::client`, `herd::status`, `herd::probe`); this file only parses and dispatches.
 
-use std::{path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
+use std::{
+    path::{Path, PathBuf},
+    process::ExitCode,
+    sync::Arc,
+    time::Duration,
+};
 
 use clap::{Args, Parser, Subcommand};
 use herd::{
@@ -24,6 +29,8 @@ Environment (a flag, when given, wins):
   HERD_PLACES_API        new (default) or legacy: the Google API
   HERD_PLACES_URL        the Google base URL (default: Google's for the API)
   GOOGLE_PLACES_API_KEY  the Google key (read only from here; never logged)
+  HERD_SECRET_FILE       a file holding the herd secret (wins over [auth] secret_file;
+                         never put the secret itself on a command line)
   HERD_HISTORY           `herd client`'s history file (default: ~/.herd_history)
   HERD_DATA_DIR          the data dir (default: none, state in memory only)
   HERD_FSYNC             always, everysec (default) or no: when a reply waits for the disk
@@ -58,12 +65,30 @@ enum Command {
     },
     /// Ask a server's gRPC health service whether it is SERVING (exit 0) or not (exit 1).
     Health {
-        /// The server's peer address.
-        #[arg(long, default_value = "127.0.0.1:13001", value_name = "HOST:PORT")]
-        addr: String,
+        /// The server's peer address (default: --server's in the herd file, else
+        /// 127.0.0.1:13001).
+        #[arg(long, value_name = "HOST:PORT")]
+        addr: Option<String>,
         /// The service to ask about ("" for the whole server).
         #[arg(long, default_value = "")]
         service: String,
+        /// The herd file whose [tls] and secret to use (default: the built-in one).
+        #[arg(long, env = "HERD_CONFIG", value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// The server asked (its certificate must name it, with [tls]; default: the
+        /// server of the herd file whose peer port is --addr's).
+        #[arg(long, value_name = "NAME")]
+        server: Option<String>,
+    },
+    /// Make a CA and a certificate and key per server of the herd file, for its [tls]
+    /// table: DIR/ca.pem, DIR/NAME.pem, DIR/NAME.key (and DIR/ca.key).
+    Certs {
+        /// The herd file (default: the built-in copy of deploy/herd.toml).
+        #[arg(long, env = "HERD_CONFIG", value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Where to write them (created if missing).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
     },
     /// Talk to a client port: interactive (history, readable replies, the reason for a
     /// `?`), one command from the arguments, or lines from stdin.
@@ -170,11 +195,28 @@ struct Common {
 }
 
 fn main() -> ExitCode {
+    // Two rustls providers are in the dependency tree (ring, chosen here, and the one
+    // reqwest's feature set could pull in): without a process default, building a TLS
+    // config panics. Err only means one was installed already.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
     let (common, only) = match &cli.command {
         Command::Serve { name, common } => (common, Some(name.as_str())),
         Command::Up { common } => (common, None),
-        Command::Health { addr, service } => return health(addr, service),
+        Command::Health {
+            addr,
+            service,
+            config,
+            server,
+        } => {
+            return health(
+                addr.as_deref(),
+                service,
+                config.as_deref(),
+                server.as_deref(),
+            );
+        }
+        Command::Certs { config, out } => return certs(config.as_deref(), out),
         Command::Client(args) => return client(args),
         Command::Status { ask, json } => return status(ask, *json),
         Command::Topology { ask, format, out } => {
@@ -233,14 +275,68 @@ fn main() -> ExitCode {
     code
 }
 
+/// The herd file a tool that asks servers uses, with `HERD_SECRET_FILE` applied (the
+/// rest of the environment is the servers' business), and how to reach its servers.
+fn herd_for_asking(path: Option<&Path>) -> Result<(HerdConfig, herd::probe::Access), ExitCode> {
+    let mut herd = HerdConfig::load(path).map_err(|e| fail(2, &e))?;
+    herd.apply_env(|var| {
+        (var == "HERD_SECRET_FILE")
+            .then(|| std::env::var(var).ok())
+            .flatten()
+    })
+    .map_err(|e| fail(2, &e))?;
+    let access = herd::probe::Access::of(&herd).map_err(|e| fail(2, &e))?;
+    Ok((herd, access))
+}
+
 /// `herd health`: one Check call, for container health checks.
-fn health(addr: &str, service: &str) -> ExitCode {
+fn health(
+    addr: Option<&str>,
+    service: &str,
+    config: Option<&Path>,
+    server: Option<&str>,
+) -> ExitCode {
     use herd::probe::ServingStatus;
+    let (herd, access) = match herd_for_asking(config) {
+        Ok(h) => h,
+        Err(code) => return code,
+    };
+    let named = match server.map(|name| herd.server(name)).transpose() {
+        Ok(s) => s,
+        Err(e) => return fail(2, &e),
+    };
+    let addr = match (addr, named) {
+        (Some(a), _) => a.to_owned(),
+        (None, Some(s)) => format!("{}:{}", s.host, s.peer_port),
+        (None, None) => "127.0.0.1:13001".to_owned(),
+    };
+    let port = addr.rsplit(':').next().and_then(|p| p.parse::<u16>().ok());
+    let name = match named {
+        Some(s) => s.name.to_string(),
+        None => match herd.servers.iter().find(|s| Some(s.peer_port) == port) {
+            Some(s) => s.name.to_string(),
+            None if access.tls.is_some() => {
+                return fail(
+                    2,
+                    &format!(
+                        "{addr} is no server's peer port in the herd file: say --server NAME, the name its certificate must carry"
+                    ),
+                );
+            }
+            None => String::new(),
+        },
+    };
     let runtime = match current_thread() {
         Ok(rt) => rt,
         Err(code) => return code,
     };
-    match runtime.block_on(herd::probe::health(addr, service, Duration::from_secs(2))) {
+    match runtime.block_on(herd::probe::health(
+        &addr,
+        &name,
+        &access,
+        service,
+        Duration::from_secs(2),
+    )) {
         Ok(ServingStatus::Serving) => {
             println!("SERVING");
             ExitCode::SUCCESS
@@ -250,6 +346,23 @@ fn health(addr: &str, service: &str) -> ExitCode {
             ExitCode::from(1)
         }
         Err(e) => fail(1, &format!("health check failed: {e}")),
+    }
+}
+
+/// `herd certs`: a CA and a certificate per server of the herd file.
+fn certs(config: Option<&Path>, out: &Path) -> ExitCode {
+    let herd = match HerdConfig::load(config) {
+        Ok(herd) => herd,
+        Err(e) => return fail(2, &e),
+    };
+    match herd::auth::make_certs(&herd, out) {
+        Ok(written) => {
+            for path in written {
+                println!("{}", path.display());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(1, &e),
     }
 }
 
@@ -304,11 +417,12 @@ fn client(args: &ClientArgs) -> ExitCode {
 
 /// Loads the herd file for `status` and `topology` and asks every server.
 fn ask_herd(ask: &AskArgs) -> Result<herd::status::HerdStatus, ExitCode> {
-    let herd = HerdConfig::load(ask.config.as_deref()).map_err(|e| fail(2, &e))?;
+    let (herd, access) = herd_for_asking(ask.config.as_deref())?;
     let opts = herd::status::StatusOptions {
         host: ask.host.clone(),
         interval: ask.interval,
         timeout: ask.timeout,
+        access,
     };
     Ok(current_thread()?.block_on(herd::status::gather(&herd, &opts)))
 }

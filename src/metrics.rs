@@ -38,6 +38,14 @@ pub const REFUSED: [&str; 3] = ["max_clients", "max_clients_per_ip", "descriptor
 /// `gateway.line_timeout_ms` (slowloris) or `gateway.write_timeout_ms` (never reads).
 pub const CLOSED: [&str; 3] = ["idle", "slow_line", "write_timeout"];
 
+/// A call on the peer port refused `UNAUTHENTICATED`: which service (one of
+/// [`crate::auth::GUARDED`]) and why (a [`crate::auth::Refusal`]).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AuthLabels {
+    pub service: &'static str,
+    pub reason: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct LinkLabels {
     pub neighbour: String,
@@ -113,6 +121,8 @@ pub struct Metrics {
     pub catch_ups_aborted: Counter,
     pub anti_entropy_rounds: Counter,
     pub backbone_oversize: Counter,
+    /// Peer-port calls refused for want of the secret or the right certificate.
+    pub auth_refused: Family<AuthLabels, Counter>,
     pub places_requests: Family<PlacesLabels, Counter>,
     pub places_latency: Histogram,
     pub places_cache_hits: Counter,
@@ -161,6 +171,7 @@ impl Metrics {
             catch_ups_aborted: Counter::default(),
             anti_entropy_rounds: Counter::default(),
             backbone_oversize: Counter::default(),
+            auth_refused: Family::default(),
             places_requests: Family::default(),
             places_latency: Histogram::new(exponential_buckets(0.000_05, 2.0, 18)),
             places_cache_hits: Counter::default(),
@@ -290,6 +301,19 @@ impl Metrics {
             "Links cut because a neighbour sent a message above max_message_bytes",
             m.backbone_oversize.clone(),
         );
+        for service in crate::auth::GUARDED {
+            for refusal in crate::auth::REFUSALS {
+                let _ = m.auth_refused.get_or_create(&AuthLabels {
+                    service,
+                    reason: refusal.as_str(),
+                });
+            }
+        }
+        r.register(
+            "peer_auth_refused",
+            "Peer-port calls refused UNAUTHENTICATED (no secret, a wrong one, or a client certificate that does not name herd-from), by service",
+            m.auth_refused.clone(),
+        );
         r.register(
             "places_requests",
             "Places lookups by answer status",
@@ -366,6 +390,12 @@ impl Metrics {
     pub fn closed(&self, reason: &'static str) {
         self.connections_closed
             .get_or_create(&ReasonLabels { reason })
+            .inc();
+    }
+
+    pub fn auth_refused(&self, service: &'static str, reason: &'static str) {
+        self.auth_refused
+            .get_or_create(&AuthLabels { service, reason })
             .inc();
     }
 

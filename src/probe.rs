@@ -12,6 +12,11 @@ use tokio::{
 use tonic::transport::{Channel, Endpoint};
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
+use crate::{
+    auth::{PeerTls, Secret},
+    config::HerdConfig,
+};
+
 pub use tonic_health::pb::health_check_response::ServingStatus;
 
 /// Why a peer port could not be asked.
@@ -33,13 +38,59 @@ pub enum ProbeError {
     Other { addr: String, detail: String },
 }
 
-/// A channel to a peer port (`HOST:PORT`), connected.
-pub async fn connect(addr: &str, timeout: Duration) -> Result<Channel, ProbeError> {
-    let endpoint =
-        Endpoint::from_shared(format!("http://{addr}")).map_err(|e| ProbeError::Other {
-            addr: addr.to_owned(),
-            detail: format!("not a HOST:PORT address: {e}"),
-        })?;
+/// How a tool reaches a peer port: the herd secret it sends and the TLS it speaks
+/// (the herd file's `[auth]` and `[tls]`; a tool has no certificate of its own, which
+/// health, `/metrics` and `Inspect` do not need).
+#[derive(Clone, Debug, Default)]
+pub struct Access {
+    pub secret: Option<Secret>,
+    pub tls: Option<PeerTls>,
+}
+
+impl Access {
+    /// What `herd`'s own herd file (and `HERD_SECRET_FILE`, already applied) says.
+    pub fn of(herd: &HerdConfig) -> Result<Access, String> {
+        Ok(Access {
+            secret: herd.auth.secret.clone(),
+            tls: match &herd.tls {
+                Some(tls) => Some(PeerTls::load(tls, None)?),
+                None => None,
+            },
+        })
+    }
+
+    /// Adds the secret, if any, to a request.
+    pub fn authorize<T>(&self, mut req: tonic::Request<T>) -> tonic::Request<T> {
+        if let Some(secret) = &self.secret {
+            secret.insert(req.metadata_mut());
+        }
+        req
+    }
+}
+
+/// A channel to a peer port (`HOST:PORT`) of the server named `name`, connected.
+pub async fn connect(
+    addr: &str,
+    name: &str,
+    access: &Access,
+    timeout: Duration,
+) -> Result<Channel, ProbeError> {
+    let scheme = if access.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let bad = |e: String| ProbeError::Other {
+        addr: addr.to_owned(),
+        detail: e,
+    };
+    let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))
+        .map_err(|e| bad(format!("not a HOST:PORT address: {e}")))?;
+    if let Some(tls) = &access.tls {
+        endpoint = endpoint
+            .tls_config(tls.client(name))
+            .map_err(|e| bad(format!("TLS settings: {e}")))?;
+    }
     match tokio::time::timeout(
         timeout,
         endpoint.connect_timeout(timeout).timeout(timeout).connect(),
@@ -58,14 +109,16 @@ pub async fn connect(addr: &str, timeout: Duration) -> Result<Channel, ProbeErro
 /// One health check of `service` ("" for the whole server) at `addr`.
 pub async fn health(
     addr: &str,
+    name: &str,
+    access: &Access,
     service: &str,
     timeout: Duration,
 ) -> Result<ServingStatus, ProbeError> {
-    let channel = connect(addr, timeout).await?;
+    let channel = connect(addr, name, access, timeout).await?;
     let mut client = HealthClient::new(channel);
-    let call = client.check(HealthCheckRequest {
+    let call = client.check(access.authorize(tonic::Request::new(HealthCheckRequest {
         service: service.to_owned(),
-    });
+    })));
     match tokio::time::timeout(timeout, call).await {
         Ok(Ok(reply)) => Ok(reply.into_inner().status()),
         Ok(Err(status)) => Err(diagnose(addr, &status, timeout).await),
@@ -110,6 +163,14 @@ pub async fn diagnose(
             };
         }
         source = e.source();
+    }
+    if let Some(status) = err.downcast_ref::<tonic::Status>()
+        && status.code() == tonic::Code::Unauthenticated
+    {
+        return ProbeError::Other {
+            addr: addr.to_owned(),
+            detail: format!("refused: {}", status.message()),
+        };
     }
     if let Some(status) = err.downcast_ref::<tonic::Status>()
         && status.code() == tonic::Code::Unimplemented
@@ -187,7 +248,15 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         drop(listener);
-        let e = health(&addr, "", Duration::from_secs(5)).await.unwrap_err();
+        let e = health(
+            &addr,
+            "Goloman",
+            &Access::default(),
+            "",
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap_err();
         assert_eq!(e, ProbeError::Refused { addr });
     }
 
@@ -211,7 +280,15 @@ mod tests {
                 });
             }
         });
-        let e = health(&addr, "", Duration::from_secs(5)).await.unwrap_err();
+        let e = health(
+            &addr,
+            "Goloman",
+            &Access::default(),
+            "",
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap_err();
         assert_eq!(e, ProbeError::ClientPort { addr });
     }
 }

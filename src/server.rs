@@ -8,6 +8,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::Instrument as _;
 
 use crate::{
+    auth::PeerTls,
     config::{HerdConfig, ServerConfig},
     gateway, inspect,
     node::Node,
@@ -37,6 +38,8 @@ pub enum ServerError {
         server: String,
         source: crate::durable::OpenError,
     },
+    #[error("{server}: {problem}")]
+    Tls { server: String, problem: String },
     #[error("{server}: gRPC server failed: {source}")]
     Grpc {
         server: String,
@@ -149,6 +152,14 @@ async fn serve(
             std::thread::spawn(move || span.in_scope(|| j2.run_compactor(BackboneReplica(b)))),
         ]
     });
+    let tls_error = |problem: String| ServerError::Tls {
+        server: me.name.to_string(),
+        problem,
+    };
+    let tls = match &herd.tls {
+        Some(tls) => Some(PeerTls::load(tls, Some(&me.name)).map_err(tls_error)?),
+        None => None,
+    };
     let tasks = TaskTracker::new();
     let shown = |a: std::io::Result<std::net::SocketAddr>| a.map_or("?".into(), |a| a.to_string());
     let client_addr = shown(listeners.client.local_addr());
@@ -172,8 +183,21 @@ async fn serve(
         Some((Ok::<_, std::io::Error>(socket), listener))
     });
     let grpc_span = tracing::Span::current();
-    let (routes, health) = inspect::routes(node.clone(), shutdown.clone(), tasks.clone());
-    let grpc = tonic::transport::Server::builder()
+    let (routes, health) = inspect::routes(
+        node.clone(),
+        &herd.auth,
+        herd.tls.is_some(),
+        shutdown.clone(),
+        tasks.clone(),
+    );
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = &tls {
+        builder = tls
+            .server()
+            .and_then(|config| builder.tls_config(config).map_err(|e| e.to_string()))
+            .map_err(|e| tls_error(format!("TLS settings: {e}")))?;
+    }
+    let grpc = builder
         // HTTP/1.1 too, for Prometheus scraping /metrics.
         .accept_http1(true)
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
@@ -190,11 +214,19 @@ async fn serve(
             continue;
         };
         let uri = match herd.server(neighbour) {
-            Ok(n) => n.peer_uri(),
+            Ok(n) => n.peer_uri(tls.is_some()),
             Err(_) => continue,
         };
         tasks.spawn(
-            peer::dial::run(node.backbone().clone(), slot, uri, shutdown.clone()).in_current_span(),
+            peer::dial::run(
+                node.backbone().clone(),
+                slot,
+                uri,
+                herd.auth.secret.clone(),
+                tls.as_ref().map(|t| t.client(neighbour)),
+                shutdown.clone(),
+            )
+            .in_current_span(),
         );
     }
 

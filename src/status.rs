@@ -26,6 +26,8 @@ pub struct StatusOptions {
     pub interval: Duration,
     /// For each call.
     pub timeout: Duration,
+    /// The herd secret and TLS to use.
+    pub access: probe::Access,
 }
 
 /// One server as seen from its peer port.
@@ -176,22 +178,24 @@ async fn ask(
         records: None,
         updates_per_s: None,
     };
-    status.health = probe::health(&status.peer_addr, "", opts.timeout).await;
+    let access = &opts.access;
+    status.health = probe::health(&status.peer_addr, &status.name, access, "", opts.timeout).await;
     if status.health.is_err() {
         return status;
     }
-    let Ok(channel) = probe::connect(&status.peer_addr, opts.timeout).await else {
+    let Ok(channel) = probe::connect(&status.peer_addr, &status.name, access, opts.timeout).await
+    else {
         return status;
     };
     let mut inspect = InspectClient::new(channel.clone());
-    let links = inspect.links(LinksRequest {});
+    let links = inspect.links(access.authorize(tonic::Request::new(LinksRequest {})));
     if let Ok(Ok(reply)) = tokio::time::timeout(opts.timeout, links).await {
         status.links = reply.into_inner().links;
     }
-    let first = scrape(&channel, opts.timeout).await;
+    let first = scrape(&channel, access, opts.timeout).await;
     let started = std::time::Instant::now();
     tokio::time::sleep(opts.interval).await;
-    let second = scrape(&channel, opts.timeout).await;
+    let second = scrape(&channel, access, opts.timeout).await;
     let took = started.elapsed().as_secs_f64();
     if let Some(m) = &second {
         status.records = m.records;
@@ -213,10 +217,15 @@ pub struct Scrape {
 }
 
 /// GET /metrics over the gRPC channel itself (the peer port serves both).
-async fn scrape(channel: &Channel, timeout: Duration) -> Option<Scrape> {
-    let req = http::Request::get("/metrics")
-        .body(tonic::body::Body::empty())
-        .ok()?;
+async fn scrape(channel: &Channel, access: &probe::Access, timeout: Duration) -> Option<Scrape> {
+    let mut req = http::Request::get("/metrics");
+    if let Some(secret) = &access.secret {
+        req = req.header(
+            crate::auth::AUTHORIZATION,
+            secret.bearer().as_encoded_bytes(),
+        );
+    }
+    let req = req.body(tonic::body::Body::empty()).ok()?;
     let call = async {
         let resp = channel.clone().oneshot(req).await.ok()?;
         let body = resp.into_body().collect().await.ok()?.to_bytes();

@@ -6,7 +6,11 @@ use std::{sync::Arc, time::Duration};
 use futures_util::FutureExt as _;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
-use tonic::{Request, metadata::MetadataValue, transport::Endpoint};
+use tonic::{
+    Request,
+    metadata::MetadataValue,
+    transport::{ClientTlsConfig, Endpoint},
+};
 use tower::{
     retry::backoff::{Backoff as _, ExponentialBackoffMaker, MakeBackoff as _},
     util::rng::HasherRng,
@@ -16,7 +20,7 @@ use super::{
     Backbone, FROM_HEADER, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, TO_HEADER, drive,
     link::{Dialer, LinkSlot, LinkState, outbound},
 };
-use crate::proto::peer_client::PeerClient;
+use crate::{auth::Secret, proto::peer_client::PeerClient};
 
 /// Why one dial attempt ended without a live stream.
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +44,8 @@ pub async fn run(
     node: Arc<Backbone>,
     slot: Arc<LinkSlot>,
     uri: String,
+    secret: Option<Secret>,
+    tls: Option<ClientTlsConfig>,
     shutdown: CancellationToken,
 ) {
     // Jittered, so a herd that restarts together does not redial in lockstep.
@@ -60,7 +66,7 @@ pub async fn run(
             return;
         }
         slot.set_dialing(LinkState::Connecting);
-        match once(&node, &slot, &uri, &shutdown).await {
+        match once(&node, &slot, &uri, secret.as_ref(), tls.as_ref(), &shutdown).await {
             // A stream that was live for a while has ended: dial again at once. One
             // that ended at once (a neighbour that accepts and drops) waits its turn.
             Ok(lasted) if lasted >= Duration::from_secs(5) => {
@@ -74,6 +80,7 @@ pub async fn run(
                 if matches!(
                     status.code(),
                     tonic::Code::PermissionDenied
+                        | tonic::Code::Unauthenticated
                         | tonic::Code::FailedPrecondition
                         | tonic::Code::InvalidArgument
                 ) =>
@@ -101,10 +108,16 @@ async fn once(
     node: &Arc<Backbone>,
     slot: &Arc<LinkSlot>,
     uri: &str,
+    secret: Option<&Secret>,
+    tls: Option<&ClientTlsConfig>,
     shutdown: &CancellationToken,
 ) -> Result<Duration, DialError> {
-    let endpoint = Endpoint::from_shared(uri.to_owned())
-        .map_err(|_| DialError::Address(uri.to_owned()))?
+    let mut endpoint =
+        Endpoint::from_shared(uri.to_owned()).map_err(|_| DialError::Address(uri.to_owned()))?;
+    if let Some(tls) = tls {
+        endpoint = endpoint.tls_config(tls.clone())?;
+    }
+    let endpoint = endpoint
         .connect_timeout(Duration::from_secs(2))
         .tcp_nodelay(true)
         .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
@@ -130,6 +143,9 @@ async fn once(
     let to = MetadataValue::try_from(&**slot.peer()).map_err(|_| DialError::Address(uri.into()))?;
     req.metadata_mut().insert(FROM_HEADER, me);
     req.metadata_mut().insert(TO_HEADER, to);
+    if let Some(secret) = secret {
+        secret.insert(req.metadata_mut());
+    }
 
     let mut client =
         PeerClient::new(channel).max_decoding_message_size(node.config().max_message_bytes);

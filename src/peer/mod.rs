@@ -250,6 +250,9 @@ fn floors_from(f: &proto::Floors) -> Result<Vec<Floor>, OfferError> {
 #[derive(Debug, Clone)]
 pub struct PeerService {
     backbone: Arc<Backbone>,
+    /// Whether the peer port serves mutual TLS: then a stream's client certificate
+    /// must name the server in `herd-from`.
+    tls: bool,
     shutdown: CancellationToken,
     tasks: TaskTracker,
 }
@@ -257,11 +260,13 @@ pub struct PeerService {
 impl PeerService {
     pub fn new(
         backbone: Arc<Backbone>,
+        tls: bool,
         shutdown: CancellationToken,
         tasks: TaskTracker,
     ) -> PeerService {
         PeerService {
             backbone,
+            tls,
             shutdown,
             tasks,
         }
@@ -298,6 +303,16 @@ impl proto::peer_server::Peer for PeerService {
             return Err(Status::failed_precondition(format!(
                 "this is {me}, not {to}"
             )));
+        }
+        // With TLS, only the server whose certificate this is may say it is `from`:
+        // checked before the stream can touch the link.
+        if self.tls
+            && !crate::auth::certificate_names(req.peer_certs().as_deref().map(|c| &c[..]), &from)
+        {
+            let refusal = crate::auth::Refusal::Certificate;
+            self.backbone.metrics.auth_refused("link", refusal.as_str());
+            tracing::warn!(from = %crate::logging::Escaped(from.as_bytes()), "refused a link stream whose client certificate does not name its herd-from");
+            return Err(refusal.status());
         }
         let Some(slot) = self.backbone.links.get(&from).cloned() else {
             tracing::warn!(from, "refused a link from a server that is not a neighbour");
