@@ -284,6 +284,9 @@ pub struct BackboneConfig {
     /// `anti_entropy_interval_ms`: how often each link sends its floors, so that
     /// any lost update heals. Default 3000.
     pub anti_entropy_interval: Duration,
+    /// The herd's server names (not a key: the `[[server]]` entries): an update that
+    /// names another server is out of contract. Empty: not checked.
+    pub members: Vec<Arc<str>>,
 }
 
 impl Default for BackboneConfig {
@@ -292,6 +295,7 @@ impl Default for BackboneConfig {
             queue_bytes: 4 << 20,
             max_message_bytes: 4 << 20,
             anti_entropy_interval: Duration::from_millis(3_000),
+            members: Vec::new(),
         }
     }
 }
@@ -441,6 +445,7 @@ impl RawBackbone {
             anti_entropy_interval: self
                 .anti_entropy_interval_ms
                 .map_or(d.anti_entropy_interval, Duration::from_millis),
+            members: Vec::new(),
         };
         if !(MIN_MESSAGE_BYTES..=(256 << 20)).contains(&b.max_message_bytes) {
             return Err(format!(
@@ -907,7 +912,8 @@ impl HerdConfig {
         let places = raw.places.validate().map_err(invalid)?;
         let gateway = raw.gateway.validate().map_err(invalid)?;
         let log = raw.log.validate().map_err(invalid)?;
-        let backbone = raw.backbone.validate().map_err(invalid)?;
+        let mut backbone = raw.backbone.validate().map_err(invalid)?;
+        backbone.members = servers.iter().map(|s| s.name.clone()).collect();
         let data = raw.data.validate(raw.fsync).map_err(invalid)?;
         if raw
             .data_dir
@@ -1373,7 +1379,15 @@ max_response_bytes = 65536
     #[test]
     fn backbone_defaults_keys_and_bad_figures() {
         let herd = HerdConfig::parse(TWO, "t.toml").unwrap();
-        assert_eq!(herd.backbone, BackboneConfig::default());
+        let members = herd.backbone.members.clone();
+        assert_eq!(members.len(), 2, "every server of the file");
+        assert_eq!(
+            herd.backbone,
+            BackboneConfig {
+                members: members.clone(),
+                ..BackboneConfig::default()
+            }
+        );
         assert_eq!(herd.backbone.queue_bytes, 4 << 20);
         let text = format!(
             "[backbone]\nqueue_bytes = 100000\nmax_message_bytes = 2000000\nanti_entropy_interval_ms = 500\n{TWO}"
@@ -1385,6 +1399,7 @@ max_response_bytes = 65536
                 queue_bytes: 100_000,
                 max_message_bytes: 2_000_000,
                 anti_entropy_interval: Duration::from_millis(500),
+                members,
             }
         );
         let bad = |line: &str| err(&format!("[backbone]\n{line}\n{TWO}"));

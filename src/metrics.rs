@@ -121,6 +121,7 @@ pub struct Metrics {
     pub catch_ups_aborted: Counter,
     pub anti_entropy_rounds: Counter,
     pub backbone_oversize: Counter,
+    pub backbone_bad_messages: Counter,
     /// Peer-port calls refused for want of the secret or the right certificate.
     pub auth_refused: Family<AuthLabels, Counter>,
     pub places_requests: Family<PlacesLabels, Counter>,
@@ -171,6 +172,7 @@ impl Metrics {
             catch_ups_aborted: Counter::default(),
             anti_entropy_rounds: Counter::default(),
             backbone_oversize: Counter::default(),
+            backbone_bad_messages: Counter::default(),
             auth_refused: Family::default(),
             places_requests: Family::default(),
             places_latency: Histogram::new(exponential_buckets(0.000_05, 2.0, 18)),
@@ -300,6 +302,11 @@ impl Metrics {
             "backbone_oversize_messages",
             "Links cut because a neighbour sent a message above max_message_bytes",
             m.backbone_oversize.clone(),
+        );
+        r.register(
+            "backbone_bad_messages",
+            "Links cut because a neighbour sent a malformed or out-of-contract message (none of it applied)",
+            m.backbone_bad_messages.clone(),
         );
         for service in crate::auth::GUARDED {
             for refusal in crate::auth::REFUSALS {

@@ -108,6 +108,14 @@ async fn wait_links_up(herd: &TestHerd, name: &str, transport: &Transport) {
     .await;
 }
 
+/// Waits until `name` holds a record for `client`.
+async fn wait_holds(herd: &TestHerd, name: &str, transport: &Transport, client: &str) {
+    wait_for(IO_TIMEOUT, &format!("{name} to hold {client}"), || async {
+        holds(herd, name, transport, client).await.then_some(())
+    })
+    .await;
+}
+
 /// Whether `name` holds a record for `client` (asked with the secret).
 async fn holds(herd: &TestHerd, name: &str, transport: &Transport, client: &str) -> bool {
     let out = grpcurl(
@@ -141,15 +149,26 @@ fn b64(bytes: &[u8]) -> String {
     out
 }
 
-/// One `LinkMessage` carrying an update of `client` that claims to come from Goloman,
-/// as an intruder who knows the protocol would write it.
-fn forged_update(client: &str) -> String {
+/// One update (JSON) of `client` made by `origin`, forwarded by the servers in `seen`.
+fn update_json(client: &str, origin: &str, seen: &[&str], seq: u64) -> String {
+    let seen: Vec<String> = seen.iter().map(|s| format!("{s:?}")).collect();
     format!(
-        r#"{{"updates":[{{"clientId":"{}","location":"{}","clientTime":"{}","origin":"Goloman","timeDiff":"{}","label":{{"seconds":"4102444800","nanos":0,"origin":"Goloman"}},"seen":["Goloman"],"version":{{"origin":"Goloman","incarnation":"7","seq":"1"}}}}]}}"#,
+        r#"{{"clientId":"{}","location":"{}","clientTime":"{}","origin":"{origin}","timeDiff":"{}","label":{{"seconds":"4102444800","nanos":0,"origin":"{origin}"}},"seen":[{}],"version":{{"origin":"{origin}","incarnation":"7","seq":"{seq}"}}}}"#,
         b64(client.as_bytes()),
         b64(b"+10.000000+20.000000"),
         b64(b"4102444800"),
         b64(b"-2000000000.000000000"),
+        seen.join(","),
+    )
+}
+
+/// One `LinkMessage` carrying an update of `client` that claims to come from Goloman,
+/// as an intruder who knows the protocol would write it (future-dated, so that it
+/// would win over the client's real records).
+fn forged_update(client: &str) -> String {
+    format!(
+        r#"{{"updates":[{}]}}"#,
+        update_json(client, "Goloman", &["Goloman"], 1)
     )
 }
 
@@ -195,7 +214,7 @@ async fn refused(herd: &TestHerd, name: &str, service: &str, reason: &str) -> u6
 async fn grpcurl_needs_the_secret_for_inspect_and_link_and_a_spoof_reaches_no_table() {
     let dir = TempDir::new("secret");
     let file = secret_file(dir.path(), SECRET);
-    let herd = TestHerd::start_with(
+    let mut herd = TestHerd::start_with(
         PAIR,
         &format!("[auth]\nsecret_file = {:?}\n", file.display().to_string()),
     )
@@ -246,10 +265,14 @@ async fn grpcurl_needs_the_secret_for_inspect_and_link_and_a_spoof_reaches_no_ta
     // The links the intruder tried to take are still the servers' own.
     wait_links_up(&herd, "Hands", &plain).await;
     // The same message with the secret is applied (the secret is what kept it out):
-    // whoever holds the secret is a member.
+    // whoever holds the secret is a member. Goloman stops first, so that its redial
+    // cannot replace the stream before the message is read.
+    herd.stop("Goloman").await;
+    // (The stream may end before the server's first message: the client half-closes
+    // at once. What counts is that the update was applied.)
     let out = link_as_goloman(&herd, &plain, Some(SECRET), &forged_update("member")).await;
-    assert!(text(&out).contains("floors"), "{}", text(&out));
-    assert!(holds(&herd, "Hands", &plain, "member").await);
+    assert!(out.status.success(), "{}", text(&out));
+    wait_holds(&herd, "Hands", &plain, "member").await;
 }
 
 /// `herd certs` for `topology`'s names, into `dir`.
@@ -300,7 +323,7 @@ async fn mutual_tls_links_come_up_and_a_member_cannot_speak_for_another() {
     make_certs(dir.path(), topology);
     let certs = dir.path().join("certs");
     let file = secret_file(dir.path(), SECRET);
-    let herd = TestHerd::start_with(
+    let mut herd = TestHerd::start_with(
         topology,
         &format!(
             "[auth]\nsecret_file = {:?}\n[tls]\nca = {:?}\ncert = {:?}\nkey = {:?}\n",
@@ -368,7 +391,9 @@ async fn mutual_tls_links_come_up_and_a_member_cannot_speak_for_another() {
         );
     }
     wait_links_up(&herd, "Hands", &tls("Hands", None)).await;
-    // Goloman's own certificate may say Goloman: the same message is applied.
+    // Goloman's own certificate may say Goloman: the same message is applied (with
+    // Goloman stopped, so that its redial cannot replace the stream first).
+    herd.stop("Goloman").await;
     let out = link_as_goloman(
         &herd,
         &tls("Hands", Some("Goloman")),
@@ -376,8 +401,8 @@ async fn mutual_tls_links_come_up_and_a_member_cannot_speak_for_another() {
         &forged_update("goloman-itself"),
     )
     .await;
-    assert!(text(&out).contains("floors"), "{}", text(&out));
-    assert!(holds(&herd, "Hands", &tls("Hands", None), "goloman-itself").await);
+    assert!(out.status.success(), "{}", text(&out));
+    wait_holds(&herd, "Hands", &tls("Hands", None), "goloman-itself").await;
 }
 
 #[test]
@@ -440,4 +465,68 @@ fn a_server_with_a_wrong_secret_logs_why_its_links_are_refused() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_sending_a_bad_message_is_cut_off_with_an_error_and_none_of_it_is_applied() {
+    let dir = TempDir::new("bad-peer");
+    let file = secret_file(dir.path(), SECRET);
+    let mut herd = TestHerd::start_with(
+        PAIR,
+        &format!("[auth]\nsecret_file = {:?}\n", file.display().to_string()),
+    )
+    .await;
+    let plain = Transport::Plain;
+    wait_links_up(&herd, "Hands", &plain).await;
+    // The intruder speaks as Goloman, a neighbour of Hands; the real one is stopped,
+    // so that its redial cannot replace the intruder's stream before it is read.
+    herd.stop("Goloman").await;
+    let many: Vec<String> = (0..5000).map(|i| format!("S{i}")).collect();
+    let many: Vec<&str> = many.iter().map(String::as_str).collect();
+    // Each message holds a good update first and a bad one after it.
+    let cases = [
+        (
+            "unknown origin",
+            update_json("x1", "Nobody", &["Nobody"], 1),
+            "\"Nobody\", which is not a server of this herd",
+        ),
+        (
+            "huge seen list",
+            update_json("x2", "Goloman", &many, 2),
+            "seen list has 5000 names, more than the herd's 2 servers",
+        ),
+        (
+            "bad label",
+            update_json("x3", "Goloman", &["Goloman"], 3)
+                .replace(r#""seconds":"4102444800""#, r#""seconds":"12x""#),
+            "bad message",
+        ),
+    ];
+    for (i, (what, bad, says)) in cases.iter().enumerate() {
+        let good = update_json(
+            &format!("good-before-bad-{i}"),
+            "Goloman",
+            &["Goloman"],
+            10 + i as u64,
+        );
+        let message = format!(r#"{{"updates":[{good},{bad}]}}"#);
+        let out = link_as_goloman(&herd, &plain, Some(SECRET), &message).await;
+        let t = text(&out);
+        assert!(!out.status.success(), "{what}: {t}");
+        assert!(
+            t.contains("InvalidArgument"),
+            "{what}: the status is not OK: {t}"
+        );
+        assert!(t.contains(says), "{what}: {t}");
+        assert!(
+            !holds(&herd, "Hands", &plain, &format!("good-before-bad-{i}")).await,
+            "{what}: the message's good update was applied"
+        );
+    }
+    // The server keeps serving: its own link comes back, clients are answered.
+    herd.restart("Goloman").await;
+    wait_links_up(&herd, "Hands", &plain).await;
+    let mut c = herd.client("Hands").await;
+    let reply = c.ask(common::iamat(b"after-bad-peer", "+1+2", "3")).await;
+    common::check_at(&reply, "Hands", b"after-bad-peer", b"+1+2", b"3");
 }

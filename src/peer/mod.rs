@@ -180,7 +180,9 @@ impl Backbone {
 }
 
 /// Applies what a neighbour sends until the stream ends, fails, misbehaves, or is
-/// cancelled; then takes the link down.
+/// cancelled; then takes the link down. Returns why the neighbour was cut off when
+/// it sent a bad message (the callee's side ends the stream with that as an
+/// `INVALID_ARGUMENT` status, never OK).
 pub async fn drive(
     backbone: Arc<Backbone>,
     slot: Arc<LinkSlot>,
@@ -188,7 +190,8 @@ pub async fn drive(
     shared: Arc<LinkShared>,
     mut inbound: Streaming<LinkMessage>,
     cancel: CancellationToken,
-) {
+) -> Option<String> {
+    let mut bad = None;
     let reason = loop {
         let message = tokio::select! {
             _ = cancel.cancelled() => break "closed".to_owned(),
@@ -198,6 +201,8 @@ pub async fn drive(
             Ok(Some(m)) => {
                 if let Err(e) = handle(&backbone, &slot, &shared, m) {
                     tracing::warn!(peer = %slot.peer(), error = %e, "neighbour sent a bad message; cutting it off");
+                    backbone.metrics.backbone_bad_messages.inc();
+                    bad = Some(format!("bad message: {e}"));
                     break format!("bad message: {e}");
                 }
             }
@@ -213,6 +218,43 @@ pub async fn drive(
         }
     };
     slot.drop_link(id, &reason);
+    bad
+}
+
+/// Why a neighbour's message was refused whole.
+#[derive(Debug, thiserror::Error)]
+pub enum BadMessage {
+    #[error(transparent)]
+    Offer(#[from] OfferError),
+    #[error("an update's seen list has {0} names, more than the herd's {1} servers")]
+    Seen(usize, usize),
+    #[error("an update names {0:?}, which is not a server of this herd")]
+    UnknownServer(String),
+}
+
+/// Every update of a message is checked before any is applied: a neighbour that
+/// sends one bad update has none of that message applied.
+fn check(backbone: &Backbone, u: &proto::Update) -> Result<(), BadMessage> {
+    backbone.replica.check(u)?;
+    let members = &backbone.config.members;
+    let servers = if members.is_empty() {
+        replica::MAX_SOURCES
+    } else {
+        members.len()
+    };
+    if u.seen.len() > servers {
+        return Err(BadMessage::Seen(u.seen.len(), servers));
+    }
+    if !members.is_empty() {
+        let known = |name: &str| members.iter().any(|m| &**m == name);
+        if let Some(name) = std::iter::once(&u.origin)
+            .chain(&u.seen)
+            .find(|n| !known(n))
+        {
+            return Err(BadMessage::UnknownServer(name.clone()));
+        }
+    }
+    Ok(())
 }
 
 fn handle(
@@ -220,15 +262,21 @@ fn handle(
     slot: &LinkSlot,
     shared: &LinkShared,
     m: LinkMessage,
-) -> Result<(), OfferError> {
+) -> Result<(), BadMessage> {
     slot.count_received(m.updates.len() as u64);
+    for u in &m.updates {
+        check(backbone, u)?;
+    }
     for u in &m.updates {
         backbone.apply_update(u, slot.peer())?;
     }
     // After the updates before it: the catch-up's end claims them.
     if let Some(done) = m.caught_up {
         let floors = floors_from(&done)?;
-        backbone.replica.caught_up(&floors)?;
+        backbone
+            .replica
+            .caught_up(&floors)
+            .map_err(OfferError::from)?;
     }
     if let Some(theirs) = m.floors {
         shared.floors_received(floors_from(&theirs)?);
@@ -236,14 +284,14 @@ fn handle(
     Ok(())
 }
 
-fn floors_from(f: &proto::Floors) -> Result<Vec<Floor>, OfferError> {
+fn floors_from(f: &proto::Floors) -> Result<Vec<Floor>, BadMessage> {
     if f.floors.len() > replica::MAX_SOURCES {
-        return Err(replica::TooManySources.into());
+        return Err(OfferError::from(replica::TooManySources).into());
     }
-    Ok(f.floors
+    f.floors
         .iter()
-        .map(Floor::from_proto)
-        .collect::<Result<_, _>>()?)
+        .map(|f| Floor::from_proto(f).map_err(|e| OfferError::from(e).into()))
+        .collect()
 }
 
 /// The `Peer` gRPC service of one server.
@@ -332,9 +380,22 @@ impl proto::peer_server::Peer for PeerService {
             .adopt(Dialer::Peer, sender, cancel.clone())
             .map_err(|e| Status::already_exists(e.to_string()))?;
         let inbound = req.into_inner();
+        let (end_tx, end_rx) = tokio::sync::oneshot::channel();
+        let backbone = self.backbone.clone();
         self.tasks.spawn(
-            drive(self.backbone.clone(), slot, id, shared, inbound, cancel).in_current_span(),
+            async move {
+                let bad = drive(backbone, slot, id, shared, inbound, cancel).await;
+                let _ = end_tx.send(bad);
+            }
+            .in_current_span(),
         );
-        Ok(Response::new(Box::pin(out.map(Ok))))
+        // A neighbour cut off for a bad message hears why, as the stream's status.
+        let end = futures_util::stream::once(end_rx).filter_map(|bad| {
+            future::ready(match bad {
+                Ok(Some(reason)) => Some(Err(Status::invalid_argument(reason))),
+                _ => None,
+            })
+        });
+        Ok(Response::new(Box::pin(out.map(Ok).chain(end))))
     }
 }

@@ -469,6 +469,20 @@ impl Replica {
 
     /// An update from a peer: validated, then stored when it wins by label. Either
     /// way its version is now reflected here.
+    /// What [`Replica::offer`] refuses without looking at the table: an update that is
+    /// malformed in itself (fields, label, version).
+    pub fn check(&self, update: &proto::Update) -> Result<(), OfferError> {
+        Record::from_update(update)?;
+        let wire = update.version.as_ref().ok_or(BadUpdate::NoVersion)?;
+        if wire.origin != update.origin {
+            return Err(BadUpdate::VersionOrigin.into());
+        }
+        if wire.seq == 0 || wire.seq > crate::store::MAX_SEQ {
+            return Err(BadUpdate::VersionSeq(wire.seq).into());
+        }
+        Ok(())
+    }
+
     pub fn offer(&self, update: &proto::Update) -> Result<Offer<'_>, OfferError> {
         let record = Record::from_update(update)?;
         let wire = update.version.clone().ok_or(BadUpdate::NoVersion)?;
