@@ -25,6 +25,8 @@ port_base=${HERD_PORT_BASE:-12000}
 started=$SECONDS
 cargo_secs=0
 docker_start=
+certs_made=
+certs_saved=deploy/certs.before-test$$
 
 passed=0
 failed=0
@@ -58,6 +60,11 @@ cleanup() {
         [[ -z $ids ]] && break
         docker rmi -f $ids >/dev/null 2>&1
     done
+    # The certificates and secret this run made; the operator's own come back.
+    if [[ -n $certs_made ]]; then
+        rm -rf deploy/certs
+        [[ -d $certs_saved ]] && mv "$certs_saved" deploy/certs
+    fi
     if [[ -n $docker_start ]]; then
         echo "time: cargo build ${cargo_secs}s, docker $((SECONDS - docker_start))s, total $((SECONDS - started))s"
     fi
@@ -104,13 +111,21 @@ if busy:
 PY
 }
 
-# GET /metrics through a published peer port; true when it answers 200 with metrics.
-metrics_ok() { # PORT
-    python3 - "$1" <<'PY'
-import sys, urllib.request
-with urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/metrics", timeout=5) as r:
-    body = r.read()
-sys.exit(0 if r.status == 200 and body.strip() else 1)
+# GET /metrics through a published peer port, over TLS with the herd's CA (the
+# certificate must name server NAME); true when it answers 200 with metrics.
+metrics_ok() { # PORT NAME
+    python3 - "$1" "$2" deploy/certs/ca.pem <<'PY'
+import socket, ssl, sys
+port, name, ca = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+ctx = ssl.create_default_context(cafile=ca)
+with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+    with ctx.wrap_socket(raw, server_hostname=name) as s:
+        s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        reply = b""
+        while chunk := s.recv(65536):
+            reply += chunk
+head, _, body = reply.partition(b"\r\n\r\n")
+sys.exit(0 if head.startswith(b"HTTP/1.1 200") and b"herd_" in body else 1)
 PY
 }
 
@@ -221,6 +236,20 @@ ldd "$binary" 2>&1 | grep -qE 'statically linked|not a dynamic executable' ||
     abort "$binary is dynamically linked"
 pass "static binary $binary"
 
+# ---- the backbone's secret and certificates ----------------------------------------
+
+step "herd secret and certificates (herd certs) in deploy/certs"
+[[ -e deploy/certs ]] && mv deploy/certs "$certs_saved"
+certs_made=1
+mkdir -p deploy/certs
+python3 -c 'import secrets; print(secrets.token_hex(32))' >deploy/certs/herd.secret
+"$binary" certs --config deploy/herd-compose.toml --out deploy/certs >/dev/null ||
+    abort "herd certs --config deploy/herd-compose.toml --out deploy/certs"
+# The containers run as user 10001, which must read the keys mounted from here (a
+# test directory, removed at the end).
+chmod a+rx deploy/certs && chmod a+r deploy/certs/*
+pass "herd secret and a CA and certificate per server made"
+
 # ---- images, with nothing pulled ----------------------------------------------
 
 step "base image (docker import) and herd image (docker build --network none)"
@@ -263,11 +292,25 @@ pass "five containers healthy (compose healthcheck: herd health)"
 health_ok() {
     local i
     for i in 1 2 3 4 5; do
-        "$binary" health --addr "127.0.0.1:$(peer_port "$i")" >/dev/null 2>&1 || return 1
-        metrics_ok "$(peer_port "$i")" 2>/dev/null || return 1
+        "$binary" health --config deploy/herd-compose.toml --server "${names[i - 1]}" \
+            --addr "127.0.0.1:$(peer_port "$i")" >/dev/null 2>&1 || return 1
+        metrics_ok "$(peer_port "$i")" "${names[i - 1]}" 2>/dev/null || return 1
     done
 }
-check "health and /metrics answer on the five published peer ports" wait_for 10 health_ok
+check "health and /metrics answer over TLS on the five published peer ports" wait_for 10 health_ok
+check "a peer port does not speak plaintext" \
+    bash -c '! HERD_CONFIG= "$1" health --addr "127.0.0.1:$2" >/dev/null 2>&1' _ "$binary" "$(peer_port 1)"
+peer_bind=$(docker port "$(container goloman)" 13001/tcp | head -n 1)
+check "peer ports are published on the loopback only ($peer_bind)" \
+    bash -c '[[ $1 == 127.0.0.1:* ]]' _ "$peer_bind"
+if [[ $port_base == 12000 ]]; then # herd status dials the herd file's ports
+    status_ok() { "$binary" status --config deploy/herd-compose.toml --host 127.0.0.1 --interval 100ms >/dev/null 2>&1; }
+    check "herd status with the secret: every server serving and every link up (TLS)" \
+        wait_for 20 status_ok
+    echo wrong-secret-0123456789abcdef >"deploy/certs/wrong.secret"
+    check "herd status with a wrong secret sees no link (Inspect refused)" \
+        bash -c '! HERD_SECRET_FILE=deploy/certs/wrong.secret "$1" status --config deploy/herd-compose.toml --host 127.0.0.1 --interval 100ms >/dev/null 2>&1' _ "$binary"
+fi
 
 # ---- flooding ------------------------------------------------------------------
 
