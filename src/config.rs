@@ -1258,6 +1258,62 @@ max_response_bytes = 65536
     }
 
     #[test]
+    fn auth_and_tls_tables_resolve_paths_and_read_the_secret() {
+        let dir = std::env::temp_dir().join(format!("herd-auth-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("s"), "0123456789abcdef-secret\n").unwrap();
+        let text = format!(
+            "[auth]\nsecret_file = \"s\"\nmetrics_needs_secret = true\n\
+             [tls]\nca = \"c/ca.pem\"\ncert = \"c/{{server}}.pem\"\nkey = \"/k/{{server}}.key\"\n{TWO}"
+        );
+        let herd = HerdConfig::parse_in(&text, "t.toml", Some(&dir)).unwrap();
+        assert!(herd.auth.secret.is_some());
+        assert_eq!(herd.auth.secret_file.as_deref(), Some(&*dir.join("s")));
+        assert!(herd.auth.metrics_needs_secret && !herd.auth.health_needs_secret);
+        let tls = herd.tls.unwrap();
+        assert_eq!(tls.ca, dir.join("c/ca.pem"));
+        assert_eq!(tls.cert_path("Goloman"), dir.join("c/Goloman.pem"));
+        assert_eq!(tls.key_path("Goloman"), PathBuf::from("/k/Goloman.key"));
+        // No secret file, a weak secret: refused before anything runs, never shown.
+        let missing = HerdConfig::parse_in(
+            &format!("[auth]\nsecret_file = \"nope\"\n{TWO}"),
+            "t",
+            Some(&dir),
+        );
+        assert!(format!("{}", missing.unwrap_err()).contains("cannot read the secret file"));
+        std::fs::write(dir.join("weak"), "short\n").unwrap();
+        let e = HerdConfig::parse_in(
+            &format!("[auth]\nsecret_file = \"weak\"\n{TWO}"),
+            "t",
+            Some(&dir),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("at least 16") && !e.contains("short"), "{e}");
+        // HERD_SECRET_FILE wins over the herd file.
+        let mut herd = HerdConfig::parse(TWO, "t.toml").unwrap();
+        assert!(herd.auth.secret.is_none());
+        let path = dir.join("s").display().to_string();
+        herd.apply_env(|v| (v == "HERD_SECRET_FILE").then(|| path.clone()))
+            .unwrap();
+        assert!(herd.auth.secret.is_some());
+        let e = herd
+            .apply_env(|v| (v == "HERD_SECRET_FILE").then(|| "/no/such/file".to_owned()))
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("HERD_SECRET_FILE: cannot read"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn with_tls_every_server_name_must_be_a_dns_name() {
+        let text = "[tls]\nca = \"ca\"\ncert = \"c\"\nkey = \"k\"\n\
+                    [[server]]\nname = \"123\"\nclient_port = 1\npeer_port = 2\n";
+        assert!(err(text).contains("DNS name"), "{}", err(text));
+        assert!(HerdConfig::parse(&text[text.find("[[server]]").unwrap()..], "t").is_ok());
+    }
+
+    #[test]
     fn hostile_client_limits_have_defaults_and_keys() {
         let d = HerdConfig::parse(TWO, "t.toml").unwrap().gateway;
         assert_eq!(d, GatewayConfig::default());

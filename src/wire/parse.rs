@@ -563,7 +563,12 @@ mod tests {
             b"\xff",
             b"\xe2\x80\x83",
         ];
-        for seed in 0..200_000u64 {
+        // HERD_FUZZ_CASES runs more (or fewer) cases, e.g. 5000000 for a long run.
+        let cases = std::env::var("HERD_FUZZ_CASES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(200_000u64);
+        for seed in 0..cases {
             let mut rng = fastrand::Rng::with_seed(seed);
             let mut line = Vec::new();
             for _ in 0..rng.usize(0..24) {
