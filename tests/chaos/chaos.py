@@ -322,7 +322,9 @@ class History:
         self.acked = {}  # client: newest acknowledged time
         self.sent = 0
         self.acks = 0
-        self.seen = {}  # (server, client): newest time answered
+        # (server, client): every answer that named a record, as (completed, time),
+        # completed being the monotonic clock when the reply had been read.
+        self.seen = {}
         self.reads = 0
         self.unanswered = 0
         self.back_in_time = []
@@ -360,6 +362,7 @@ def reader(herd, hist, stop, rng, clients):
     conns = {n: Conn(herd.client_addr(n)) for n in NAMES}
     while not stop.is_set():
         name, c = rng.choice(NAMES), rng.choice(clients)
+        sent = time.monotonic()
         got = whatsat(conns[name], c)
         if got is None:
             with hist.lock:
@@ -367,14 +370,20 @@ def reader(herd, hist, stop, rng, clients):
             time.sleep(0.01)
             continue
         known, t = got
+        done = time.monotonic()
         with hist.lock:
             hist.reads += 1
-            before = hist.seen.get((name, c))
+            # Only the answers completed before this read was sent come before it:
+            # two reads of one server on two connections that overlap in time have no
+            # order (the server may answer the later-sent first), as in Jepsen's
+            # real-time order. A read sent after a newer answer was received must not
+            # see anything older, nor nothing at all.
+            answers = hist.seen.setdefault((name, c), [])
+            before = max((a for completed, a in answers if completed < sent), default=None)
             if known:
                 if before is not None and t < before:
                     hist.back_in_time.append((name, c, before, t))
-                if before is None or t > before:
-                    hist.seen[(name, c)] = t
+                answers.append((done, t))
             elif before is not None:
                 hist.forgot.append((name, c, before))
         time.sleep(0.002)
@@ -383,8 +392,6 @@ def reader(herd, hist, stop, rng, clients):
 
 
 # ---------------------------------------------------------------------------- faults
-
-
 class Fault:
     def __init__(self, kind, start, length, targets, prob=None):
         self.kind, self.start, self.length, self.targets, self.prob = kind, start, length, targets, prob
