@@ -14,6 +14,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     fs::write(out.join("herd_descriptor.bin"), fds.encode_to_vec())?;
     tonic_prost_build::configure()
         .bytes(".herd.v1")
+        // Hand-written, so that updates travel as bytes encoded once (src/peer/wire.rs).
+        .extern_path(".herd.v1.LinkMessage", "crate::peer::wire::LinkMessage")
         .compile_fds(fds)?;
     Ok(())
 }

@@ -18,6 +18,9 @@
 #   HERD_BENCH_THREADS=N  threads of the load generator, the same for herd and Redis
 #                         (default: one per core, as herd's server has)
 #   OUT=DIR               where the JSON reports and logs go (default target/bench/DATE)
+#   ONLY=herd             run only the whole-herd scenarios (five `herd serve` processes
+#                         against Redis with four replicas); default: everything
+#   SAMPLE=1000           clients read back from every server after each whole-herd run
 #   KEEP_LOGS=1           keep the servers' logs (every line and reply: gigabytes a run);
 #                         by default they are deleted once the run has finished
 set -euo pipefail
@@ -28,6 +31,8 @@ WARMUP=${WARMUP:-1s}
 CONNECTIONS=${CONNECTIONS:-10000}
 RECORDS=${RECORDS:-1000000}
 ROUNDS=${ROUNDS:-3}
+ONLY=${ONLY:-all}
+SAMPLE=${SAMPLE:-1000}
 export HERD_BENCH_THREADS=${HERD_BENCH_THREADS:-$(nproc)}
 export RUST_LOG=${RUST_LOG:-warn}
 OUT=${OUT:-target/bench/$(date +%Y%m%d-%H%M%S)}
@@ -111,6 +116,7 @@ fresh() {
     bench redis-places load-redis-places --addr "$REDIS"
     start_one
 }
+if [ "$ONLY" = all ]; then
 for round in $(seq "$ROUNDS"); do
     fresh
     pair iamat-d1 "$round" iamat -c 50 -d 1 "${LOAD[@]}"
@@ -145,9 +151,86 @@ wait_port "${ports[6]}"
 bench propagation-idle-watch propagation --at "$WELSH" --watch "$HANDS_PEER" "${LOAD[@]}"
 bench propagation-idle-poll propagation --at "$WELSH" --seen "$HANDS" "${LOAD[@]}"
 bench propagation-20k-watch propagation --at "$WELSH" --watch "$HANDS_PEER" --background-rate 20000 "${LOAD[@]}"
+stop "${started[-1]}"
+fi
+
+# The whole herd as five processes (`herd serve` each), IAMATs spread over all five, against
+# Redis with four replicas (five redis-server processes, `replicaof` the first, persistence
+# off; GEOADDs go to the primary, the only one that takes writes). Fresh servers every run.
+NAMES=(Goloman Hands Holiday Welsh Wilkes)
+start_herd5() {
+    local ports i server
+    read -r -a ports <<<"$(free_ports 10)"
+    herd_file "$OUT/herd5.toml" "$(IFS=,; echo "${NAMES[*]}")" "${ports[@]}"
+    HERD5_PIDS=()
+    for server in "${NAMES[@]}"; do
+        "$HERD" serve "$server" --config "$OUT/herd5.toml" --log-dir "$OUT/logs" 2>>"$OUT/herd5.log" &
+        HERD5_PIDS+=("$!")
+        started+=("$!")
+    done
+    for i in 0 2 4 6 8; do wait_port "${ports[$i]}"; done
+    # Every link up before the load (`herd status` exits 0 then).
+    for i in $(seq 300); do
+        "$HERD" status --config "$OUT/herd5.toml" >/dev/null 2>&1 && return 0
+        sleep 0.1
+    done
+    echo "the five-server herd's links did not all come up in 30 s" >&2
+    return 1
+}
+start_redis5() {
+    local i
+    read -r -a REDIS5_PORTS <<<"$(free_ports 5)"
+    REDIS5_PIDS=()
+    for i in 0 1 2 3 4; do
+        local replica=()
+        [ "$i" -gt 0 ] && replica=(--replicaof 127.0.0.1 "${REDIS5_PORTS[0]}")
+        redis-server --bind 127.0.0.1 --port "${REDIS5_PORTS[$i]}" --save "" --appendonly no \
+            --daemonize no --logfile "$OUT/redis5-$i.log" "${replica[@]}" &
+        REDIS5_PIDS+=("$!")
+        started+=("$!")
+    done
+    for i in 0 1 2 3 4; do wait_port "${REDIS5_PORTS[$i]}"; done
+    for i in $(seq 300); do
+        redis-cli -p "${REDIS5_PORTS[0]}" info replication 2>/dev/null | grep -q '^connected_slaves:4' && return 0
+        sleep 0.1
+    done
+    echo "the four Redis replicas did not all connect in 30 s" >&2
+    return 1
+}
+stop_all() { local pid; for pid in "$@"; do stop "$pid"; done; }
+herd5() {
+    local name=$1; shift
+    start_herd5
+    bench "$name" herd --config "$OUT/herd5.toml" --server-pid "$(IFS=,; echo "${HERD5_PIDS[*]}")" \
+        --sample "$SAMPLE" "$@"
+    stop_all "${HERD5_PIDS[@]}"
+}
+redis5() {
+    local name=$1; shift
+    start_redis5
+    bench "$name" herd --redis --addrs "$(printf '127.0.0.1:%s,' "${REDIS5_PORTS[@]}" | sed 's/,$//')" \
+        --server-pid "$(IFS=,; echo "${REDIS5_PIDS[*]}")" --sample "$SAMPLE" "$@"
+    stop_all "${REDIS5_PIDS[@]}"
+}
+for round in $(seq "$ROUNDS"); do
+    for depth in 16 1; do
+        if [ $((round % 2)) = 1 ]; then
+            herd5 "herd5-d$depth-herd-r$round" -c 50 -d "$depth" "${LOAD[@]}"
+            redis5 "herd5-d$depth-redis-r$round" -c 50 -d "$depth" "${LOAD[@]}"
+        else
+            redis5 "herd5-d$depth-redis-r$round" -c 50 -d "$depth" "${LOAD[@]}"
+            herd5 "herd5-d$depth-herd-r$round" -c 50 -d "$depth" "${LOAD[@]}"
+        fi
+    done
+done
+# A lone server under the same load, for the herd-wide CPU per IAMAT against it.
+start_one
+bench herd1-d16 herd --config "$OUT/one.toml" --server-pid "$HERD_PID" --sample "$SAMPLE" \
+    -c 50 -d 16 "${LOAD[@]}"
+stop "$HERD_PID"
 
 say "results (JSON reports in $OUT)"
-python3 - "$OUT" "$ROUNDS" "$HERD_BENCH_THREADS" <<'EOF'
+[ "$ONLY" = all ] && python3 - "$OUT" "$ROUNDS" "$HERD_BENCH_THREADS" <<'EOF'
 import json, os, sys
 out, rounds, threads = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 
@@ -253,6 +336,55 @@ print(f"\nthroughput rounds (herd/Redis ops/s = ratio), {threads} generator thre
       "the table shows the median round:")
 for line in notes:
     print("  " + line)
+EOF
+
+python3 - "$OUT" "$ROUNDS" <<'EOF'
+import json, os, sys
+out, rounds = sys.argv[1], int(sys.argv[2])
+
+def load(name):
+    try:
+        with open(os.path.join(out, name + ".json")) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+def back(r):
+    if r is None:
+        return "failed"
+    b = r["read_back"]
+    text = f'{b["identical"]:,}/{b["sampled"]:,} identical'
+    if r["errors"]["total"]:
+        text += f' ({r["errors"]["total"]:,} errors)'
+    return text
+
+print("\nwhole herd: five herd serve processes vs Redis with four replicas, "
+      "50 connections (herd: spread over all five; Redis: at the primary)")
+print(f'  {"load":<10} {"herd ops/s":>12} {"redis ops/s":>12} {"ratio":>6}  {"goal":<15} '
+      f'{"CPU us/IAMAT herd":>17} {"redis":>6}  read-back herd | redis')
+for depth, goal in [(16, 1.5), (1, 1.2)]:
+    done = []
+    for i in range(1, rounds + 1):
+        h, r = load(f"herd5-d{depth}-herd-r{i}"), load(f"herd5-d{depth}-redis-r{i}")
+        ratio = h["throughput_ops_s"] / r["throughput_ops_s"] if h and r and r["throughput_ops_s"] else None
+        done.append((ratio, h, r))
+    measured = sorted((d for d in done if d[0] is not None), key=lambda d: d[0])
+    if not measured:
+        print(f"  depth {depth:<4} failed")
+        continue
+    ratio, h, r = measured[(len(measured) - 1) // 2]
+    verdict = "met" if ratio >= goal else "NOT met"
+    print(f'  depth {depth:<4} {h["throughput_ops_s"]:>12,.0f} {r["throughput_ops_s"]:>12,.0f} {ratio:>6.2f}  '
+          f'>= {goal} {verdict:<8} {h.get("server_cpu_us_per_iamat") or 0:>17.1f} {r.get("server_cpu_us_per_iamat") or 0:>6.1f}'
+          f'  {back(h)} | {back(r)}')
+    print("    rounds: " + ", ".join("failed" if d[0] is None else f"{d[0]:.2f}" for d in done))
+one = load("herd1-d16")
+h = load("herd5-d16-herd-r1")
+if one and h and one.get("server_cpu_us_per_iamat") and h.get("server_cpu_us_per_iamat"):
+    k = h["server_cpu_us_per_iamat"] / one["server_cpu_us_per_iamat"]
+    print(f'  CPU per IAMAT, herd-wide {h["server_cpu_us_per_iamat"]:.1f} us vs a lone server '
+          f'{one["server_cpu_us_per_iamat"]:.1f} us ({one["throughput_ops_s"]:,.0f} ops/s): '
+          f'{k:.2f} x (goal <= 2.5: {"met" if k <= 2.5 else "NOT met"})')
 EOF
 
 # Durability (DURABLE=1; not part of the default run): herd with a data dir against Redis

@@ -8,6 +8,7 @@ use std::{cmp::Ordering, hash::BuildHasher as _, sync::Mutex};
 use bytes::Bytes;
 
 use crate::{
+    peer::wire::{LabelRef, UpdateRef, VersionRef},
     proto,
     wire::{self, ClientTime},
 };
@@ -41,6 +42,8 @@ pub enum BadUpdate {
     VersionOrigin,
     #[error("version seq {0} is out of range")]
     VersionSeq(u64),
+    #[error(transparent)]
+    Malformed(#[from] crate::peer::wire::Malformed),
 }
 
 impl Record {
@@ -108,9 +111,14 @@ impl Record {
 
     /// Validates an update from a peer as strictly as an IAMAT from a client.
     pub fn from_update(u: &proto::Update) -> Result<Record, BadUpdate> {
+        Record::from_fields(&UpdateRef::of(u))
+    }
+
+    /// [`Record::from_update`] of an update's borrowed fields.
+    pub fn from_fields(u: &UpdateRef<'_>) -> Result<Record, BadUpdate> {
         let mut iamat =
             Vec::with_capacity(8 + u.client_id.len() + u.location.len() + u.client_time.len());
-        for (i, part) in [&b"IAMAT"[..], &u.client_id, &u.location, &u.client_time]
+        for (i, part) in [&b"IAMAT"[..], u.client_id, u.location, u.client_time]
             .into_iter()
             .enumerate()
         {
@@ -124,12 +132,12 @@ impl Record {
             Ok(_) => return Err(BadUpdate::Fields(wire::ParseError::UnknownCommand)),
             Err(e) => return Err(BadUpdate::Fields(e)),
         };
-        if !crate::config::valid_name(&u.origin) {
-            return Err(BadUpdate::Origin(u.origin.clone()));
+        if !crate::config::valid_name(u.origin) {
+            return Err(BadUpdate::Origin(u.origin.to_owned()));
         }
-        if !valid_diff(&u.time_diff) {
+        if !valid_diff(u.time_diff) {
             return Err(BadUpdate::TimeDiff(
-                String::from_utf8_lossy(&u.time_diff).into_owned(),
+                String::from_utf8_lossy(u.time_diff).into_owned(),
             ));
         }
         let label = u.label.as_ref().ok_or(BadUpdate::NoLabel)?;
@@ -139,7 +147,29 @@ impl Record {
         {
             return Err(BadUpdate::LabelMismatch);
         }
-        Ok(Record::from_iamat(&u.origin, &u.time_diff, &cmd))
+        Ok(Record::from_iamat(u.origin, u.time_diff, &cmd))
+    }
+
+    /// The update that carries this record to neighbours, encoded once for all of them.
+    pub fn encode_update(&self, seen: Vec<&str>, version: Option<VersionRef<'_>>) -> Bytes {
+        let [_, origin, diff, id, location, time] = self.field_ranges();
+        let client_time = self.time();
+        // A stored record's origin is a valid server name (ASCII).
+        let origin = std::str::from_utf8(&self.line[origin]).unwrap_or_default();
+        crate::peer::wire::encode_update(&UpdateRef {
+            client_id: &self.line[id],
+            location: &self.line[location],
+            client_time: &self.line[time],
+            origin,
+            time_diff: &self.line[diff],
+            label: Some(LabelRef {
+                seconds: client_time.seconds_digits(),
+                nanos: client_time.nanos(),
+                origin,
+            }),
+            seen,
+            version,
+        })
     }
 
     /// The update that carries this record to neighbours, with its version.
@@ -218,6 +248,10 @@ impl Record {
     /// server, then the remaining bytes (only a restarted origin can make two
     /// different records with equal time and origin).
     pub fn order(&self, other: &Record) -> Ordering {
+        // A copy of the same record (it came another way): no field to read.
+        if self.line == other.line {
+            return Ordering::Equal;
+        }
         self.time()
             .cmp(&other.time())
             .then_with(|| self.field(1).cmp(other.field(1)))

@@ -45,6 +45,9 @@ pub(crate) enum Stop {
 #[derive(Clone, Debug)]
 pub(crate) struct Plan {
     pub(crate) addr: SocketAddr,
+    /// More servers to spread the connections over: connection i goes to the i-th of
+    /// `addr` followed by these, round robin (the whole-herd scenario).
+    pub(crate) also: Vec<SocketAddr>,
     pub(crate) connections: usize,
     pub(crate) depth: usize,
     pub(crate) warmup: Duration,
@@ -55,9 +58,21 @@ pub(crate) struct Plan {
     pub(crate) time_limit: Duration,
     /// Open loop: requests per second in all, sent on schedule whatever the replies.
     pub(crate) rate: Option<f64>,
+    /// Keys of answered measured requests each connection keeps, a uniform sample of its
+    /// own (reservoir sampling), for a read-back after the run.
+    pub(crate) keep: usize,
 }
 
 impl Plan {
+    /// Every server the run talks to, for reports: `a`, or `a,b,c`.
+    pub(crate) fn addr_list(&self) -> String {
+        std::iter::once(&self.addr)
+            .chain(&self.also)
+            .map(|a| a.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
     pub(crate) fn from_args(addr: SocketAddr, load: &LoadArgs) -> Result<Plan, BenchError> {
         if load.connections == 0 || load.depth == 0 {
             return Err(BenchError::Usage(
@@ -73,6 +88,7 @@ impl Plan {
         }
         Ok(Plan {
             addr,
+            also: Vec::new(),
             connections: load.connections,
             depth: load.depth,
             warmup: load.warmup,
@@ -83,7 +99,16 @@ impl Plan {
             timeout: load.timeout,
             time_limit: load.time_limit,
             rate: load.rate,
+            keep: 0,
         })
+    }
+
+    /// The server connection `i` talks to.
+    pub(crate) fn addr_of(&self, i: usize) -> SocketAddr {
+        match i % (1 + self.also.len()) {
+            0 => self.addr,
+            k => self.also[k - 1],
+        }
     }
 }
 
@@ -112,7 +137,7 @@ pub(crate) async fn run(plan: &Plan, mut generator: impl FnMut(usize) -> Generat
     // Every connection is open before the clock starts.
     let mut connecting = JoinSet::new();
     for i in 0..plan.connections {
-        let (addr, within) = (plan.addr, plan.timeout);
+        let (addr, within) = (plan.addr_of(i), plan.timeout);
         connecting.spawn(async move { (i, conn::connect(addr, within).await) });
     }
     let mut streams = Vec::with_capacity(plan.connections);
@@ -130,7 +155,9 @@ pub(crate) async fn run(plan: &Plan, mut generator: impl FnMut(usize) -> Generat
     if let Some(e) = first_error {
         eprintln!(
             "herd-bench: {} of {} connections to {} failed: {e}",
-            total.errors.connect, plan.connections, plan.addr
+            total.errors.connect,
+            plan.connections,
+            plan.addr_list()
         );
     }
 
@@ -157,6 +184,7 @@ pub(crate) async fn run(plan: &Plan, mut generator: impl FnMut(usize) -> Generat
         interval: plan
             .rate
             .map(|rate| Duration::from_secs_f64(plan.connections as f64 / rate)),
+        keep: plan.keep,
     };
     let length = match plan.stop {
         Stop::After(d) => plan.warmup + d,
@@ -213,6 +241,7 @@ struct Schedule {
     depth: usize,
     /// Open loop: one request per connection every this long.
     interval: Option<Duration>,
+    keep: usize,
 }
 
 struct InFlight {
@@ -351,6 +380,7 @@ async fn drive(
                     match in_flight.pop_front() {
                         Some(req) => {
                             replies += 1;
+                            tally.answered += 1;
                             latency += now - req.sent;
                             if req.measured {
                                 judged += 1;
@@ -358,6 +388,9 @@ async fn drive(
                                     && codec.wire == Wire::Herd
                                     && judged % SAMPLE_EVERY == 1;
                                 let verdict = codec.judge(&buf[..len], &req.key, sample);
+                                if s.keep > 0 && matches!(verdict, Verdict::Ok { .. }) {
+                                    tally.keep(&req.key, s.keep);
+                                }
                                 tally.record(verdict, now - req.sent);
                                 tally.last = Some(now);
                             }
@@ -396,11 +429,11 @@ pub(crate) async fn target_addr(target: &Target) -> Result<(Wire, SocketAddr), B
     Ok((wire, resolve(target.addr.as_deref(), default).await?))
 }
 
-fn report(scenario: &'static str, wire: Wire, plan: &Plan, m: &Measured) -> LoadReport {
+pub(crate) fn report(scenario: &'static str, wire: Wire, plan: &Plan, m: &Measured) -> LoadReport {
     LoadReport {
         scenario,
         target: wire.name(),
-        addr: plan.addr.to_string(),
+        addr: plan.addr_list(),
         connections: plan.connections,
         depth: plan.depth,
         offered_rate_ops_s: plan.rate,

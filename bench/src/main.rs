@@ -7,6 +7,8 @@
 //!
 //! - [`load`]: the closed-loop engine (N connections × D in flight) and the `iamat`,
 //!   `whatsat` and `records` scenarios.
+//! - [`whole`]: the whole herd: IAMATs spread over every server, then a read-back of a sample
+//!   from every server (or Redis with replicas).
 //! - [`propagation`]: the time an IAMAT at one server takes to be visible at another.
 //! - [`connections`]: many idle connections, and the server's memory.
 //! - [`simulate`]: a large herd in simulated time (the real replication code).
@@ -28,6 +30,7 @@ mod redis;
 mod report;
 mod resp;
 mod simulate;
+mod whole;
 mod workload;
 
 use std::{process::ExitCode, time::Duration};
@@ -67,6 +70,44 @@ enum Scenario {
         /// Which client IDs the IAMATs carry.
         #[arg(long, value_enum, default_value_t = Clients::Distinct)]
         clients: Clients,
+        #[command(flatten)]
+        output: Output,
+    },
+    /// The whole herd: IAMATs of new clients spread over every server, then a read-back.
+    ///
+    /// Connections go round robin to every server of --config (or of --addrs); every IAMAT
+    /// makes a new client record. Then a sample of the clients (--sample, drawn uniformly from
+    /// the answered IAMATs) is asked about at every server (`WHATSAT id 1 0`), again for those
+    /// that still differ until --settle has passed: every server must give the same AT line,
+    /// the one the IAMAT made. Differences are listed and make the exit status 3. With --redis,
+    /// --addrs lists the primary and then its replicas: GEOADDs go to the primary (the only
+    /// one that takes writes) and the read-back is GEOPOS at every one. --server-pid (every
+    /// server process, comma separated) adds the servers' CPU time per IAMAT.
+    Herd {
+        /// The herd file: every server's client port gets connections.
+        #[arg(long, value_name = "FILE", conflicts_with = "addrs")]
+        config: Option<std::path::PathBuf>,
+        /// Reach the herd file's servers at this IP instead of their listen addresses.
+        #[arg(long, value_name = "IP", requires = "config")]
+        host: Option<String>,
+        /// The servers' client addresses instead of a herd file (with --redis: the primary
+        /// first, then its replicas).
+        #[arg(long, value_name = "HOST:PORT,...", value_delimiter = ',')]
+        addrs: Vec<String>,
+        /// Speak RESP: GEOADD at the first of --addrs, GEOPOS at all of them.
+        #[arg(long, requires = "addrs")]
+        redis: bool,
+        #[command(flatten)]
+        load: LoadArgs,
+        /// Clients read back from every server.
+        #[arg(long, default_value_t = 1000)]
+        sample: usize,
+        /// How long the read-back waits for the servers to agree.
+        #[arg(long, default_value = "10s", value_parser = parse_duration)]
+        settle: Duration,
+        /// The server processes (comma separated), for their CPU time per IAMAT.
+        #[arg(long = "server-pid", value_name = "PID,...", value_delimiter = ',')]
+        server_pids: Vec<u32>,
         #[command(flatten)]
         output: Output,
     },
@@ -329,6 +370,7 @@ fn run(args: &BenchArgs) -> ExitCode {
     }
     let output = match &args.scenario {
         Scenario::Iamat { output, .. }
+        | Scenario::Herd { output, .. }
         | Scenario::Whatsat { output, .. }
         | Scenario::Propagation { output, .. }
         | Scenario::Connections { output, .. }
@@ -398,6 +440,46 @@ async fn scenario(s: &Scenario, json: bool) -> Result<u64, BenchError> {
             let errors = measured_something(&r)?;
             report::emit(&r, json, report::LoadReport::table);
             Ok(errors)
+        }
+        Scenario::Herd {
+            config,
+            host,
+            addrs,
+            redis,
+            load,
+            sample,
+            settle,
+            server_pids,
+            ..
+        } => {
+            let servers = match config {
+                Some(file) => whole::servers_of(file, host.as_deref())?,
+                None => {
+                    let mut servers = Vec::with_capacity(addrs.len());
+                    for a in addrs {
+                        servers.push((a.clone(), load::resolve(Some(a), a).await?));
+                    }
+                    servers
+                }
+            };
+            if servers.is_empty() {
+                return Err(BenchError::Usage("give --config or --addrs".into()));
+            }
+            let plan = whole::WholePlan {
+                wire: if *redis {
+                    workload::Wire::Redis
+                } else {
+                    workload::Wire::Herd
+                },
+                servers,
+                sample: *sample,
+                settle: *settle,
+                pids: server_pids.clone(),
+            };
+            let r = whole::run(&plan, load).await?;
+            measured_something(&r.load)?;
+            report::emit(&r, json, whole::WholeReport::table);
+            Ok(r.problems())
         }
         Scenario::Whatsat {
             target,

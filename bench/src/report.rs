@@ -71,6 +71,13 @@ pub(crate) struct Tally {
     pub(crate) sampled: u64,
     /// When the last measured reply arrived.
     pub(crate) last: Option<std::time::Instant>,
+    /// Replies to requests, measured or not (the warm-up's too): what the servers did.
+    pub(crate) answered: u64,
+    /// A uniform sample of the keys of answered requests (see [`Tally::keep`]).
+    pub(crate) kept: Vec<Vec<u8>>,
+    /// Answered requests offered to the sample so far.
+    offered: u64,
+    rng: fastrand::Rng,
 }
 
 impl Tally {
@@ -82,6 +89,25 @@ impl Tally {
             results: 0,
             sampled: 0,
             last: None,
+            answered: 0,
+            kept: Vec::new(),
+            offered: 0,
+            rng: fastrand::Rng::with_seed(0x6b65_6570),
+        }
+    }
+
+    /// Offers an answered request's key to a sample of at most `size` (reservoir sampling:
+    /// every key offered ends in it with the same chance).
+    pub(crate) fn keep(&mut self, key: &[u8], size: usize) {
+        self.offered += 1;
+        if self.kept.len() < size {
+            self.kept.push(key.to_vec());
+        } else {
+            let j = self.rng.u64(..self.offered);
+            if let Some(slot) = self.kept.get_mut(j as usize) {
+                slot.clear();
+                slot.extend_from_slice(key);
+            }
         }
     }
 
@@ -108,6 +134,8 @@ impl Tally {
         self.results += other.results;
         self.sampled += other.sampled;
         self.last = self.last.max(other.last);
+        self.answered += other.answered;
+        self.kept.extend(other.kept.iter().cloned());
     }
 }
 

@@ -257,6 +257,8 @@ impl Generator {
                     }
                     Wire::Redis => {
                         let id = s.len();
+                        // The member: what a read-back asks for (GEOPOS).
+                        key.extend_from_slice(&s[..id]);
                         let _ = write!(s, "{:.6}", at.lon);
                         let lon = s.len();
                         let _ = write!(s, "{:.6}", at.lat);
@@ -722,7 +724,7 @@ mod tests {
         let parts: Vec<&str> = text.split("\r\n").collect();
         assert_eq!(&parts[..5], ["*5", "$6", "GEOADD", "$12", "herd:clients"]);
         assert_eq!(parts[10], "t-7-0");
-        assert!(reqs[0].1.is_empty());
+        assert_eq!(reqs[0].1, b"t-7-0", "the key is the member");
 
         let work = Workload::Whatsat {
             points: Arc::from([Point {

@@ -325,6 +325,86 @@ async fn propagation_across_the_herd() {
     assert_eq!(b["sent"], b["answered"], "{r}");
 }
 
+/// The whole-herd scenario: IAMATs spread over every server of a herd file, then every
+/// server must give the same AT line for each client read back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whole_herd_reads_back_the_same_lines_everywhere() {
+    let herd = TestHerd::default_topology().await;
+    let file = std::env::temp_dir().join(format!("herd-bench-whole-{}.toml", std::process::id()));
+    std::fs::write(&file, herd.toml()).unwrap();
+    let pid = std::process::id().to_string();
+    let (code, r) = bench(&[
+        "herd",
+        "--config",
+        file.to_str().unwrap(),
+        "-c",
+        "10",
+        "-d",
+        "4",
+        "--sample",
+        "200",
+        "--server-pid",
+        &pid,
+        "--timeout",
+        "60s",
+        "--duration",
+        "1s",
+        "--warmup",
+        "200ms",
+    ])
+    .await;
+    let _ = std::fs::remove_file(&file);
+    assert_clean_run(code, &r);
+    assert_eq!(r["servers"].as_array().unwrap().len(), 5, "{r}");
+    let b = &r["read_back"];
+    assert_eq!(b["sampled"], 200, "{r}");
+    assert_eq!(b["identical"], 200, "{r}");
+    assert_eq!(b["differing"], 0, "{r}");
+    assert!(r["server_cpu_us_per_iamat"].as_f64().unwrap() > 0.0, "{r}");
+}
+
+/// Two servers that are not linked cannot agree: the read-back lists the difference and
+/// the run fails (exit 3).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whole_herd_reports_servers_that_disagree() {
+    let a = TestHerd::single("Goloman").await;
+    let b = TestHerd::single("Hands").await;
+    let addrs = format!("{},{}", a.client_addr("Goloman"), b.client_addr("Hands"));
+    let (code, r) = bench(&[
+        "herd",
+        "--addrs",
+        &addrs,
+        "-c",
+        "4",
+        "--sample",
+        "20",
+        "--settle",
+        "2s",
+        // The first WHATSAT waits for the offline index, slow to build in a debug build.
+        "--timeout",
+        "60s",
+        "--duration",
+        "300ms",
+        "--warmup",
+        "0s",
+    ])
+    .await;
+    assert_eq!(code, 3, "{r}");
+    assert_eq!(r["errors"]["total"], 0, "the load itself was clean: {r}");
+    let back = &r["read_back"];
+    assert_eq!(back["differing"], 20, "each server knows only its own: {r}");
+    let first = &back["differences"][0]["answers"];
+    assert_eq!(first.as_array().unwrap().len(), 2, "{r}");
+    assert!(
+        first
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a[1] == "(not known)"),
+        "{r}"
+    );
+}
+
 /// A run that cannot run at all (nothing listens) exits 1 with its reason and no
 /// report: a table (or JSON) of zeros would read like a measurement.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -17,6 +17,7 @@ use std::{
     time::SystemTime,
 };
 
+use bytes::Bytes;
 use futures_util::{Stream, StreamExt as _, future::BoxFuture, stream};
 use tokio::sync::{Notify, mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -24,7 +25,8 @@ use tokio_util::sync::CancellationToken;
 use super::Backbone;
 use crate::{
     metrics::Metrics,
-    proto::{Floors, LinkMessage, Update},
+    peer::wire::{self, LinkMessage},
+    proto::Floors,
     replica::{CaughtUp, Floor, LinkSync, SyncStep},
 };
 
@@ -82,10 +84,9 @@ pub struct Superseded {
 /// What waits in a link's queue: a live update (and its encoded size), or the end
 /// marker of a catch-up, queued behind every forward it claims.
 #[derive(Debug)]
-// Nearly every item is an update: boxing it would cost an allocation each.
-#[allow(clippy::large_enum_variant)]
 pub enum Queued {
-    Update(Update, usize),
+    /// An encoded update (shared by every queue it is in) and the bytes it takes in a message.
+    Update(Bytes, usize),
     CaughtUp(CaughtUp),
 }
 
@@ -163,6 +164,8 @@ pub struct LinkSlot {
     me: Arc<str>,
     peer: Arc<str>,
     inner: Mutex<SlotInner>,
+    /// Whether a stream is live, for the flood decision without the lock.
+    up: AtomicBool,
     state: watch::Sender<LinkState>,
     sent: AtomicU64,
     received: AtomicU64,
@@ -192,6 +195,7 @@ impl LinkSlot {
                 dialing: LinkState::Down,
                 since: SystemTime::now(),
             }),
+            up: AtomicBool::new(false),
             state: watch::Sender::new(LinkState::Down),
             sent: AtomicU64::new(0),
             received: AtomicU64::new(0),
@@ -208,6 +212,7 @@ impl LinkSlot {
     }
 
     fn publish(&self, inner: &mut SlotInner) {
+        self.up.store(inner.active.is_some(), Ordering::Release);
         let state = if inner.active.is_some() {
             LinkState::Up
         } else {
@@ -303,7 +308,7 @@ impl LinkSlot {
     }
 
     pub fn is_up(&self) -> bool {
-        self.lock().active.is_some()
+        self.up.load(Ordering::Acquire)
     }
 
     /// Watches the state, e.g. to wait until the link is no longer up.
@@ -314,13 +319,13 @@ impl LinkSlot {
     /// Queues an update for the neighbour, never waiting. When the updates queued
     /// for it would pass the byte budget, the update is dropped and the stream
     /// repairs the link from the neighbour's floors (never the whole table).
-    pub fn send(&self, update: Update) -> bool {
+    pub fn send(&self, update: Bytes) -> bool {
         let mut inner = self.lock();
         let Some(active) = &inner.active else {
             return false;
         };
         let shared = &active.sender.shared;
-        let size = prost::Message::encoded_len(&update);
+        let size = wire::framed_len(update.len());
         if shared.bytes.load(Ordering::Acquire) + size > shared.budget {
             shared.drops.fetch_add(1, Ordering::AcqRel);
             if let Some(m) = &self.metrics {
@@ -417,7 +422,7 @@ impl Links {
         self.slots.values().any(|s| s.is_up())
     }
 
-    pub fn send(&self, peer: &str, update: Update) -> bool {
+    pub fn send(&self, peer: &str, update: Bytes) -> bool {
         self.slots.get(peer).is_some_and(|s| s.send(update))
     }
 
@@ -547,7 +552,11 @@ impl Outgoing {
                         if let Some(j) = self.backbone.replica().journal() {
                             let _ = j.write_through(j.appended());
                         }
-                        let bytes: usize = updates.iter().map(prost::Message::encoded_len).sum();
+                        let updates: Vec<Bytes> = updates
+                            .iter()
+                            .map(|u| Bytes::from(prost::Message::encode_to_vec(u)))
+                            .collect();
+                        let bytes: usize = updates.iter().map(|u| wire::framed_len(u.len())).sum();
                         metrics.catch_up_sent(&self.peer, updates.len() as u64, bytes as u64);
                         return Some(LinkMessage {
                             updates,
@@ -693,17 +702,17 @@ mod tests {
         assert_eq!(*g.watch().borrow(), LinkState::Down);
     }
 
-    fn update(id: &str) -> Update {
-        Update {
+    fn update(id: &str) -> Bytes {
+        Bytes::from(prost::Message::encode_to_vec(&crate::proto::Update {
             client_id: bytes::Bytes::copy_from_slice(id.as_bytes()),
-            ..Update::default()
-        }
+            ..crate::proto::Update::default()
+        }))
     }
 
     #[test]
     fn a_full_queue_drops_by_bytes_and_asks_for_a_repair() {
         let g = slot("Goloman", "Hands");
-        let size = prost::Message::encoded_len(&update("abcd"));
+        let size = wire::framed_len(update("abcd").len());
         let (sender, mut rx) = sender(size * 2);
         let cancel = CancellationToken::new();
         g.adopt(Dialer::Me, sender.clone(), cancel.clone()).unwrap();
@@ -729,7 +738,7 @@ mod tests {
     fn ids(m: &LinkMessage) -> Vec<String> {
         m.updates
             .iter()
-            .map(|u| String::from_utf8_lossy(&u.client_id).into_owned())
+            .map(|u| String::from_utf8_lossy(&wire::decode(u).unwrap().client_id).into_owned())
             .collect()
     }
 

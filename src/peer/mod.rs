@@ -5,6 +5,7 @@
 
 pub mod dial;
 pub mod link;
+pub mod wire;
 
 use std::{pin::Pin, sync::Arc, time::Duration, time::SystemTime};
 
@@ -15,12 +16,13 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument as _;
 
 use self::link::{Dialer, LinkShared, LinkSlot, Links, outbound};
+use self::wire::{LinkMessage, UpdateRef, VersionRef};
 use crate::{
     config::BackboneConfig,
     metrics::Metrics,
-    proto::{self, LinkMessage, peer_server::PeerServer},
+    proto::{self, peer_server::PeerServer},
     replica::{self, Floor, Offer, OfferError, Replica},
-    store::Record,
+    store::{BadUpdate, Record},
 };
 
 /// Request metadata naming the dialling server.
@@ -93,10 +95,18 @@ impl Backbone {
         self.links.any_up() || self.applied.receiver_count() > 0
     }
 
-    fn announce(&self, record: &Record, from: &str, update: &proto::Update) {
-        if self.applied.receiver_count() == 0 {
+    fn watched(&self) -> bool {
+        self.applied.receiver_count() > 0
+    }
+
+    /// Shows an applied update to watchers (decoded only when someone watches).
+    fn announce(&self, record: &Record, from: &str, payload: &[u8]) {
+        if !self.watched() {
             return;
         }
+        let Ok(update) = wire::decode(payload) else {
+            return;
+        };
         let applied_unix_ms = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
@@ -104,7 +114,7 @@ impl Backbone {
         let _ = self.applied.send(Applied {
             at_line: String::from_utf8_lossy(record.line()).into_owned(),
             from: from.to_owned(),
-            update: Some(update.clone()),
+            update: Some(update),
             applied_unix_ms,
         });
     }
@@ -117,33 +127,66 @@ impl Backbone {
         let plan = self
             .replica
             .plan(&applied, None, &[], |n| self.links.is_up(n));
-        let update = record.to_update(plan.seen, Some(applied.version.clone()));
+        if plan.targets.is_empty() && !self.watched() {
+            return;
+        }
+        let v = &applied.version;
+        let version = VersionRef {
+            origin: &v.origin,
+            incarnation: v.incarnation,
+            seq: v.seq,
+        };
+        // Encoded once; every target's queue holds the same bytes.
+        let payload = record.encode_update(plan.seen, Some(version));
         for target in plan.targets {
-            if self.links.send(target, update.clone()) {
+            if self.links.send(target, payload.clone()) {
                 self.metrics.updates_forwarded.inc();
             }
         }
-        self.announce(record, "", &update);
+        self.announce(record, "", &payload);
     }
 
     /// Floods an own IAMAT's record once its journal entry is written (the gate was
     /// released after storing it: see `crate::durable` for why that is sound).
     pub fn flood_own_record(&self, record: &Record, version: proto::Version) {
         let plan = self.replica.plan_own(|n| self.links.is_up(n));
-        let update = record.to_update(plan.seen, Some(version));
+        if plan.targets.is_empty() && !self.watched() {
+            return;
+        }
+        let version = VersionRef {
+            origin: &version.origin,
+            incarnation: version.incarnation,
+            seq: version.seq,
+        };
+        // Encoded once; every target's queue holds the same bytes.
+        let payload = record.encode_update(plan.seen, Some(version));
         for target in plan.targets {
-            if self.links.send(target, update.clone()) {
+            if self.links.send(target, payload.clone()) {
                 self.metrics.updates_forwarded.inc();
             }
         }
-        self.announce(record, "", &update);
+        self.announce(record, "", &payload);
     }
 
-    /// Applies an update from neighbour `from`: stored and forwarded only when it is
-    /// newer than what this server holds. Ok(true) when it was applied.
-    pub fn apply_update(&self, update: &proto::Update, from: &str) -> Result<bool, OfferError> {
+    /// Applies an update from neighbour `from` (`payload`, read as `update`, with
+    /// `record` from [`replica::Replica::prepare`]; None: below the floor): stored and
+    /// forwarded only when it is newer than what this server holds. Ok(true) when it
+    /// was applied.
+    fn apply_prepared(
+        &self,
+        payload: &bytes::Bytes,
+        update: &UpdateRef<'_>,
+        record: Option<Record>,
+        from: &str,
+    ) -> Result<bool, OfferError> {
         self.metrics.updates_received.inc();
-        let mut applied = match self.replica.offer(update)? {
+        let Some(record) = record else {
+            self.metrics.updates_duplicate.inc();
+            return Ok(false);
+        };
+        let watched = self.watched();
+        let copy = watched || tracing::enabled!(tracing::Level::TRACE);
+        let mut applied = match self.replica.offer_prepared(update, record, copy)? {
             Offer::Applied(a) => a,
             Offer::Stale => {
                 self.metrics.updates_duplicate.inc();
@@ -151,21 +194,20 @@ impl Backbone {
             }
         };
         self.metrics.updates_applied.inc();
-        let Some(record) = applied.record.take() else {
-            return Ok(true);
-        };
-        tracing::trace!(
-            client = %crate::logging::Escaped(record.client_id()),
-            origin = %update.origin,
-            from,
-            "update applied"
-        );
+        if let Some(record) = &applied.record {
+            tracing::trace!(
+                client = %crate::logging::Escaped(record.client_id()),
+                origin = %update.origin,
+                from,
+                "update applied"
+            );
+        }
         let plan = self
             .replica
             .plan(&applied, Some(from), &update.seen, |n| self.links.is_up(n));
         if !plan.targets.is_empty() {
-            let mut fwd = update.clone();
-            fwd.seen = plan.seen;
+            // The payload as it came, with the names this server adds to its list.
+            let fwd = wire::with_seen(payload, &plan.seen[update.seen.len()..]);
             for target in plan.targets {
                 if self.links.send(target, fwd.clone()) {
                     self.metrics.updates_forwarded.inc();
@@ -173,8 +215,11 @@ impl Backbone {
             }
         }
         // The forwards are queued: the gate may go.
+        let record = applied.record.take();
         drop(applied);
-        self.announce(&record, from, update);
+        if let Some(record) = record {
+            self.announce(&record, from, payload);
+        }
         Ok(true)
     }
 }
@@ -233,9 +278,9 @@ pub enum BadMessage {
 }
 
 /// Every update of a message is checked before any is applied: a neighbour that
-/// sends one bad update has none of that message applied.
-fn check(backbone: &Backbone, u: &proto::Update) -> Result<(), BadMessage> {
-    backbone.replica.check(u)?;
+/// sends one bad update has none of that message applied. Gives each update's record
+/// (None: below this server's floor, nothing to store).
+fn check(backbone: &Backbone, u: &UpdateRef<'_>) -> Result<Option<Record>, BadMessage> {
     let members = &backbone.config.members;
     let servers = if members.is_empty() {
         replica::MAX_SOURCES
@@ -251,10 +296,10 @@ fn check(backbone: &Backbone, u: &proto::Update) -> Result<(), BadMessage> {
             .chain(&u.seen)
             .find(|n| !known(n))
         {
-            return Err(BadMessage::UnknownServer(name.clone()));
+            return Err(BadMessage::UnknownServer((*name).to_owned()));
         }
     }
-    Ok(())
+    Ok(backbone.replica.prepare(u)?)
 }
 
 fn handle(
@@ -264,11 +309,14 @@ fn handle(
     m: LinkMessage,
 ) -> Result<(), BadMessage> {
     slot.count_received(m.updates.len() as u64);
-    for u in &m.updates {
-        check(backbone, u)?;
+    let mut checked = Vec::with_capacity(m.updates.len());
+    for payload in &m.updates {
+        let u = UpdateRef::parse(payload).map_err(|e| OfferError::from(BadUpdate::from(e)))?;
+        let record = check(backbone, &u)?;
+        checked.push((u, record));
     }
-    for u in &m.updates {
-        backbone.apply_update(u, slot.peer())?;
+    for (payload, (u, record)) in m.updates.iter().zip(checked) {
+        backbone.apply_prepared(payload, &u, record, slot.peer())?;
     }
     // After the updates before it: the catch-up's end claims them.
     if let Some(done) = m.caught_up {

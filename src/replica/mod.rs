@@ -72,6 +72,7 @@ use std::sync::{
 };
 
 use crate::{
+    peer::wire::UpdateRef,
     proto,
     store::{BadUpdate, Record, SourceId, Store, Version},
     wire::ClientTime,
@@ -83,7 +84,8 @@ pub use versions::{MAX_SOURCES, TooManySources, Versions};
 #[derive(Debug, PartialEq, Eq)]
 pub struct Flood<'a> {
     pub targets: Vec<&'a str>,
-    pub seen: Vec<String>,
+    /// `seen` as it came, then the names this node adds (borrowed: no string is copied).
+    pub seen: Vec<&'a str>,
 }
 
 /// The flood decision: an update that `me` has just applied, which came from
@@ -94,32 +96,30 @@ pub struct Flood<'a> {
 /// one another. A neighbour whose link is down is left out of the list, so that
 /// another server still connected to it forwards the update.
 pub fn plan<'a>(
-    me: &str,
+    me: &'a str,
     neighbours: &'a [Arc<str>],
-    from: Option<&str>,
-    seen: &[String],
+    from: Option<&'a str>,
+    seen: &[&'a str],
     is_up: impl Fn(&str) -> bool,
     catching_up: impl Fn(&str) -> bool,
 ) -> Flood<'a> {
-    let mut next: Vec<String> = seen.to_vec();
+    let mut next: Vec<&'a str> = Vec::with_capacity(seen.len() + neighbours.len() + 2);
+    next.extend_from_slice(seen);
     for name in [Some(me), from].into_iter().flatten() {
-        if !next.iter().any(|s| s == name) {
-            next.push(name.to_owned());
+        if !next.contains(&name) {
+            next.push(name);
         }
     }
     let targets: Vec<&str> = neighbours
         .iter()
         .map(|n| &**n)
         .filter(|n| {
-            Some(*n) != from
-                && (!next.iter().any(|s| s == n) || catching_up(n))
-                && n != &me
-                && is_up(n)
+            Some(*n) != from && (!next.contains(n) || catching_up(n)) && *n != me && is_up(n)
         })
         .collect();
     for t in &targets {
-        if !next.iter().any(|s| s == t) {
-            next.push((*t).to_owned());
+        if !next.contains(t) {
+            next.push(t);
         }
     }
     Flood {
@@ -469,33 +469,62 @@ impl Replica {
 
     /// An update from a peer: validated, then stored when it wins by label. Either
     /// way its version is now reflected here.
-    /// What [`Replica::offer`] refuses without looking at the table: an update that is
-    /// malformed in itself (fields, label, version).
-    pub fn check(&self, update: &proto::Update) -> Result<(), OfferError> {
-        Record::from_update(update)?;
-        let wire = update.version.as_ref().ok_or(BadUpdate::NoVersion)?;
-        if wire.origin != update.origin {
-            return Err(BadUpdate::VersionOrigin.into());
+    pub fn offer(&self, update: &proto::Update) -> Result<Offer<'_>, OfferError> {
+        let update = UpdateRef::of(update);
+        match self.prepare(&update)? {
+            Some(record) => self.offer_prepared(&update, record, true),
+            None => Ok(Offer::Stale),
         }
-        if wire.seq == 0 || wire.seq > crate::store::MAX_SEQ {
-            return Err(BadUpdate::VersionSeq(wire.seq).into());
-        }
-        Ok(())
     }
 
-    pub fn offer(&self, update: &proto::Update) -> Result<Offer<'_>, OfferError> {
-        let record = Record::from_update(update)?;
-        let wire = update.version.clone().ok_or(BadUpdate::NoVersion)?;
+    /// [`Replica::offer`] of borrowed fields; `copy`: whether the caller wants the
+    /// stored record back (to show it).
+    pub fn offer_ref(&self, update: &UpdateRef<'_>, copy: bool) -> Result<Offer<'_>, OfferError> {
+        match self.prepare(update)? {
+            Some(record) => self.offer_prepared(update, record, copy),
+            None => Ok(Offer::Stale),
+        }
+    }
+
+    /// The first half of an offer, which touches no table: refuses an update that is
+    /// malformed in itself (fields, label, version), and says None for one whose
+    /// version this server already reflects (below its floor: nothing to parse or
+    /// store). A message's updates all go through this before any is applied.
+    pub fn prepare(&self, update: &UpdateRef<'_>) -> Result<Option<Record>, OfferError> {
+        let wire = update.version.ok_or(BadUpdate::NoVersion)?;
         if wire.origin != update.origin {
             return Err(BadUpdate::VersionOrigin.into());
         }
         if wire.seq == 0 || wire.seq > crate::store::MAX_SEQ {
             return Err(BadUpdate::VersionSeq(wire.seq).into());
         }
+        {
+            let v = self.versions();
+            if let Some(id) = v.find(wire.origin, wire.incarnation)
+                && id != v.own()
+                && wire.seq <= v.get(id).floor
+            {
+                // Reflected here already (a copy that came another way, or a catch-up
+                // overtaken by live updates): floors only rise, so nothing to store.
+                return Ok(None);
+            }
+        }
+        Ok(Some(Record::from_fields(update)?))
+    }
+
+    /// The second half: stores `record` (from [`Replica::prepare`] of `update`) when it
+    /// wins by label. Either way its version is now reflected here.
+    pub fn offer_prepared(
+        &self,
+        update: &UpdateRef<'_>,
+        record: Record,
+        copy: bool,
+    ) -> Result<Offer<'_>, OfferError> {
+        let wire = update.version.ok_or(BadUpdate::NoVersion)?;
         let gate = self.gate_shared();
         let source = {
             let mut v = self.versions();
-            let id = v.id(&wire.origin, wire.incarnation)?;
+            let id = v.id(wire.origin, wire.incarnation)?;
             if id == v.own() {
                 if wire.seq > v.last_own() {
                     return Err(BadUpdate::VersionSeq(wire.seq).into());
@@ -509,23 +538,26 @@ impl Replica {
             source,
             seq: wire.seq,
         };
-        let offered = self.store.offer_with(
-            record.clone(),
-            Store::update_keeps_old,
-            |hash, old, record| {
-                let mut v = self.versions();
-                v.replaced(hash, old, version);
-                v.get_mut(source).seen(version.seq);
-                if let Some(j) = &self.journal {
-                    j.put(wire.incarnation, version.seq, record.line());
-                }
-                version
-            },
-        );
+        let kept = copy.then(|| record.clone());
+        let offered =
+            self.store
+                .offer_with(record, Store::update_keeps_old, |hash, old, record| {
+                    let mut v = self.versions();
+                    v.replaced(hash, old, version);
+                    v.get_mut(source).seen(version.seq);
+                    if let Some(j) = &self.journal {
+                        j.put(wire.incarnation, version.seq, record.line());
+                    }
+                    version
+                });
         match offered {
             Ok(_) => Ok(Offer::Applied(Applied {
-                record: Some(record),
-                version: wire,
+                record: kept,
+                version: proto::Version {
+                    origin: wire.origin.to_owned(),
+                    incarnation: wire.incarnation,
+                    seq: wire.seq,
+                },
                 _gate: gate,
             })),
             Err(_) => {
@@ -536,13 +568,13 @@ impl Replica {
     }
 
     /// Whom `applied` goes to (see [`plan`]).
-    pub fn plan(
-        &self,
+    pub fn plan<'a>(
+        &'a self,
         _applied: &Applied<'_>,
-        from: Option<&str>,
-        seen: &[String],
+        from: Option<&'a str>,
+        seen: &[&'a str],
         is_up: impl Fn(&str) -> bool,
-    ) -> Flood<'_> {
+    ) -> Flood<'a> {
         plan(&self.me, &self.neighbours, from, seen, is_up, |n| {
             self.catching_up
                 .iter()
@@ -894,7 +926,7 @@ mod tests {
     #[test]
     fn never_back_to_the_sender_nor_to_those_that_have_it() {
         let n = names(&["Goloman", "Welsh", "Wilkes"]);
-        let seen = vec!["Goloman".to_owned(), "Wilkes".to_owned()];
+        let seen = ["Goloman", "Wilkes"];
         let p = plan("Holiday", &n, Some("Goloman"), &seen, |_| true, no);
         assert_eq!(p.targets, ["Welsh"]);
         assert_eq!(p.seen, ["Goloman", "Wilkes", "Holiday", "Welsh"]);
@@ -921,11 +953,7 @@ mod tests {
     #[test]
     fn a_neighbour_being_caught_up_gets_everything_but_its_own() {
         let n = names(&["Goloman", "Welsh", "Wilkes"]);
-        let seen = vec![
-            "Goloman".to_owned(),
-            "Wilkes".to_owned(),
-            "Welsh".to_owned(),
-        ];
+        let seen = ["Goloman", "Wilkes", "Welsh"];
         let p = plan(
             "Holiday",
             &n,

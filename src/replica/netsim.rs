@@ -472,7 +472,7 @@ impl Sim {
                 .record
                 .as_ref()
                 .expect("kept")
-                .to_update(plan.seen, Some(applied.version.clone()));
+                .to_update(owned(&plan.seen), Some(applied.version.clone()));
             (targets, update)
         };
         self.reached(format!("c{k}").as_bytes());
@@ -511,9 +511,10 @@ impl Sim {
             let from_name = self.nodes[from].name();
             match node.offer(u).expect("a valid update") {
                 Offer::Applied(applied) => {
-                    let plan = node.plan(&applied, Some(from_name), &u.seen, |n| self.is_up(to, n));
+                    let seen: Vec<&str> = u.seen.iter().map(String::as_str).collect();
+                    let plan = node.plan(&applied, Some(from_name), &seen, |n| self.is_up(to, n));
                     let targets: Vec<String> = plan.targets.iter().map(|t| t.to_string()).collect();
-                    Some((targets, plan.seen))
+                    Some((targets, owned(&plan.seen)))
                 }
                 Offer::Stale => None,
             }
@@ -624,6 +625,11 @@ impl Sim {
             wall_ms: wall.as_millis() as u64,
         }
     }
+}
+
+/// A flood plan's names as the owned strings a `proto::Update` carries.
+fn owned(names: &[&str]) -> Vec<String> {
+    names.iter().map(|n| n.to_string()).collect()
 }
 
 #[cfg(test)]

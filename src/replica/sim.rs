@@ -208,7 +208,8 @@ impl Sim {
         assert!(prev.is_none(), "version {v:?} given twice");
         let plan = node.plan(&applied, None, &[], |n| self.is_up(i, n));
         let targets: Vec<String> = plan.targets.iter().map(|t| t.to_string()).collect();
-        let update = rec.to_update(plan.seen, Some(v));
+        let seen = plan.seen.iter().map(|s| s.to_string()).collect();
+        let update = rec.to_update(seen, Some(v));
         // The real node queues its forwards before letting the gate go; here nothing
         // runs in between, so queueing just after is the same.
         drop(applied);
@@ -225,13 +226,13 @@ impl Sim {
                         let node = &self.nodes[to];
                         match node.offer(&u).expect("a valid update") {
                             Offer::Applied(applied) => {
-                                let plan = node.plan(&applied, Some(&from_name), &u.seen, |n| {
-                                    self.is_up(to, n)
-                                });
+                                let seen: Vec<&str> = u.seen.iter().map(String::as_str).collect();
+                                let plan = node
+                                    .plan(&applied, Some(&from_name), &seen, |n| self.is_up(to, n));
                                 let targets: Vec<String> =
                                     plan.targets.iter().map(|t| t.to_string()).collect();
                                 let mut fwd = u.clone();
-                                fwd.seen = plan.seen;
+                                fwd.seen = plan.seen.iter().map(|s| s.to_string()).collect();
                                 Some((targets, fwd))
                             }
                             Offer::Stale => None,
@@ -618,7 +619,8 @@ fn made(sim: &mut Sim, node: usize, client: usize, time: &str) -> (Vec<String>, 
     let v = applied.version.clone();
     let plan = sim.nodes[node].plan(&applied, None, &[], |n| sim.is_up(node, n));
     let targets: Vec<String> = plan.targets.iter().map(|t| t.to_string()).collect();
-    let update = r.to_update(plan.seen, Some(v.clone()));
+    let seen = plan.seen.iter().map(|s| s.to_string()).collect();
+    let update = r.to_update(seen, Some(v.clone()));
     drop(applied);
     sim.made
         .insert((v.origin.as_str().into(), v.incarnation, v.seq), r);
