@@ -24,11 +24,16 @@ export GRPCURL="$PWD/$tools/bin/grpcurl"
 "$GRPCURL" -version
 
 # Debian packages the operator tests drive: Prometheus (scrapes a herd), Graphviz
-# (renders `herd topology`), tmux (a real terminal for `herd client`).
+# (renders `herd topology`), tmux (a real terminal for `herd client`); iproute2 and
+# iptables for the fault-injection test.
 missing=()
 command -v prometheus >/dev/null 2>&1 || missing+=(prometheus)
 command -v dot >/dev/null 2>&1 || missing+=(graphviz)
 command -v tmux >/dev/null 2>&1 || missing+=(tmux)
+# The fault-injection test's network: namespaces, veths and bridges (iproute2), and
+# links cut inside the namespaces (iptables).
+command -v ip >/dev/null 2>&1 || missing+=(iproute2)
+command -v iptables >/dev/null 2>&1 || missing+=(iptables)
 if [ "${#missing[@]}" -gt 0 ]; then
     echo "== installing ${missing[*]} (Debian packages)"
     export DEBIAN_FRONTEND=noninteractive
@@ -41,6 +46,13 @@ cargo build --workspace --all-targets --locked
 
 echo "== tests"
 cargo nextest run --workspace --locked --no-fail-fast
+
+# The whole herd under crashes, hangs and partitions, checked like Jepsen (issue 13):
+# three seeds of 25 s of faults each (about 100 s in all). As root it gives every
+# server a network namespace; elsewhere it falls back to loopback and says so.
+echo "== tests/chaos/chaos.py"
+python3 tests/chaos/chaos.py --herd target/debug/herd --grpcurl "$GRPCURL" \
+    --duration "${CHAOS_DURATION:-25}" --seed "${CHAOS_SEED:-1}" --seeds "${CHAOS_SEEDS:-3}"
 
 # The five-container deployment, on the machine's real Docker Engine. Required in CI;
 # elsewhere it runs when a Docker daemon answers.
