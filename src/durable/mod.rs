@@ -302,6 +302,8 @@ pub struct Journal {
     pending: Mutex<Pending>,
     writer: Mutex<Writer>,
     written: AtomicU64,
+    /// `pending.appended`, readable without the lock (each reply asks it).
+    appended: AtomicU64,
     synced: watch::Sender<Synced>,
     /// Why the disk cannot be written, while it cannot.
     failure: watch::Sender<Option<String>>,
@@ -429,6 +431,7 @@ impl Journal {
                 snapshot_bytes: restored.snapshot_bytes,
             }),
             written: AtomicU64::new(0),
+            appended: AtomicU64::new(0),
             synced: watch::Sender::new(Synced::default()),
             failure: watch::Sender::new(None),
             sync_failed: AtomicBool::new(false),
@@ -471,12 +474,14 @@ impl Journal {
                 let before = p.buf.len();
                 format::lost(&mut p.buf);
                 p.appended += (p.buf.len() - before) as u64;
+                self.appended.store(p.appended, Ordering::Release);
             }
             return;
         }
         let before = p.buf.len();
         fill(&mut p.buf);
         p.appended += (p.buf.len() - before) as u64;
+        self.appended.store(p.appended, Ordering::Release);
     }
 
     /// A record stored with version (its origin's `incarnation`, `seq`).
@@ -491,7 +496,7 @@ impl Journal {
 
     /// The position after everything appended so far.
     pub fn appended(&self) -> u64 {
-        crate::lock(&self.pending).appended
+        self.appended.load(Ordering::Acquire)
     }
 
     /// Whether IAMATs must be refused: the disk cannot be written.
