@@ -54,6 +54,11 @@ echo "== tests/chaos/chaos.py"
 python3 tests/chaos/chaos.py --herd target/debug/herd --grpcurl "$GRPCURL" \
     --duration "${CHAOS_DURATION:-25}" --seed "${CHAOS_SEED:-1}" --seeds "${CHAOS_SEEDS:-3}"
 
+# The Kubernetes manifests, offline (no cluster here): rendered from their herd file,
+# accepted by herd, and strictly valid against a pinned Kubernetes version.
+echo "== deploy/k8s/test.sh"
+bash deploy/k8s/test.sh target/debug/herd
+
 # The five-container deployment, on the machine's real Docker Engine. Required in CI;
 # elsewhere it runs when a Docker daemon answers.
 if docker info >/dev/null 2>&1; then
