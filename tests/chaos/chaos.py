@@ -205,11 +205,17 @@ class Herd:
             p = self.procs[name]
             if p.poll() is not None:
                 raise RuntimeError(f"{name} exited with {p.returncode}; see {self.dir}/logs/{name}.stderr")
+            # Answered, not only connected: the port is bound before a data dir is
+            # restored, and a connection is accepted by the kernel meanwhile.
             try:
-                socket.create_connection(self.client_addr(name), timeout=0.5).close()
-                return
+                with socket.create_connection(self.client_addr(name), timeout=0.5) as c:
+                    c.settimeout(limit)
+                    c.sendall(b"READY?\n")
+                    if c.recv(64).startswith(b"? READY?"):
+                        return
             except OSError:
-                time.sleep(0.05)
+                pass
+            time.sleep(0.05)
         raise RuntimeError(f"{name} did not listen within {limit} s")
 
     def signal(self, name, sig):
@@ -531,6 +537,7 @@ def one_run(args, seed, netns):
         for n in NAMES:
             herd.signal(n, signal.SIGCONT)
         healed = time.monotonic()
+        log(f"   healed at {time.strftime('%H:%M:%S', time.gmtime())}.{int(time.time() * 1000) % 1000:03d} UTC (the servers' logs use UTC)")
         stop.set()
         for t in threads:
             t.join()
