@@ -521,7 +521,13 @@ pub struct HerdConfig {
     pub auth: AuthConfig,
     /// None: the peer port is plain HTTP/2 (and HTTP/1.1 for `/metrics`).
     pub tls: Option<TlsConfig>,
+    /// `shutdown_grace_ms`: how long a server stopping (SIGTERM, SIGINT) gives its
+    /// connections and links to finish what they have before it exits anyway.
+    pub shutdown_grace: Duration,
 }
+
+/// The default of `shutdown_grace_ms`.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 
 pub use crate::durable::{DataConfig, DataSettings, Fsync};
 
@@ -584,6 +590,7 @@ struct RawHerd {
     /// The data dir (with `herd up`, one subdirectory per server); none: in memory.
     data_dir: Option<PathBuf>,
     fsync: Option<String>,
+    shutdown_grace_ms: Option<u64>,
     #[serde(default)]
     data: RawData,
     #[serde(default)]
@@ -915,6 +922,15 @@ impl HerdConfig {
         let mut backbone = raw.backbone.validate().map_err(invalid)?;
         backbone.members = servers.iter().map(|s| s.name.clone()).collect();
         let data = raw.data.validate(raw.fsync).map_err(invalid)?;
+        let shutdown_grace = match raw.shutdown_grace_ms {
+            None => SHUTDOWN_GRACE,
+            Some(ms) if (100..=600_000).contains(&ms) => Duration::from_millis(ms),
+            Some(ms) => {
+                return Err(invalid(format!(
+                    "shutdown_grace_ms is {ms}; it must be 100 to 600000 (10 minutes)"
+                )));
+            }
+        };
         if raw
             .data_dir
             .as_ref()
@@ -969,7 +985,73 @@ impl HerdConfig {
             data,
             auth,
             tls,
+            shutdown_grace,
         })
+    }
+
+    /// Why `self` (a reloaded herd file) cannot replace `old` in a running process
+    /// that runs the servers `running`: None when it can apply live. Only the
+    /// `[[server]]` entries may change live (servers added and removed, neighbours,
+    /// other servers' addresses); anything a running server bound, opened or read at
+    /// start needs a restart.
+    pub fn restart_needed(&self, old: &HerdConfig, running: &[Arc<str>]) -> Option<String> {
+        for name in running {
+            let Some(was) = old.servers.iter().find(|s| s.name == *name) else {
+                continue;
+            };
+            let Some(now) = self.servers.iter().find(|s| s.name == *name) else {
+                return Some(format!(
+                    "server {name} (running here) is no longer in the herd file: stop it instead"
+                ));
+            };
+            for (what, changed) in [
+                ("listen", was.listen != now.listen),
+                ("client_port", was.client_port != now.client_port),
+                ("peer_port", was.peer_port != now.peer_port),
+            ] {
+                if changed {
+                    return Some(format!(
+                        "server {name}'s {what} changed: this server's own ports need a restart"
+                    ));
+                }
+            }
+        }
+        // What every server read at start, compared table by table. The places
+        // settings are compared as printed (their key is redacted there, but it
+        // comes from the environment, which a reload does not change).
+        let places = |p: &PlacesConfig| format!("{:?}", (p.provider, p.timeout, &p.google));
+        let mut backbone = self.backbone.clone();
+        backbone.members.clone_from(&old.backbone.members);
+        let auth = |a: &AuthConfig| {
+            (
+                a.secret.clone(),
+                a.secret_file.clone(),
+                a.health_needs_secret,
+                a.metrics_needs_secret,
+            )
+        };
+        for (what, changed) in [
+            ("[places]", places(&self.places) != places(&old.places)),
+            ("[gateway]", self.gateway != old.gateway),
+            ("[log]", self.log != old.log),
+            ("[backbone]", backbone != old.backbone),
+            ("data_dir", self.data_dir != old.data_dir),
+            ("fsync or [data]", self.data != old.data),
+            (
+                "shutdown_grace_ms",
+                self.shutdown_grace != old.shutdown_grace,
+            ),
+            (
+                "[auth] (the herd secret)",
+                auth(&self.auth) != auth(&old.auth),
+            ),
+            ("[tls]", self.tls != old.tls),
+        ] {
+            if changed {
+                return Some(format!("{what} changed: that needs a restart"));
+            }
+        }
+        None
     }
 
     /// Server `name`'s data dir and settings, if the herd has a data dir.
