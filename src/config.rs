@@ -1150,6 +1150,86 @@ neighbours = ["A"]
 "#;
 
     #[test]
+    fn shutdown_grace_is_named_bounded_and_defaults_to_three_seconds() {
+        let herd = HerdConfig::parse(TWO, "t.toml").unwrap();
+        assert_eq!(herd.shutdown_grace, Duration::from_secs(3));
+        let herd = HerdConfig::parse(&format!("shutdown_grace_ms = 500\n{TWO}"), "t").unwrap();
+        assert_eq!(herd.shutdown_grace, Duration::from_millis(500));
+        assert!(err(&format!("shutdown_grace_ms = 99\n{TWO}")).contains("shutdown_grace_ms is 99"));
+        assert!(err(&format!("shutdown_grace_ms = 600001\n{TWO}")).contains("100 to 600000"));
+    }
+
+    #[test]
+    fn a_reload_may_change_servers_but_not_own_ports_nor_other_tables() {
+        let old = HerdConfig::parse(TWO, "t").unwrap();
+        let running: Vec<Arc<str>> = vec!["A".into()];
+        let three = r#"
+[[server]]
+name = "A"
+client_port = 1
+peer_port = 2
+neighbours = ["B", "C"]
+[[server]]
+name = "B"
+client_port = 3
+peer_port = 4
+neighbours = ["A"]
+[[server]]
+name = "C"
+host = "10.0.0.9"
+client_port = 5
+peer_port = 6
+neighbours = ["A"]
+"#;
+        let grown = HerdConfig::parse(three, "t").unwrap();
+        assert_eq!(grown.restart_needed(&old, &running), None);
+        // B's ports are not this process's: they may move.
+        let b_moved =
+            HerdConfig::parse(&TWO.replace("peer_port = 4", "peer_port = 9"), "t").unwrap();
+        assert_eq!(b_moved.restart_needed(&old, &running), None);
+        let a_moved =
+            HerdConfig::parse(&TWO.replace("peer_port = 2", "peer_port = 9"), "t").unwrap();
+        let why = a_moved.restart_needed(&old, &running).unwrap();
+        assert!(
+            why.contains("A's peer_port changed") && why.contains("restart"),
+            "{why}"
+        );
+        let gateway =
+            HerdConfig::parse(&format!("[gateway]\nidle_timeout_ms = 1000\n{TWO}"), "t").unwrap();
+        assert!(
+            gateway
+                .restart_needed(&old, &running)
+                .unwrap()
+                .contains("[gateway]")
+        );
+        let backbone =
+            HerdConfig::parse(&format!("[backbone]\nqueue_bytes = 1048576\n{TWO}"), "t").unwrap();
+        assert!(
+            backbone
+                .restart_needed(&old, &running)
+                .unwrap()
+                .contains("[backbone]")
+        );
+        let grace = HerdConfig::parse(&format!("shutdown_grace_ms = 500\n{TWO}"), "t").unwrap();
+        assert!(
+            grace
+                .restart_needed(&old, &running)
+                .unwrap()
+                .contains("shutdown_grace_ms")
+        );
+        let gone = HerdConfig::parse(
+            "[[server]]\nname = \"B\"\nclient_port = 3\npeer_port = 4\n",
+            "t",
+        )
+        .unwrap();
+        assert!(
+            gone.restart_needed(&old, &running)
+                .unwrap()
+                .contains("no longer in the herd file")
+        );
+    }
+
+    #[test]
     fn default_herd_is_the_protocol_herd() {
         let herd = HerdConfig::load(None).unwrap();
         let summary: Vec<_> = herd

@@ -452,6 +452,31 @@ async fn herd_up_reloads_every_server_on_sighup_and_herd_reload_refuses_what_can
     })
     .await;
     assert!(text(&out).starts_with("unchanged\n"), "{}", text(&out));
+    // grpcurl calls it too (reflection describes Admin), with the secret only.
+    let grpcurl = std::env::var("GRPCURL").unwrap_or_else(|_| {
+        let local = concat!(env!("CARGO_MANIFEST_DIR"), "/target/tools/bin/grpcurl");
+        assert!(
+            Path::new(local).exists(),
+            "grpcurl not found: run tests/run.sh, which installs it, or set GRPCURL"
+        );
+        local.to_owned()
+    });
+    let call = |auth: Option<&str>| {
+        let mut cmd = Command::new(&grpcurl);
+        cmd.arg("-plaintext");
+        if let Some(secret) = auth {
+            cmd.args(["-H", &format!("authorization: Bearer {secret}")]);
+        }
+        cmd.args(["-d", "{}", &peer(0).to_string(), "herd.v1.Admin/Reload"])
+            .output()
+            .expect("run grpcurl")
+    };
+    let out = call(Some(SECRET));
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("\"unchanged\""), "{}", text(&out));
+    let out = call(None);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("Unauthenticated"), "{}", text(&out));
 
     // Without the secret, the call is refused.
     let bare = herd.dir.path().join("bare.toml");

@@ -776,6 +776,34 @@ mod tests {
         assert_eq!(*g.watch().borrow(), LinkState::Down);
     }
 
+    #[test]
+    fn a_retired_slot_closes_its_stream_and_adopts_none() {
+        let g = slot("Goloman", "Hands");
+        let (_, live) = adopt(&g, Dialer::Me);
+        g.retire();
+        assert!(live.is_cancelled() && !g.is_up());
+        assert!(matches!(
+            adopt(&g, Dialer::Peer).0,
+            Err(Superseded::Removed { .. })
+        ));
+    }
+
+    #[test]
+    fn membership_adds_and_removes_slots_series_and_the_flood_plan() {
+        let b = backbone("Goloman", "Hands");
+        let change = b.set_membership(
+            vec!["Goloman".into(), "Hands".into(), "Zed".into()],
+            vec!["Zed".into()],
+        );
+        assert_eq!(change.added, [Arc::<str>::from("Zed")]);
+        assert_eq!(change.removed, [Arc::<str>::from("Hands")]);
+        assert!(b.links().get("Hands").is_none() && b.links().get("Zed").is_some());
+        assert_eq!(b.replica().neighbours(), [Arc::<str>::from("Zed")]);
+        let text = b.metrics().render();
+        assert!(text.contains(r#"neighbour="Zed""#) && !text.contains(r#"neighbour="Hands""#));
+        assert!(b.members().listed.iter().any(|m| &**m == "Zed"));
+    }
+
     fn update(id: &str) -> Bytes {
         Bytes::from(prost::Message::encode_to_vec(&crate::proto::Update {
             client_id: bytes::Bytes::copy_from_slice(id.as_bytes()),
