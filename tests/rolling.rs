@@ -295,3 +295,86 @@ async fn a_rolling_restart_under_load_loses_no_acknowledged_iamat_and_fails_no_c
         acked.len()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_accepting_and_exits_within_the_grace_period_with_work_in_flight() {
+    // A places provider that accepts and never answers holds a WHATSAT for a minute:
+    // the server stops accepting at once and exits once its grace period is over.
+    let hung = StdListener::bind("127.0.0.1:0").expect("bind");
+    let hung_addr = hung.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for s in hung.incoming().flatten() {
+            held.push(s);
+        }
+    });
+    let dir = TempDir::new("grace");
+    let ports = reserve_ports(2);
+    let grace = Duration::from_millis(1000);
+    let text = format!(
+        "shutdown_grace_ms = {}\n[places]\nprovider = \"google\"\ntimeout_ms = 60000\nattempt_timeout_ms = 60000\n\n[[server]]\nname = \"Goloman\"\nhost = \"127.0.0.1\"\nclient_port = {}\npeer_port = {}\n",
+        grace.as_millis(),
+        ports[0],
+        ports[1]
+    );
+    let config = dir.path().join("herd.toml");
+    std::fs::write(&config, text).expect("write the herd file");
+    let stderr = std::fs::File::create(dir.path().join("stderr")).expect("stderr");
+    let mut child = Command::new(HERD)
+        .args(["serve", "Goloman", "--config"])
+        .arg(&config)
+        .arg("--log-dir")
+        .arg(dir.path().join("logs"))
+        .env_remove("HERD_CONFIG")
+        .env_remove("HERD_PLACES")
+        .env("GOOGLE_PLACES_API_KEY", "not-a-real-key")
+        .env("HERD_PLACES_URL", format!("http://{hung_addr}"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .expect("spawn herd");
+    let client_addr = SocketAddr::from(([127, 0, 0, 1], ports[0]));
+    let mut c = wait_for(Duration::from_secs(10), "the client port", || async {
+        TcpStream::connect(client_addr).await.ok()
+    })
+    .await;
+    c.write_all(&iamat(b"kiwi", "+34.068930-118.445127", "1520023934.5"))
+        .await
+        .expect("send");
+    c.write_all(b"WHATSAT kiwi 10 2\n").await.expect("send");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let sent = Instant::now();
+    let ok = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill")
+        .success();
+    assert!(ok);
+    // It stops accepting at once.
+    wait_for(Duration::from_secs(1), "the client port closed", || async {
+        TcpStream::connect(client_addr).await.is_err().then_some(())
+    })
+    .await;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break status;
+        }
+        assert!(
+            sent.elapsed() < grace + EXIT_SLACK,
+            "still running {:?} after SIGTERM (grace {grace:?})",
+            sent.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let took = sent.elapsed();
+    assert!(status.success(), "{status}");
+    // It did wait for the WHATSAT in flight, up to the grace period.
+    assert!(
+        took >= grace - Duration::from_millis(100),
+        "exited after {took:?}"
+    );
+    let log = std::fs::read_to_string(dir.path().join("logs/Goloman.log")).unwrap_or_default();
+    assert!(log.contains("stopped before every task finished"), "{log}");
+}
