@@ -505,6 +505,25 @@ impl Links {
             slot.close();
         }
     }
+
+    /// The links as of now, read once for a whole flood decision and its sends (one
+    /// lock for all of them; a reload waits until it is dropped).
+    pub fn read_all(&self) -> LinksRead<'_> {
+        LinksRead(self.read())
+    }
+}
+
+/// [`Links::read_all`]: the slots, read-locked.
+pub struct LinksRead<'a>(std::sync::RwLockReadGuard<'a, Slots>);
+
+impl LinksRead<'_> {
+    pub fn is_up(&self, peer: &str) -> bool {
+        self.0.get(peer).is_some_and(|s| s.is_up())
+    }
+
+    pub fn send(&self, peer: &str, update: Bytes) -> bool {
+        self.0.get(peer).is_some_and(|s| s.send(update))
+    }
 }
 
 /// Makes one stream's two halves: the [`Sender`] to adopt into the slot, and what

@@ -206,9 +206,10 @@ impl Backbone {
             return;
         };
         let hood = self.replica.hood();
+        let links = self.links.read_all();
         let plan = self
             .replica
-            .plan(&hood, &applied, None, &[], |n| self.links.is_up(n));
+            .plan(&hood, &applied, None, &[], |n| links.is_up(n));
         if plan.targets.is_empty() && !self.watched() {
             return;
         }
@@ -221,7 +222,7 @@ impl Backbone {
         // Encoded once; every target's queue holds the same bytes.
         let payload = record.encode_update(plan.seen, Some(version));
         for target in plan.targets {
-            if self.links.send(target, payload.clone()) {
+            if links.send(target, payload.clone()) {
                 self.metrics.updates_forwarded.inc();
             }
         }
@@ -232,7 +233,8 @@ impl Backbone {
     /// released after storing it: see `crate::durable` for why that is sound).
     pub fn flood_own_record(&self, record: &Record, version: proto::Version) {
         let hood = self.replica.hood();
-        let plan = self.replica.plan_own(&hood, |n| self.links.is_up(n));
+        let links = self.links.read_all();
+        let plan = self.replica.plan_own(&hood, |n| links.is_up(n));
         if plan.targets.is_empty() && !self.watched() {
             return;
         }
@@ -244,7 +246,7 @@ impl Backbone {
         // Encoded once; every target's queue holds the same bytes.
         let payload = record.encode_update(plan.seen, Some(version));
         for target in plan.targets {
-            if self.links.send(target, payload.clone()) {
+            if links.send(target, payload.clone()) {
                 self.metrics.updates_forwarded.inc();
             }
         }
@@ -286,16 +288,17 @@ impl Backbone {
             );
         }
         let hood = self.replica.hood();
+        let links = self.links.read_all();
         let plan = self
             .replica
             .plan(&hood, &applied, Some(from), &update.seen, |n| {
-                self.links.is_up(n)
+                links.is_up(n)
             });
         if !plan.targets.is_empty() {
             // The payload as it came, with the names this server adds to its list.
             let fwd = wire::with_seen(payload, &plan.seen[update.seen.len()..]);
             for target in plan.targets {
-                if self.links.send(target, fwd.clone()) {
+                if links.send(target, fwd.clone()) {
                     self.metrics.updates_forwarded.inc();
                 }
             }
