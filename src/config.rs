@@ -521,7 +521,13 @@ pub struct HerdConfig {
     pub auth: AuthConfig,
     /// None: the peer port is plain HTTP/2 (and HTTP/1.1 for `/metrics`).
     pub tls: Option<TlsConfig>,
+    /// `shutdown_grace_ms`: how long a server stopping (SIGTERM, SIGINT) gives its
+    /// connections and links to finish what they have before it exits anyway.
+    pub shutdown_grace: Duration,
 }
+
+/// The default of `shutdown_grace_ms`.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 
 pub use crate::durable::{DataConfig, DataSettings, Fsync};
 
@@ -584,6 +590,7 @@ struct RawHerd {
     /// The data dir (with `herd up`, one subdirectory per server); none: in memory.
     data_dir: Option<PathBuf>,
     fsync: Option<String>,
+    shutdown_grace_ms: Option<u64>,
     #[serde(default)]
     data: RawData,
     #[serde(default)]
@@ -915,6 +922,15 @@ impl HerdConfig {
         let mut backbone = raw.backbone.validate().map_err(invalid)?;
         backbone.members = servers.iter().map(|s| s.name.clone()).collect();
         let data = raw.data.validate(raw.fsync).map_err(invalid)?;
+        let shutdown_grace = match raw.shutdown_grace_ms {
+            None => SHUTDOWN_GRACE,
+            Some(ms) if (100..=600_000).contains(&ms) => Duration::from_millis(ms),
+            Some(ms) => {
+                return Err(invalid(format!(
+                    "shutdown_grace_ms is {ms}; it must be 100 to 600000 (10 minutes)"
+                )));
+            }
+        };
         if raw
             .data_dir
             .as_ref()
@@ -969,7 +985,73 @@ impl HerdConfig {
             data,
             auth,
             tls,
+            shutdown_grace,
         })
+    }
+
+    /// Why `self` (a reloaded herd file) cannot replace `old` in a running process
+    /// that runs the servers `running`: None when it can apply live. Only the
+    /// `[[server]]` entries may change live (servers added and removed, neighbours,
+    /// other servers' addresses); anything a running server bound, opened or read at
+    /// start needs a restart.
+    pub fn restart_needed(&self, old: &HerdConfig, running: &[Arc<str>]) -> Option<String> {
+        for name in running {
+            let Some(was) = old.servers.iter().find(|s| s.name == *name) else {
+                continue;
+            };
+            let Some(now) = self.servers.iter().find(|s| s.name == *name) else {
+                return Some(format!(
+                    "server {name} (running here) is no longer in the herd file: stop it instead"
+                ));
+            };
+            for (what, changed) in [
+                ("listen", was.listen != now.listen),
+                ("client_port", was.client_port != now.client_port),
+                ("peer_port", was.peer_port != now.peer_port),
+            ] {
+                if changed {
+                    return Some(format!(
+                        "server {name}'s {what} changed: this server's own ports need a restart"
+                    ));
+                }
+            }
+        }
+        // What every server read at start, compared table by table. The places
+        // settings are compared as printed (their key is redacted there, but it
+        // comes from the environment, which a reload does not change).
+        let places = |p: &PlacesConfig| format!("{:?}", (p.provider, p.timeout, &p.google));
+        let mut backbone = self.backbone.clone();
+        backbone.members.clone_from(&old.backbone.members);
+        let auth = |a: &AuthConfig| {
+            (
+                a.secret.clone(),
+                a.secret_file.clone(),
+                a.health_needs_secret,
+                a.metrics_needs_secret,
+            )
+        };
+        for (what, changed) in [
+            ("[places]", places(&self.places) != places(&old.places)),
+            ("[gateway]", self.gateway != old.gateway),
+            ("[log]", self.log != old.log),
+            ("[backbone]", backbone != old.backbone),
+            ("data_dir", self.data_dir != old.data_dir),
+            ("fsync or [data]", self.data != old.data),
+            (
+                "shutdown_grace_ms",
+                self.shutdown_grace != old.shutdown_grace,
+            ),
+            (
+                "[auth] (the herd secret)",
+                auth(&self.auth) != auth(&old.auth),
+            ),
+            ("[tls]", self.tls != old.tls),
+        ] {
+            if changed {
+                return Some(format!("{what} changed: that needs a restart"));
+            }
+        }
+        None
     }
 
     /// Server `name`'s data dir and settings, if the herd has a data dir.
@@ -1066,6 +1148,86 @@ client_port = 3
 peer_port = 4
 neighbours = ["A"]
 "#;
+
+    #[test]
+    fn shutdown_grace_is_named_bounded_and_defaults_to_three_seconds() {
+        let herd = HerdConfig::parse(TWO, "t.toml").unwrap();
+        assert_eq!(herd.shutdown_grace, Duration::from_secs(3));
+        let herd = HerdConfig::parse(&format!("shutdown_grace_ms = 500\n{TWO}"), "t").unwrap();
+        assert_eq!(herd.shutdown_grace, Duration::from_millis(500));
+        assert!(err(&format!("shutdown_grace_ms = 99\n{TWO}")).contains("shutdown_grace_ms is 99"));
+        assert!(err(&format!("shutdown_grace_ms = 600001\n{TWO}")).contains("100 to 600000"));
+    }
+
+    #[test]
+    fn a_reload_may_change_servers_but_not_own_ports_nor_other_tables() {
+        let old = HerdConfig::parse(TWO, "t").unwrap();
+        let running: Vec<Arc<str>> = vec!["A".into()];
+        let three = r#"
+[[server]]
+name = "A"
+client_port = 1
+peer_port = 2
+neighbours = ["B", "C"]
+[[server]]
+name = "B"
+client_port = 3
+peer_port = 4
+neighbours = ["A"]
+[[server]]
+name = "C"
+host = "10.0.0.9"
+client_port = 5
+peer_port = 6
+neighbours = ["A"]
+"#;
+        let grown = HerdConfig::parse(three, "t").unwrap();
+        assert_eq!(grown.restart_needed(&old, &running), None);
+        // B's ports are not this process's: they may move.
+        let b_moved =
+            HerdConfig::parse(&TWO.replace("peer_port = 4", "peer_port = 9"), "t").unwrap();
+        assert_eq!(b_moved.restart_needed(&old, &running), None);
+        let a_moved =
+            HerdConfig::parse(&TWO.replace("peer_port = 2", "peer_port = 9"), "t").unwrap();
+        let why = a_moved.restart_needed(&old, &running).unwrap();
+        assert!(
+            why.contains("A's peer_port changed") && why.contains("restart"),
+            "{why}"
+        );
+        let gateway =
+            HerdConfig::parse(&format!("[gateway]\nidle_timeout_ms = 1000\n{TWO}"), "t").unwrap();
+        assert!(
+            gateway
+                .restart_needed(&old, &running)
+                .unwrap()
+                .contains("[gateway]")
+        );
+        let backbone =
+            HerdConfig::parse(&format!("[backbone]\nqueue_bytes = 1048576\n{TWO}"), "t").unwrap();
+        assert!(
+            backbone
+                .restart_needed(&old, &running)
+                .unwrap()
+                .contains("[backbone]")
+        );
+        let grace = HerdConfig::parse(&format!("shutdown_grace_ms = 500\n{TWO}"), "t").unwrap();
+        assert!(
+            grace
+                .restart_needed(&old, &running)
+                .unwrap()
+                .contains("shutdown_grace_ms")
+        );
+        let gone = HerdConfig::parse(
+            "[[server]]\nname = \"B\"\nclient_port = 3\npeer_port = 4\n",
+            "t",
+        )
+        .unwrap();
+        assert!(
+            gone.restart_needed(&old, &running)
+                .unwrap()
+                .contains("no longer in the herd file")
+        );
+    }
 
     #[test]
     fn default_herd_is_the_protocol_herd() {

@@ -1,5 +1,6 @@
 //! The operators' view of a server, all on its peer port: the `Inspect` gRPC
-//! service (Watch, Lookup, Links, Floors), the standard health service, server reflection
+//! service (Watch, Lookup, Links, Floors), the `Admin` service (Reload), the
+//! standard health service, server reflection
 //! (v1 and v1alpha, so any grpcurl works without a .proto file), and Prometheus
 //! metrics at `GET /metrics`.
 
@@ -17,13 +18,52 @@ use tonic_health::server::HealthReporter;
 use crate::{
     auth::Guard,
     config::AuthConfig,
+    membership::{Refused, Reloader},
     node::Node,
     peer::PeerService,
     proto::{
         self, FloorsReply, FloorsRequest, LinkInfo, LinksReply, LinksRequest, LookupReply,
-        LookupRequest, WatchEvent, WatchRequest, inspect_server::InspectServer,
+        LookupRequest, ReloadReply, ReloadRequest, ServerChange, WatchEvent, WatchRequest,
+        admin_server::AdminServer, inspect_server::InspectServer,
     },
 };
+
+/// The `Admin` service of one server (of its process, with `herd up`).
+#[derive(Debug, Clone)]
+pub struct AdminService {
+    reloader: Arc<Reloader>,
+}
+
+#[tonic::async_trait]
+impl proto::admin_server::Admin for AdminService {
+    async fn reload(&self, _: Request<ReloadRequest>) -> Result<Response<ReloadReply>, Status> {
+        let reloader = self.reloader.clone();
+        // Reading the file is blocking work, and so is the wait for a reload in progress.
+        let outcome = tokio::task::spawn_blocking(move || reloader.reload())
+            .await
+            .map_err(|e| Status::internal(format!("reload failed: {e}")))?;
+        match outcome {
+            Ok(r) => Ok(Response::new(ReloadReply {
+                result: if r.changed() { "applied" } else { "unchanged" }.to_owned(),
+                servers: r
+                    .changes
+                    .iter()
+                    .map(|c| {
+                        let list = |l: &[Arc<str>]| l.iter().map(|n| n.to_string()).collect();
+                        ServerChange {
+                            server: c.server.to_string(),
+                            added: list(&c.added),
+                            removed: list(&c.removed),
+                            redialled: list(&c.redialled),
+                        }
+                    })
+                    .collect(),
+            })),
+            Err(e @ Refused::Invalid(_)) => Err(Status::invalid_argument(e.to_string())),
+            Err(e) => Err(Status::failed_precondition(e.to_string())),
+        }
+    }
+}
 
 /// The `Inspect` service of one server.
 #[derive(Debug, Clone)]
@@ -125,7 +165,7 @@ pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; cha
 /// Everything a server serves on its peer port, and the health reporter that says
 /// when it is SERVING.
 ///
-/// With a herd secret, `Link` streams and `Inspect` calls must carry it (and health
+/// With a herd secret, `Link` streams, `Inspect` and `Admin` calls must carry it (and health
 /// and `/metrics` too when `auth` says so); refusals are `UNAUTHENTICATED` (401 for
 /// `/metrics`) and counted in `herd_peer_auth_refused_total`. Reflection stays open:
 /// it tells only what the .proto file in the repository tells.
@@ -133,6 +173,7 @@ pub fn routes(
     node: Arc<Node>,
     auth: &AuthConfig,
     tls: bool,
+    reloader: Arc<Reloader>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
 ) -> (Routes, HealthReporter) {
@@ -166,6 +207,10 @@ pub fn routes(
             shutdown,
         }),
         guard("inspect", true),
+    ))
+    .add_service(InterceptedService::new(
+        AdminServer::new(AdminService { reloader }),
+        guard("admin", true),
     ))
     .add_service(InterceptedService::new(
         health,

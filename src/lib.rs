@@ -40,6 +40,7 @@ pub mod durable;
 pub mod gateway;
 pub mod inspect;
 pub mod logging;
+pub mod membership;
 pub mod metrics;
 pub mod node;
 pub mod peer;

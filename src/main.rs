@@ -14,6 +14,7 @@ use clap::{Args, Parser, Subcommand};
 use herd::{
     config::{HerdConfig, ProviderKind},
     logging::{self, LogFormat},
+    membership::Reloader,
     places::{self, OfflineProvider},
     server::{self, Listeners},
 };
@@ -79,6 +80,36 @@ enum Command {
         /// server of the herd file whose peer port is --addr's).
         #[arg(long, value_name = "NAME")]
         server: Option<String>,
+    },
+    /// Ask a running server to re-read and apply its herd file (as SIGHUP does; with
+    /// `herd up`, every server of that process). Exit 0: applied (or nothing to
+    /// change); 1: refused (an invalid file, or a change that needs a restart), the
+    /// running herd untouched; 2: the server cannot be reached, or usage.
+    Reload {
+        /// The server's peer address (default: --server's in the herd file, else
+        /// 127.0.0.1:13001).
+        #[arg(long, value_name = "HOST:PORT")]
+        addr: Option<String>,
+        /// The herd file whose [tls] and secret to use (default: the built-in one).
+        /// The server re-reads its own file, not this one.
+        #[arg(long, env = "HERD_CONFIG", value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// The server asked (with [tls] its certificate must name it).
+        #[arg(long, value_name = "NAME")]
+        server: Option<String>,
+    },
+    /// Wait until a server serves, every link of it is up, and it has caught up from
+    /// its neighbours (what a rolling restart waits for before the next server).
+    /// Exit 0: ready; 1: not ready within --timeout (says what is missing); 2: usage.
+    Wait {
+        /// The server waited for (its peer port is the herd file's).
+        #[arg(long, value_name = "NAME")]
+        server: String,
+        /// The herd file (default: the built-in copy of deploy/herd.toml).
+        #[arg(long, env = "HERD_CONFIG", value_name = "FILE")]
+        config: Option<PathBuf>,
+        #[arg(long, default_value = "60s", value_parser = parse_duration, value_name = "DURATION")]
+        timeout: Duration,
     },
     /// Make a CA and a certificate and key per server of the herd file, for its [tls]
     /// table: DIR/ca.pem, DIR/NAME.pem, DIR/NAME.key (and DIR/ca.key).
@@ -217,6 +248,16 @@ fn main() -> ExitCode {
             );
         }
         Command::Certs { config, out } => return certs(config.as_deref(), out),
+        Command::Reload {
+            addr,
+            config,
+            server,
+        } => return reload(addr.as_deref(), config.as_deref(), server.as_deref()),
+        Command::Wait {
+            server,
+            config,
+            timeout,
+        } => return wait(server, config.as_deref(), *timeout),
         Command::Client(args) => return client(args),
         Command::Status { ask, json } => return status(ask, *json),
         Command::Topology { ask, format, out } => {
@@ -233,20 +274,10 @@ fn main() -> ExitCode {
             &format!("RUST_LOG={filter:?} is not a valid log filter: {e}"),
         );
     }
-    let mut herd = match HerdConfig::load(common.config.as_deref()) {
+    let herd = match load_herd(common, only.is_none()) {
         Ok(herd) => herd,
         Err(e) => return fail(2, &e),
     };
-    if let Err(e) = herd.apply_env(|var| std::env::var(var).ok()) {
-        return fail(2, &e);
-    }
-    if let Some(dir) = &common.data_dir {
-        herd.data_dir = Some(dir.clone());
-    }
-    if let Some(fsync) = common.fsync {
-        herd.data.fsync = fsync;
-    }
-    herd.data_per_server = only.is_none();
     let names: Vec<Arc<str>> = match only {
         Some(name) => match herd.server(name) {
             Ok(s) => vec![s.name.clone()],
@@ -275,6 +306,22 @@ fn main() -> ExitCode {
     code
 }
 
+/// The herd file as a server reads it, at start and on every reload: the file (or
+/// the built-in one), the environment, then the command line's overrides.
+fn load_herd(common: &Common, per_server: bool) -> Result<HerdConfig, String> {
+    let mut herd = HerdConfig::load(common.config.as_deref()).map_err(|e| e.to_string())?;
+    herd.apply_env(|var| std::env::var(var).ok())
+        .map_err(|e| e.to_string())?;
+    if let Some(dir) = &common.data_dir {
+        herd.data_dir = Some(dir.clone());
+    }
+    if let Some(fsync) = common.fsync {
+        herd.data.fsync = fsync;
+    }
+    herd.data_per_server = per_server;
+    Ok(herd)
+}
+
 /// The herd file a tool that asks servers uses, with `HERD_SECRET_FILE` applied (the
 /// rest of the environment is the servers' business), and how to reach its servers.
 fn herd_for_asking(path: Option<&Path>) -> Result<(HerdConfig, herd::probe::Access), ExitCode> {
@@ -289,6 +336,115 @@ fn herd_for_asking(path: Option<&Path>) -> Result<(HerdConfig, herd::probe::Acce
     Ok((herd, access))
 }
 
+/// The address and name of the server a tool asks: `--addr`, else `--server`'s in
+/// the herd file, else 127.0.0.1:13001; the name is `--server`, else the server of
+/// the file whose peer port `addr` is (with [tls] one is needed).
+fn target(
+    herd: &HerdConfig,
+    access: &herd::probe::Access,
+    addr: Option<&str>,
+    server: Option<&str>,
+) -> Result<(String, String), ExitCode> {
+    let named = server
+        .map(|name| herd.server(name))
+        .transpose()
+        .map_err(|e| fail(2, &e))?;
+    let addr = match (addr, named) {
+        (Some(a), _) => a.to_owned(),
+        (None, Some(s)) => format!("{}:{}", s.host, s.peer_port),
+        (None, None) => "127.0.0.1:13001".to_owned(),
+    };
+    let port = addr.rsplit(':').next().and_then(|p| p.parse::<u16>().ok());
+    let name = match named {
+        Some(s) => s.name.to_string(),
+        None => match herd.servers.iter().find(|s| Some(s.peer_port) == port) {
+            Some(s) => s.name.to_string(),
+            None if access.tls.is_some() => {
+                return Err(fail(
+                    2,
+                    &format!(
+                        "{addr} is no server's peer port in the herd file: say --server NAME, the name its certificate must carry"
+                    ),
+                ));
+            }
+            None => String::new(),
+        },
+    };
+    Ok((addr, name))
+}
+
+/// `herd wait`: until the server is ready for the next step of a rolling restart.
+fn wait(server: &str, config: Option<&Path>, timeout: Duration) -> ExitCode {
+    let (herd, access) = match herd_for_asking(config) {
+        Ok(h) => h,
+        Err(code) => return code,
+    };
+    if let Err(e) = herd.server(server) {
+        return fail(2, &e);
+    }
+    let runtime = match current_thread() {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    match runtime.block_on(herd::probe::wait_ready(&herd, &access, server, timeout)) {
+        Ok(r) => {
+            println!(
+                "{server} ready: serving after {:.1}s, links up after {:.1}s, caught up after {:.1}s",
+                r.serving.as_secs_f64(),
+                r.links_up.as_secs_f64(),
+                r.caught_up.as_secs_f64()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(1, &e),
+    }
+}
+
+/// `herd reload`: one Admin/Reload call.
+fn reload(addr: Option<&str>, config: Option<&Path>, server: Option<&str>) -> ExitCode {
+    let (herd, access) = match herd_for_asking(config) {
+        Ok(h) => h,
+        Err(code) => return code,
+    };
+    let (addr, name) = match target(&herd, &access, addr, server) {
+        Ok(t) => t,
+        Err(code) => return code,
+    };
+    let runtime = match current_thread() {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    match runtime.block_on(herd::probe::reload(
+        &addr,
+        &name,
+        &access,
+        Duration::from_secs(10),
+    )) {
+        Ok(reply) => {
+            println!("{}", reply.result);
+            for s in &reply.servers {
+                let list = |l: &[String]| {
+                    if l.is_empty() {
+                        "-".to_owned()
+                    } else {
+                        l.join(",")
+                    }
+                };
+                println!(
+                    "{}: added {} removed {} redialled {}",
+                    s.server,
+                    list(&s.added),
+                    list(&s.removed),
+                    list(&s.redialled)
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Err(herd::probe::ReloadError::Refused(why)) => fail(1, &format!("reload refused: {why}")),
+        Err(herd::probe::ReloadError::Probe(e)) => fail(2, &format!("reload failed: {e}")),
+    }
+}
+
 /// `herd health`: one Check call, for container health checks.
 fn health(
     addr: Option<&str>,
@@ -301,30 +457,9 @@ fn health(
         Ok(h) => h,
         Err(code) => return code,
     };
-    let named = match server.map(|name| herd.server(name)).transpose() {
-        Ok(s) => s,
-        Err(e) => return fail(2, &e),
-    };
-    let addr = match (addr, named) {
-        (Some(a), _) => a.to_owned(),
-        (None, Some(s)) => format!("{}:{}", s.host, s.peer_port),
-        (None, None) => "127.0.0.1:13001".to_owned(),
-    };
-    let port = addr.rsplit(':').next().and_then(|p| p.parse::<u16>().ok());
-    let name = match named {
-        Some(s) => s.name.to_string(),
-        None => match herd.servers.iter().find(|s| Some(s.peer_port) == port) {
-            Some(s) => s.name.to_string(),
-            None if access.tls.is_some() => {
-                return fail(
-                    2,
-                    &format!(
-                        "{addr} is no server's peer port in the herd file: say --server NAME, the name its certificate must carry"
-                    ),
-                );
-            }
-            None => String::new(),
-        },
+    let (addr, name) = match target(&herd, &access, addr, server) {
+        Ok(t) => t,
+        Err(code) => return code,
     };
     let runtime = match current_thread() {
         Ok(rt) => rt,
@@ -544,15 +679,29 @@ async fn run(
     }
 
     let shutdown = CancellationToken::new();
-    tokio::spawn(signals(shutdown.clone(), names.clone()));
+    let per_server = herd.data_per_server;
+    let reload_args = Common {
+        config: common.config.clone(),
+        log_dir: common.log_dir.clone(),
+        log_format: common.log_format,
+        data_dir: common.data_dir.clone(),
+        fsync: common.fsync,
+    };
+    let reloader = Reloader::new(
+        herd.clone(),
+        Some(Box::new(move || load_herd(&reload_args, per_server))),
+    );
+    tokio::spawn(signals(shutdown.clone(), names.clone(), reloader.clone()));
 
     let mut runs: futures_util::stream::FuturesUnordered<_> = bound
         .into_iter()
         .map(|(server, listeners)| {
-            let herd = herd.clone();
+            let reloader = reloader.clone();
             let places = places.clone();
             let shutdown = shutdown.clone();
-            tokio::spawn(server::run(herd, server, listeners, places, shutdown))
+            tokio::spawn(server::run_reloadable(
+                reloader, server, listeners, places, shutdown,
+            ))
         })
         .collect();
     let mut code = ExitCode::SUCCESS;
@@ -576,8 +725,9 @@ async fn run(
 
 /// The process's signals, all handled here: SIGTERM or SIGINT cancels `shutdown`;
 /// SIGHUP (which would otherwise kill the process) reopens the log files, for
-/// logrotate, and never stops a server.
-async fn signals(shutdown: CancellationToken, servers: Vec<Arc<str>>) {
+/// logrotate, then reloads the herd file (every server of the process; see
+/// `herd::membership`), and never stops a server.
+async fn signals(shutdown: CancellationToken, servers: Vec<Arc<str>>, reloader: Arc<Reloader>) {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
         signal(SignalKind::terminate()),
@@ -600,6 +750,9 @@ async fn signals(shutdown: CancellationToken, servers: Vec<Arc<str>>) {
                         tracing::info!(signal = "SIGHUP", "log file reopened");
                     });
                 }
+                // Logged on every server, applied or refused; reading the file blocks.
+                let reloader = reloader.clone();
+                let _ = tokio::task::spawn_blocking(move || reloader.reload()).await;
             }
         }
     };

@@ -53,6 +53,14 @@ pub struct LinkLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub result: &'static str,
+}
+
+/// The results a reload of the herd file counts under.
+pub const RELOAD_RESULTS: [&str; 3] = ["applied", "unchanged", "refused"];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct NeighbourLabels {
     pub neighbour: String,
 }
@@ -122,6 +130,10 @@ pub struct Metrics {
     pub anti_entropy_rounds: Counter,
     pub backbone_oversize: Counter,
     pub backbone_bad_messages: Counter,
+    /// Updates refused because their origin is not a server of this herd file.
+    pub updates_unknown_origin: Counter,
+    /// Reloads of the herd file, by result (`applied`, `unchanged`, `refused`).
+    pub reloads: Family<ResultLabels, Counter>,
     /// Peer-port calls refused for want of the secret or the right certificate.
     pub auth_refused: Family<AuthLabels, Counter>,
     pub places_requests: Family<PlacesLabels, Counter>,
@@ -173,6 +185,8 @@ impl Metrics {
             anti_entropy_rounds: Counter::default(),
             backbone_oversize: Counter::default(),
             backbone_bad_messages: Counter::default(),
+            updates_unknown_origin: Counter::default(),
+            reloads: Family::default(),
             auth_refused: Family::default(),
             places_requests: Family::default(),
             places_latency: Histogram::new(exponential_buckets(0.000_05, 2.0, 18)),
@@ -308,6 +322,19 @@ impl Metrics {
             "Links cut because a neighbour sent a malformed or out-of-contract message (none of it applied)",
             m.backbone_bad_messages.clone(),
         );
+        r.register(
+            "backbone_unknown_origin_updates",
+            "Updates refused (not stored nor forwarded; the link stays up) because their origin is not a server of this herd file",
+            m.updates_unknown_origin.clone(),
+        );
+        for result in RELOAD_RESULTS {
+            let _ = m.reloads.get_or_create(&ResultLabels { result });
+        }
+        r.register(
+            "reloads",
+            "Reloads of the herd file (SIGHUP or the Admin/Reload call), by result",
+            m.reloads.clone(),
+        );
         for service in crate::auth::GUARDED {
             for refusal in crate::auth::REFUSALS {
                 let _ = m.auth_refused.get_or_create(&AuthLabels {
@@ -419,6 +446,32 @@ impl Metrics {
         NeighbourLabels {
             neighbour: neighbour.to_owned(),
         }
+    }
+
+    /// Every series of a new neighbour exists (at 0) from the start, before it first bites.
+    pub fn new_neighbour(&self, neighbour: &str) {
+        self.catch_up_sent(neighbour, 0, 0);
+        self.queue_drops_of(neighbour);
+        self.catch_ups_of(neighbour);
+    }
+
+    /// A neighbour removed from the herd file: its series go.
+    pub fn forget_neighbour(&self, neighbour: &str) {
+        let labels = Metrics::neighbour(neighbour);
+        self.queue_drops.remove(&labels);
+        self.catch_ups.remove(&labels);
+        self.catch_up_records.remove(&labels);
+        self.catch_up_bytes.remove(&labels);
+        for state in ["down", "connecting", "backoff", "up"] {
+            self.link_changes.remove(&LinkLabels {
+                neighbour: neighbour.to_owned(),
+                state,
+            });
+        }
+    }
+
+    pub fn reload(&self, result: &'static str) {
+        self.reloads.get_or_create(&ResultLabels { result }).inc();
     }
 
     pub fn queue_drops_of(&self, neighbour: &str) -> Counter {

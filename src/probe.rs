@@ -129,6 +129,45 @@ pub async fn health(
     }
 }
 
+/// Why `herd reload` did not apply.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ReloadError {
+    /// The server refused the file (invalid, or needing a restart): its message.
+    #[error("{0}")]
+    Refused(String),
+    #[error(transparent)]
+    Probe(#[from] ProbeError),
+}
+
+/// One `Admin/Reload` call at `addr`: the server re-reads its herd file.
+pub async fn reload(
+    addr: &str,
+    name: &str,
+    access: &Access,
+    timeout: Duration,
+) -> Result<crate::proto::ReloadReply, ReloadError> {
+    let channel = connect(addr, name, access, timeout).await?;
+    let mut client = crate::proto::admin_client::AdminClient::new(channel);
+    let call = client.reload(access.authorize(tonic::Request::new(crate::proto::ReloadRequest {})));
+    match tokio::time::timeout(timeout, call).await {
+        Ok(Ok(reply)) => Ok(reply.into_inner()),
+        Ok(Err(status))
+            if matches!(
+                status.code(),
+                tonic::Code::InvalidArgument | tonic::Code::FailedPrecondition
+            ) =>
+        {
+            Err(ReloadError::Refused(status.message().to_owned()))
+        }
+        Ok(Err(status)) => Err(diagnose(addr, &status, timeout).await.into()),
+        Err(_) => Err(ProbeError::Timeout {
+            addr: addr.to_owned(),
+            timeout,
+        }
+        .into()),
+    }
+}
+
 /// Names what went wrong talking gRPC to `addr`: the socket error when there is one,
 /// else what the port says to an HTTP/2 preface.
 pub async fn diagnose(
@@ -291,4 +330,138 @@ mod tests {
         .unwrap_err();
         assert_eq!(e, ProbeError::ClientPort { addr });
     }
+}
+
+/// How long each step of [`wait_ready`] took.
+#[derive(Debug, Clone, Default)]
+pub struct Ready {
+    pub serving: Duration,
+    pub links_up: Duration,
+    pub caught_up: Duration,
+}
+
+/// Waits until server `name` of `herd` is ready to take the place of any other in
+/// a rolling restart: it serves (health SERVING), every link of its herd-file
+/// neighbours is up as it reports them (`Inspect/Links`), and it has caught up:
+/// for every source, its floor has reached the floor each neighbour had once the
+/// links were up (`Inspect/Floors`; an older incarnation it no longer lists counts
+/// as reached when it lists a newer one of that origin). Err names what was still
+/// missing at `timeout`.
+pub async fn wait_ready(
+    herd: &HerdConfig,
+    access: &Access,
+    name: &str,
+    timeout: Duration,
+) -> Result<Ready, String> {
+    use crate::proto::{FloorsRequest, LinksRequest, inspect_client::InspectClient};
+    let started = std::time::Instant::now();
+    let deadline = tokio::time::Instant::now() + timeout;
+    let me = herd.server(name).map_err(|e| e.to_string())?;
+    let addr_of = |s: &crate::config::ServerConfig| format!("{}:{}", s.host, s.peer_port);
+    let call = Duration::from_secs(2);
+    let pause = || tokio::time::sleep(Duration::from_millis(100));
+    let late = |what: String| format!("{name} not ready within {timeout:?}: {what}");
+    let mut ready = Ready::default();
+
+    let addr = addr_of(me);
+    loop {
+        let last = match health(&addr, name, access, "", call).await {
+            Ok(ServingStatus::Serving) => break,
+            Ok(s) => format!("health is {}", s.as_str_name()),
+            Err(e) => e.to_string(),
+        };
+        if tokio::time::Instant::now() >= deadline {
+            return Err(late(last));
+        }
+        pause().await;
+    }
+    ready.serving = started.elapsed();
+
+    let inspect = |addr: String, peer: String| async move {
+        let channel = connect(&addr, &peer, access, call)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok::<_, String>(InspectClient::new(channel))
+    };
+    loop {
+        let down = match inspect(addr.clone(), name.to_owned()).await {
+            Ok(mut client) => match client
+                .links(access.authorize(tonic::Request::new(LinksRequest {})))
+                .await
+            {
+                Ok(reply) => {
+                    let links = reply.into_inner().links;
+                    me.neighbours
+                        .iter()
+                        .filter(|n| !links.iter().any(|l| l.neighbour == ***n && l.state == "up"))
+                        .map(|n| n.to_string())
+                        .collect::<Vec<_>>()
+                }
+                Err(status) => vec![format!("Inspect/Links: {}", status.message())],
+            },
+            Err(e) => vec![e],
+        };
+        if down.is_empty() {
+            break;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(late(format!("links not up: {}", down.join(", "))));
+        }
+        pause().await;
+    }
+    ready.links_up = started.elapsed();
+
+    let floors = |addr: String, peer: String| async move {
+        let mut client = inspect(addr, peer).await?;
+        client
+            .floors(access.authorize(tonic::Request::new(FloorsRequest {})))
+            .await
+            .map(|r| r.into_inner())
+            .map_err(|s| format!("Inspect/Floors: {}", s.message()))
+    };
+    // What the neighbours had once the links were up.
+    let mut wanted: Vec<crate::proto::Floor> = Vec::new();
+    for n in &me.neighbours {
+        let Ok(neighbour) = herd.server(n) else {
+            continue;
+        };
+        let reply = loop {
+            match floors(addr_of(neighbour), n.to_string()).await {
+                Ok(r) => break r,
+                Err(e) if tokio::time::Instant::now() >= deadline => {
+                    return Err(late(format!("neighbour {n}: {e}")));
+                }
+                Err(_) => pause().await,
+            }
+        };
+        wanted.extend(reply.floors);
+    }
+    loop {
+        let missing = match floors(addr.clone(), name.to_owned()).await {
+            Ok(mine) => wanted
+                .iter()
+                .filter(|w| {
+                    let reached = mine.floors.iter().any(|f| {
+                        f.origin == w.origin
+                            && (f.incarnation > w.incarnation
+                                || (f.incarnation == w.incarnation && f.seq >= w.seq))
+                    });
+                    // Its own source: it holds all it made.
+                    let own = w.origin == *name && w.incarnation <= mine.incarnation;
+                    !(reached || own)
+                })
+                .map(|w| format!("{}/{} up to {}", w.origin, w.incarnation, w.seq))
+                .collect::<Vec<_>>(),
+            Err(e) => vec![e],
+        };
+        if missing.is_empty() {
+            break;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(late(format!("not caught up: {}", missing.join(", "))));
+        }
+        pause().await;
+    }
+    ready.caught_up = started.elapsed();
+    Ok(ready)
 }

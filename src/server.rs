@@ -11,14 +11,16 @@ use crate::{
     auth::PeerTls,
     config::{HerdConfig, ServerConfig},
     gateway, inspect,
+    membership::{LiveServer, Reloader},
     node::Node,
     peer::{self, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, PeerService, link::LinkState},
     places::PlacesService,
     proto::peer_server::PeerServer,
 };
 
-/// How long tasks get to finish after shutdown is asked for.
-pub const GRACE: Duration = Duration::from_secs(3);
+/// How long tasks get to finish after shutdown is asked for, by default (the herd
+/// file's `shutdown_grace_ms`).
+pub const GRACE: Duration = crate::config::SHUTDOWN_GRACE;
 
 /// How long the "herd ready" line waits for every link's first dial.
 const READY_WAIT: Duration = Duration::from_secs(3);
@@ -87,6 +89,8 @@ impl Listeners {
 /// Runs server `me`, one of `herd`'s servers (`herd` tells where its neighbours are),
 /// on `listeners` until `shutdown` fires, then stops cleanly. Every task runs in a
 /// `server` span naming it (the logs route on it).
+///
+/// Its herd file cannot be reloaded (see [`run_reloadable`]).
 pub async fn run(
     herd: Arc<HerdConfig>,
     me: ServerConfig,
@@ -94,19 +98,33 @@ pub async fn run(
     places: PlacesService,
     shutdown: CancellationToken,
 ) -> Result<(), ServerError> {
-    let span = tracing::info_span!("server", name = %me.name);
-    serve(herd, me, listeners, places, shutdown)
-        .instrument(span)
-        .await
+    let reloader = Reloader::new(herd, None);
+    run_reloadable(reloader, me, listeners, places, shutdown).await
 }
 
-async fn serve(
-    herd: Arc<HerdConfig>,
+/// [`run`], with the herd file `reloader` holds, which it follows when reloaded.
+pub async fn run_reloadable(
+    reloader: Arc<Reloader>,
     me: ServerConfig,
     listeners: Listeners,
     places: PlacesService,
     shutdown: CancellationToken,
 ) -> Result<(), ServerError> {
+    let span = tracing::info_span!("server", name = %me.name);
+    serve(reloader, me, listeners, places, shutdown)
+        .instrument(span)
+        .await
+}
+
+async fn serve(
+    reloader: Arc<Reloader>,
+    me: ServerConfig,
+    listeners: Listeners,
+    places: PlacesService,
+    shutdown: CancellationToken,
+) -> Result<(), ServerError> {
+    let herd = reloader.herd();
+    let grace = herd.shutdown_grace;
     for notice in &herd.places.deprecated {
         tracing::warn!("{notice}");
     }
@@ -187,6 +205,7 @@ async fn serve(
         node.clone(),
         &herd.auth,
         herd.tls.is_some(),
+        reloader.clone(),
         shutdown.clone(),
         tasks.clone(),
     );
@@ -209,26 +228,14 @@ async fn serve(
         .serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned());
     let grpc = tokio::spawn(grpc.in_current_span());
 
-    for neighbour in &me.neighbours {
-        let Some(slot) = node.links().get(neighbour).cloned() else {
-            continue;
-        };
-        let uri = match herd.server(neighbour) {
-            Ok(n) => n.peer_uri(tls.is_some()),
-            Err(_) => continue,
-        };
-        tasks.spawn(
-            peer::dial::run(
-                node.backbone().clone(),
-                slot,
-                uri,
-                herd.auth.secret.clone(),
-                tls.as_ref().map(|t| t.client(neighbour)),
-                shutdown.clone(),
-            )
-            .in_current_span(),
-        );
-    }
+    // Dials every neighbour, and follows reloads of the herd file from now on.
+    reloader.register(LiveServer::new(
+        node.clone(),
+        herd.auth.secret.clone(),
+        tls.clone(),
+        shutdown.clone(),
+        tasks.clone(),
+    ));
 
     // The gateway is accepting: say so to health checkers.
     health.set_serving::<PeerServer<PeerService>>().await;
@@ -282,7 +289,7 @@ async fn serve(
     tracing::info!(
         clients = %client_addr,
         peers = %peer_addr,
-        links_up = %format_args!("{up}/{}", me.neighbours.len()),
+        links_up = %format_args!("{up}/{}", node.links().len()),
         "herd ready"
     );
 
@@ -294,7 +301,7 @@ async fn serve(
     health.set_not_serving::<PeerServer<PeerService>>().await;
     node.links().close_all();
     tasks.close();
-    let drained = tokio::time::timeout(GRACE, async {
+    let drained = tokio::time::timeout(grace, async {
         tasks.wait().await;
         grpc.await
     })
@@ -318,7 +325,7 @@ async fn serve(
             });
         }
         Ok(Err(join)) => tracing::error!(error = %join, "gRPC task failed"),
-        Err(_) => tracing::warn!(grace = ?GRACE, "stopped before every task finished"),
+        Err(_) => tracing::warn!(?grace, "stopped before every task finished"),
     }
     Ok(())
 }

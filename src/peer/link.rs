@@ -73,12 +73,16 @@ pub enum Dialer {
     Peer,
 }
 
-/// A live stream was kept instead of the new one.
+/// Why a new stream was not adopted.
 #[derive(Debug, thiserror::Error)]
-#[error("link to {peer} already has a live stream dialled by {kept}")]
-pub struct Superseded {
-    pub peer: Arc<str>,
-    pub kept: Arc<str>,
+pub enum Superseded {
+    /// A live stream was kept instead of the new one.
+    #[error("link to {peer} already has a live stream dialled by {kept}")]
+    Kept { peer: Arc<str>, kept: Arc<str> },
+    /// The neighbour was removed from the herd file (a reload): its link is closed
+    /// for good.
+    #[error("{peer} is no longer a neighbour (the herd file was reloaded)")]
+    Removed { peer: Arc<str> },
 }
 
 /// What waits in a link's queue: a live update (and its encoded size), or the end
@@ -156,6 +160,8 @@ struct SlotInner {
     /// What the dialer is doing while no stream is live.
     dialing: LinkState,
     since: SystemTime,
+    /// Removed from the herd file: no stream is adopted any more.
+    retired: bool,
 }
 
 /// The link to one neighbour.
@@ -194,6 +200,7 @@ impl LinkSlot {
                 next_id: 1,
                 dialing: LinkState::Down,
                 since: SystemTime::now(),
+                retired: false,
             }),
             up: AtomicBool::new(false),
             state: watch::Sender::new(LinkState::Down),
@@ -240,6 +247,11 @@ impl LinkSlot {
         cancel: CancellationToken,
     ) -> Result<u64, Superseded> {
         let mut inner = self.lock();
+        if inner.retired {
+            return Err(Superseded::Removed {
+                peer: self.peer.clone(),
+            });
+        }
         let mut replaced = None;
         if let Some(live) = &inner.active {
             // The stream dialled by the server whose name sorts first wins.
@@ -250,7 +262,7 @@ impl LinkSlot {
                     Dialer::Me => self.me.clone(),
                     Dialer::Peer => self.peer.clone(),
                 };
-                return Err(Superseded {
+                return Err(Superseded::Kept {
                     peer: self.peer.clone(),
                     kept,
                 });
@@ -376,60 +388,141 @@ impl LinkSlot {
 
     /// Cancels the live stream, if any (shutdown).
     pub fn close(&self) {
+        self.close_for("shutting down");
+    }
+
+    fn close_for(&self, reason: &str) {
         let mut inner = self.lock();
         if let Some(old) = inner.active.take() {
             old.cancel.cancel();
-            tracing::info!(peer = %self.peer, link = old.id, reason = "shutting down", "link down");
+            tracing::info!(peer = %self.peer, link = old.id, reason, "link down");
         }
         inner.dialing = LinkState::Down;
         self.publish(&mut inner);
     }
+
+    /// Closes the link for good: the neighbour was removed from the herd file. A
+    /// stream being set up now is refused when it comes to be adopted.
+    pub fn retire(&self) {
+        self.lock().retired = true;
+        self.close_for("removed from the herd file");
+    }
 }
 
-/// The links of one server, one per neighbour.
+type Slots = BTreeMap<Arc<str>, Arc<LinkSlot>>;
+
+/// The links of one server, one per neighbour; neighbours come and go when the
+/// herd file is reloaded (`crate::membership`).
 #[derive(Debug)]
 pub struct Links {
-    slots: BTreeMap<Arc<str>, Arc<LinkSlot>>,
+    me: Arc<str>,
+    metrics: Arc<Metrics>,
+    slots: std::sync::RwLock<Slots>,
 }
 
 impl Links {
     pub fn new(me: &Arc<str>, neighbours: &[Arc<str>], metrics: Arc<Metrics>) -> Links {
-        Links {
-            slots: neighbours
-                .iter()
-                .map(|n| {
-                    let slot = LinkSlot::new(me.clone(), n.clone(), Some(metrics.clone()));
-                    (n.clone(), Arc::new(slot))
-                })
-                .collect(),
+        let links = Links {
+            me: me.clone(),
+            metrics,
+            slots: Default::default(),
+        };
+        for n in neighbours {
+            links.add(n);
         }
+        links
     }
 
-    pub fn get(&self, peer: &str) -> Option<&Arc<LinkSlot>> {
-        self.slots.get(peer)
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Slots> {
+        self.slots
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = &Arc<LinkSlot>> {
-        self.slots.values()
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Slots> {
+        self.slots
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The slot of a new neighbour (the existing one if it is one already).
+    pub fn add(&self, peer: &Arc<str>) -> Arc<LinkSlot> {
+        self.write()
+            .entry(peer.clone())
+            .or_insert_with(|| {
+                Arc::new(LinkSlot::new(
+                    self.me.clone(),
+                    peer.clone(),
+                    Some(self.metrics.clone()),
+                ))
+            })
+            .clone()
+    }
+
+    /// Removes a neighbour's slot and closes its link for good.
+    pub fn remove(&self, peer: &str) -> Option<Arc<LinkSlot>> {
+        let slot = self.write().remove(peer)?;
+        slot.retire();
+        Some(slot)
+    }
+
+    pub fn get(&self, peer: &str) -> Option<Arc<LinkSlot>> {
+        self.read().get(peer).cloned()
+    }
+
+    /// Every slot as of now, in name order.
+    pub fn iter(&self) -> std::vec::IntoIter<Arc<LinkSlot>> {
+        self.read()
+            .values()
+            .cloned()
+            .collect::<Vec<_>>()
+            .into_iter()
+    }
+
+    pub fn len(&self) -> usize {
+        self.read().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.read().is_empty()
     }
 
     pub fn is_up(&self, peer: &str) -> bool {
-        self.slots.get(peer).is_some_and(|s| s.is_up())
+        self.read().get(peer).is_some_and(|s| s.is_up())
     }
 
     /// Whether any neighbour's link is up (an own IAMAT goes to every live one).
     pub fn any_up(&self) -> bool {
-        self.slots.values().any(|s| s.is_up())
+        self.read().values().any(|s| s.is_up())
     }
 
     pub fn send(&self, peer: &str, update: Bytes) -> bool {
-        self.slots.get(peer).is_some_and(|s| s.send(update))
+        self.read().get(peer).is_some_and(|s| s.send(update))
     }
 
     pub fn close_all(&self) {
-        for slot in self.slots.values() {
+        for slot in self.iter() {
             slot.close();
         }
+    }
+
+    /// The links as of now, read once for a whole flood decision and its sends (one
+    /// lock for all of them; a reload waits until it is dropped).
+    pub fn read_all(&self) -> LinksRead<'_> {
+        LinksRead(self.read())
+    }
+}
+
+/// [`Links::read_all`]: the slots, read-locked.
+pub struct LinksRead<'a>(std::sync::RwLockReadGuard<'a, Slots>);
+
+impl LinksRead<'_> {
+    pub fn is_up(&self, peer: &str) -> bool {
+        self.0.get(peer).is_some_and(|s| s.is_up())
+    }
+
+    pub fn send(&self, peer: &str, update: Bytes) -> bool {
+        self.0.get(peer).is_some_and(|s| s.send(update))
     }
 }
 
@@ -700,6 +793,34 @@ mod tests {
         g.drop_link(b.unwrap(), "gone");
         assert!(!g.is_up());
         assert_eq!(*g.watch().borrow(), LinkState::Down);
+    }
+
+    #[test]
+    fn a_retired_slot_closes_its_stream_and_adopts_none() {
+        let g = slot("Goloman", "Hands");
+        let (_, live) = adopt(&g, Dialer::Me);
+        g.retire();
+        assert!(live.is_cancelled() && !g.is_up());
+        assert!(matches!(
+            adopt(&g, Dialer::Peer).0,
+            Err(Superseded::Removed { .. })
+        ));
+    }
+
+    #[test]
+    fn membership_adds_and_removes_slots_series_and_the_flood_plan() {
+        let b = backbone("Goloman", "Hands");
+        let change = b.set_membership(
+            vec!["Goloman".into(), "Hands".into(), "Zed".into()],
+            vec!["Zed".into()],
+        );
+        assert_eq!(change.added, [Arc::<str>::from("Zed")]);
+        assert_eq!(change.removed, [Arc::<str>::from("Hands")]);
+        assert!(b.links().get("Hands").is_none() && b.links().get("Zed").is_some());
+        assert_eq!(b.replica().neighbours(), [Arc::<str>::from("Zed")]);
+        let text = b.metrics().render();
+        assert!(text.contains(r#"neighbour="Zed""#) && !text.contains(r#"neighbour="Hands""#));
+        assert!(b.members().listed.iter().any(|m| &**m == "Zed"));
     }
 
     fn update(id: &str) -> Bytes {

@@ -41,32 +41,113 @@ pub type Applied = proto::WatchEvent;
 /// How many applied updates a slow watcher may fall behind before it misses some.
 const WATCH_BUFFER: usize = 4096;
 
+/// Which servers a backbone takes updates about: the herd file's, and the origins
+/// of every record it held when the file was (re)read.
+#[derive(Debug, Default)]
+pub struct Members {
+    /// The herd file's servers; empty: nothing is checked.
+    pub listed: Vec<Arc<str>>,
+    /// `listed` and the origins held: an update whose origin is not here is refused.
+    known: std::collections::BTreeSet<Arc<str>>,
+}
+
+impl Members {
+    fn new(listed: Vec<Arc<str>>, held: Vec<Arc<str>>) -> Members {
+        let known = if listed.is_empty() {
+            Default::default()
+        } else {
+            listed.iter().cloned().chain(held).collect()
+        };
+        Members { listed, known }
+    }
+
+    fn knows(&self, name: &str) -> bool {
+        self.listed.is_empty() || self.known.contains(name)
+    }
+}
+
+/// What a change of membership did to one server's links.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct MembershipChange {
+    pub added: Vec<Arc<str>>,
+    pub removed: Vec<Arc<str>>,
+}
+
 /// One server's replication side: its replica, its links, and its watchers.
 #[derive(Debug)]
 pub struct Backbone {
     replica: Replica,
     links: Links,
     config: BackboneConfig,
+    members: std::sync::RwLock<Arc<Members>>,
     metrics: Arc<Metrics>,
     applied: broadcast::Sender<Applied>,
 }
 
 impl Backbone {
     pub fn new(replica: Replica, config: BackboneConfig, metrics: Arc<Metrics>) -> Backbone {
-        let links = Links::new(replica.name(), replica.neighbours(), metrics.clone());
-        for n in replica.neighbours() {
-            // Every series exists (at 0) from the start, before it first bites.
-            metrics.catch_up_sent(n, 0, 0);
-            metrics.queue_drops_of(n);
-            metrics.catch_ups_of(n);
+        let neighbours = replica.neighbours();
+        let links = Links::new(replica.name(), &neighbours, metrics.clone());
+        for n in &neighbours {
+            metrics.new_neighbour(n);
         }
+        let members = Members::new(config.members.clone(), replica.origins());
         Backbone {
             replica,
             links,
             config,
+            members: std::sync::RwLock::new(Arc::new(members)),
             metrics,
             applied: broadcast::Sender::new(WATCH_BUFFER),
         }
+    }
+
+    /// The servers this backbone takes updates about, as of now.
+    pub fn members(&self) -> Arc<Members> {
+        self.members
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// A reloaded herd file: `listed` are its servers, `neighbours` this server's.
+    /// A new neighbour is in the flood plan before its slot exists (so that a
+    /// catch-up to it is seen by every flood decision), and accepted from then on;
+    /// a removed one's link is closed for good and its series are dropped. The
+    /// dialers are the caller's (`crate::membership`).
+    pub fn set_membership(
+        &self,
+        listed: Vec<Arc<str>>,
+        neighbours: Vec<Arc<str>>,
+    ) -> MembershipChange {
+        let old = self.replica.neighbours();
+        let change = MembershipChange {
+            added: neighbours
+                .iter()
+                .filter(|n| !old.contains(n))
+                .cloned()
+                .collect(),
+            removed: old
+                .iter()
+                .filter(|n| !neighbours.contains(n))
+                .cloned()
+                .collect(),
+        };
+        let members = Arc::new(Members::new(listed, self.replica.origins()));
+        *self
+            .members
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = members;
+        self.replica.set_neighbours(neighbours);
+        for n in &change.added {
+            self.metrics.new_neighbour(n);
+            self.links.add(n);
+        }
+        for n in &change.removed {
+            self.links.remove(n);
+            self.metrics.forget_neighbour(n);
+        }
+        change
     }
 
     pub fn replica(&self) -> &Replica {
@@ -124,9 +205,11 @@ impl Backbone {
         let Some(record) = &applied.record else {
             return;
         };
+        let hood = self.replica.hood();
+        let links = self.links.read_all();
         let plan = self
             .replica
-            .plan(&applied, None, &[], |n| self.links.is_up(n));
+            .plan(&hood, &applied, None, &[], |n| links.is_up(n));
         if plan.targets.is_empty() && !self.watched() {
             return;
         }
@@ -139,7 +222,7 @@ impl Backbone {
         // Encoded once; every target's queue holds the same bytes.
         let payload = record.encode_update(plan.seen, Some(version));
         for target in plan.targets {
-            if self.links.send(target, payload.clone()) {
+            if links.send(target, payload.clone()) {
                 self.metrics.updates_forwarded.inc();
             }
         }
@@ -149,7 +232,9 @@ impl Backbone {
     /// Floods an own IAMAT's record once its journal entry is written (the gate was
     /// released after storing it: see `crate::durable` for why that is sound).
     pub fn flood_own_record(&self, record: &Record, version: proto::Version) {
-        let plan = self.replica.plan_own(|n| self.links.is_up(n));
+        let hood = self.replica.hood();
+        let links = self.links.read_all();
+        let plan = self.replica.plan_own(&hood, |n| links.is_up(n));
         if plan.targets.is_empty() && !self.watched() {
             return;
         }
@@ -161,7 +246,7 @@ impl Backbone {
         // Encoded once; every target's queue holds the same bytes.
         let payload = record.encode_update(plan.seen, Some(version));
         for target in plan.targets {
-            if self.links.send(target, payload.clone()) {
+            if links.send(target, payload.clone()) {
                 self.metrics.updates_forwarded.inc();
             }
         }
@@ -202,14 +287,18 @@ impl Backbone {
                 "update applied"
             );
         }
+        let hood = self.replica.hood();
+        let links = self.links.read_all();
         let plan = self
             .replica
-            .plan(&applied, Some(from), &update.seen, |n| self.links.is_up(n));
+            .plan(&hood, &applied, Some(from), &update.seen, |n| {
+                links.is_up(n)
+            });
         if !plan.targets.is_empty() {
             // The payload as it came, with the names this server adds to its list.
             let fwd = wire::with_seen(payload, &plan.seen[update.seen.len()..]);
             for target in plan.targets {
-                if self.links.send(target, fwd.clone()) {
+                if links.send(target, fwd.clone()) {
                     self.metrics.updates_forwarded.inc();
                 }
             }
@@ -271,35 +360,42 @@ pub async fn drive(
 pub enum BadMessage {
     #[error(transparent)]
     Offer(#[from] OfferError),
-    #[error("an update's seen list has {0} names, more than the herd's {1} servers")]
+    #[error(
+        "an update's seen list has {0} names, more than the herd's {1} servers and as many again"
+    )]
     Seen(usize, usize),
-    #[error("an update names {0:?}, which is not a server of this herd")]
-    UnknownServer(String),
+}
+
+/// What a checked update of a neighbour's message is.
+enum Checked {
+    /// Its record (None: below this server's floor, nothing to store).
+    Record(Option<Record>),
+    /// Its origin is a server this one does not know (not in its herd file, and no
+    /// record of it held): refused, not stored nor forwarded, but the neighbour is
+    /// not cut off, for its herd file may be newer (a server added and reloaded
+    /// there first). Once this server's file is reloaded, a catch-up brings it.
+    UnknownOrigin,
 }
 
 /// Every update of a message is checked before any is applied: a neighbour that
-/// sends one bad update has none of that message applied. Gives each update's record
-/// (None: below this server's floor, nothing to store).
-fn check(backbone: &Backbone, u: &UpdateRef<'_>) -> Result<Option<Record>, BadMessage> {
-    let members = &backbone.config.members;
-    let servers = if members.is_empty() {
+/// sends one bad update has none of that message applied.
+///
+/// The seen list may name servers this one does not know (the neighbour's herd file
+/// may be newer): the names only steer forwarding. Its length is bounded by twice
+/// the herd's size, so that it stays cheap to carry.
+fn check(backbone: &Backbone, members: &Members, u: &UpdateRef<'_>) -> Result<Checked, BadMessage> {
+    let servers = if members.listed.is_empty() {
         replica::MAX_SOURCES
     } else {
-        members.len()
+        members.listed.len()
     };
-    if u.seen.len() > servers {
+    if u.seen.len() > 2 * servers {
         return Err(BadMessage::Seen(u.seen.len(), servers));
     }
-    if !members.is_empty() {
-        let known = |name: &str| members.iter().any(|m| &**m == name);
-        if let Some(name) = std::iter::once(&u.origin)
-            .chain(&u.seen)
-            .find(|n| !known(n))
-        {
-            return Err(BadMessage::UnknownServer((*name).to_owned()));
-        }
+    if !members.knows(u.origin) {
+        return Ok(Checked::UnknownOrigin);
     }
-    Ok(backbone.replica.prepare(u)?)
+    Ok(Checked::Record(backbone.replica.prepare(u)?))
 }
 
 fn handle(
@@ -309,18 +405,29 @@ fn handle(
     m: LinkMessage,
 ) -> Result<(), BadMessage> {
     slot.count_received(m.updates.len() as u64);
+    let members = backbone.members();
     let mut checked = Vec::with_capacity(m.updates.len());
     for payload in &m.updates {
         let u = UpdateRef::parse(payload).map_err(|e| OfferError::from(BadUpdate::from(e)))?;
-        let record = check(backbone, &u)?;
+        let record = check(backbone, &members, &u)?;
         checked.push((u, record));
     }
     for (payload, (u, record)) in m.updates.iter().zip(checked) {
-        backbone.apply_prepared(payload, &u, record, slot.peer())?;
+        match record {
+            Checked::Record(record) => {
+                backbone.apply_prepared(payload, &u, record, slot.peer())?;
+            }
+            Checked::UnknownOrigin => {
+                backbone.metrics.updates_unknown_origin.inc();
+                tracing::debug!(peer = %slot.peer(), origin = %crate::logging::Escaped(u.origin.as_bytes()), "refused an update whose origin is not a server of this herd file");
+            }
+        }
     }
-    // After the updates before it: the catch-up's end claims them.
+    // After the updates before it: the catch-up's end claims them. Never for an
+    // origin refused above: its records were not stored.
     if let Some(done) = m.caught_up {
-        let floors = floors_from(&done)?;
+        let mut floors = floors_from(&done)?;
+        floors.retain(|f| members.knows(&f.origin));
         backbone
             .replica
             .caught_up(&floors)
@@ -410,7 +517,7 @@ impl proto::peer_server::Peer for PeerService {
             tracing::warn!(from = %crate::logging::Escaped(from.as_bytes()), "refused a link stream whose client certificate does not name its herd-from");
             return Err(refusal.status());
         }
-        let Some(slot) = self.backbone.links.get(&from).cloned() else {
+        let Some(slot) = self.backbone.links.get(&from) else {
             tracing::warn!(from, "refused a link from a server that is not a neighbour");
             return Err(Status::permission_denied(format!(
                 "{from} is not a neighbour of {me}"

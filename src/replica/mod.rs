@@ -229,19 +229,52 @@ impl Drop for CatchUp {
 /// Index entries read per source per batch.
 const READ: usize = 256;
 
+/// A node's neighbours as of now, each with the count of catch-ups to it running.
+#[derive(Debug, Default)]
+pub struct Hood {
+    pub names: Vec<Arc<str>>,
+    catching_up: Vec<Arc<AtomicU32>>,
+}
+
+impl Hood {
+    /// `names`, keeping the counters of those already in `old` (a catch-up running
+    /// to a neighbour that stays must still be seen by every flood decision).
+    fn new(names: Vec<Arc<str>>, old: &Hood) -> Hood {
+        let catching_up = names
+            .iter()
+            .map(|n| old.counter(n).unwrap_or_default())
+            .collect();
+        Hood { names, catching_up }
+    }
+
+    fn counter(&self, name: &str) -> Option<Arc<AtomicU32>> {
+        self.names
+            .iter()
+            .position(|n| &**n == name)
+            .map(|i| self.catching_up[i].clone())
+    }
+
+    fn is_catching_up(&self, name: &str) -> bool {
+        self.names
+            .iter()
+            .position(|n| &**n == name)
+            .is_some_and(|i| self.catching_up[i].load(Ordering::Acquire) > 0)
+    }
+}
+
 /// One node's replicated state: its table, its versions, and the catch-ups it runs.
 #[derive(Debug)]
 pub struct Replica {
     me: Arc<str>,
     incarnation: u64,
-    neighbours: Vec<Arc<str>>,
+    /// The neighbours and their catch-up counters; replaced whole when the herd file
+    /// is reloaded (`crate::membership`), read once per flood decision.
+    hood: RwLock<Arc<Hood>>,
     store: Store,
     versions: Mutex<Versions>,
     /// Held shared from storing a record until its forwards are queued; exclusively
     /// by the start and the end of a catch-up.
     gate: RwLock<()>,
-    /// Per neighbour: catch-ups to it running now.
-    catching_up: Vec<(Arc<str>, Arc<AtomicU32>)>,
     /// The data dir's journal, if the server has one: every change is appended to
     /// it in the critical section that makes it.
     journal: Option<Arc<crate::durable::Journal>>,
@@ -251,13 +284,9 @@ impl Replica {
     pub fn new(me: Arc<str>, incarnation: u64, neighbours: Vec<Arc<str>>) -> Replica {
         Replica {
             versions: Mutex::new(Versions::new(me.clone(), incarnation)),
-            catching_up: neighbours
-                .iter()
-                .map(|n| (n.clone(), Arc::default()))
-                .collect(),
+            hood: RwLock::new(Arc::new(Hood::new(neighbours, &Hood::default()))),
             me,
             incarnation,
-            neighbours,
             store: Store::new(),
             gate: RwLock::new(()),
             journal: None,
@@ -396,8 +425,38 @@ impl Replica {
         self.incarnation
     }
 
-    pub fn neighbours(&self) -> &[Arc<str>] {
-        &self.neighbours
+    /// The neighbours as of now (for [`Replica::plan`]).
+    pub fn hood(&self) -> Arc<Hood> {
+        self.hood
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The neighbours as of now, by name.
+    pub fn neighbours(&self) -> Vec<Arc<str>> {
+        self.hood().names.clone()
+    }
+
+    /// Replaces the neighbours (a reloaded herd file). A neighbour must be here
+    /// before any stream to it is adopted: a catch-up to it counts on every flood
+    /// decision made after its start seeing it (see the module docs).
+    pub fn set_neighbours(&self, names: Vec<Arc<str>>) {
+        let mut hood = self
+            .hood
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *hood = Arc::new(Hood::new(names, &hood));
+    }
+
+    /// Every origin this node holds a source of (a reload keeps them known, so that
+    /// the records of a server removed from the herd file still travel).
+    pub fn origins(&self) -> Vec<Arc<str>> {
+        let v = self.versions();
+        let mut all: Vec<Arc<str>> = v.iter().map(|(_, s)| s.origin.clone()).collect();
+        all.sort();
+        all.dedup();
+        all
     }
 
     pub fn store(&self) -> &Store {
@@ -567,25 +626,25 @@ impl Replica {
         }
     }
 
-    /// Whom `applied` goes to (see [`plan`]).
+    /// Whom `applied` goes to (see [`plan`]), among the neighbours of `hood`
+    /// ([`Replica::hood`], read once the record is stored).
     pub fn plan<'a>(
         &'a self,
+        hood: &'a Hood,
         _applied: &Applied<'_>,
         from: Option<&'a str>,
         seen: &[&'a str],
         is_up: impl Fn(&str) -> bool,
     ) -> Flood<'a> {
-        plan(&self.me, &self.neighbours, from, seen, is_up, |n| {
-            self.catching_up
-                .iter()
-                .any(|(name, c)| &**name == n && c.load(Ordering::Acquire) > 0)
+        plan(&self.me, &hood.names, from, seen, is_up, |n| {
+            hood.is_catching_up(n)
         })
     }
 
     /// Whom an own record goes to when it is flooded after its store (a data dir's
     /// journal was written in between, with the gate released).
-    pub fn plan_own(&self, is_up: impl Fn(&str) -> bool) -> Flood<'_> {
-        plan(&self.me, &self.neighbours, None, &[], is_up, |_| false)
+    pub fn plan_own<'a>(&'a self, hood: &'a Hood, is_up: impl Fn(&str) -> bool) -> Flood<'a> {
+        plan(&self.me, &hood.names, None, &[], is_up, |_| false)
     }
 
     /// This node's floor vector (sources at floor 0 are left out). Retires old
@@ -635,12 +694,8 @@ impl Replica {
     /// Starts a catch-up to `peer`, whose floors are `theirs`. From now until the
     /// catch-up ends, every record stored here goes to `peer` too.
     pub fn start_catch_up(&self, peer: &str, theirs: &[Floor]) -> CatchUp {
-        let running = self
-            .catching_up
-            .iter()
-            .find(|(n, _)| &**n == peer)
-            .map(|(_, c)| c.clone())
-            .unwrap_or_default();
+        // A neighbour removed meanwhile gets an uncounted catch-up: its link is closing.
+        let running = self.hood().counter(peer).unwrap_or_default();
         self.with_gate_exclusive(|| {
             running.fetch_add(1, Ordering::AcqRel);
             let v = self.versions();

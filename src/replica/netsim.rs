@@ -466,7 +466,8 @@ impl Sim {
             let applied = node
                 .iamat(record, &cmd.client_time, true)
                 .expect("a new client is stored");
-            let plan = node.plan(&applied, None, &[], |name| self.is_up(i, name));
+            let hood = node.hood();
+            let plan = node.plan(&hood, &applied, None, &[], |name| self.is_up(i, name));
             let targets: Vec<String> = plan.targets.iter().map(|t| t.to_string()).collect();
             let update = applied
                 .record
@@ -512,7 +513,10 @@ impl Sim {
             match node.offer(u).expect("a valid update") {
                 Offer::Applied(applied) => {
                     let seen: Vec<&str> = u.seen.iter().map(String::as_str).collect();
-                    let plan = node.plan(&applied, Some(from_name), &seen, |n| self.is_up(to, n));
+                    let hood = node.hood();
+                    let plan = node.plan(&hood, &applied, Some(from_name), &seen, |n| {
+                        self.is_up(to, n)
+                    });
                     let targets: Vec<String> = plan.targets.iter().map(|t| t.to_string()).collect();
                     Some((targets, owned(&plan.seen)))
                 }

@@ -206,7 +206,8 @@ impl Sim {
             rec.clone(),
         );
         assert!(prev.is_none(), "version {v:?} given twice");
-        let plan = node.plan(&applied, None, &[], |n| self.is_up(i, n));
+        let hood = node.hood();
+        let plan = node.plan(&hood, &applied, None, &[], |n| self.is_up(i, n));
         let targets: Vec<String> = plan.targets.iter().map(|t| t.to_string()).collect();
         let seen = plan.seen.iter().map(|s| s.to_string()).collect();
         let update = rec.to_update(seen, Some(v));
@@ -227,8 +228,11 @@ impl Sim {
                         match node.offer(&u).expect("a valid update") {
                             Offer::Applied(applied) => {
                                 let seen: Vec<&str> = u.seen.iter().map(String::as_str).collect();
-                                let plan = node
-                                    .plan(&applied, Some(&from_name), &seen, |n| self.is_up(to, n));
+                                let hood = node.hood();
+                                let plan =
+                                    node.plan(&hood, &applied, Some(&from_name), &seen, |n| {
+                                        self.is_up(to, n)
+                                    });
                                 let targets: Vec<String> =
                                     plan.targets.iter().map(|t| t.to_string()).collect();
                                 let mut fwd = u.clone();
@@ -617,7 +621,8 @@ fn made(sim: &mut Sim, node: usize, client: usize, time: &str) -> (Vec<String>, 
     let (r, t) = record(&sim.names[node].clone(), client, time, "+1+1");
     let applied = sim.nodes[node].iamat(r.clone(), &t, true).unwrap();
     let v = applied.version.clone();
-    let plan = sim.nodes[node].plan(&applied, None, &[], |n| sim.is_up(node, n));
+    let hood = sim.nodes[node].hood();
+    let plan = sim.nodes[node].plan(&hood, &applied, None, &[], |n| sim.is_up(node, n));
     let targets: Vec<String> = plan.targets.iter().map(|t| t.to_string()).collect();
     let seen = plan.seen.iter().map(|s| s.to_string()).collect();
     let update = r.to_update(seen, Some(v.clone()));
