@@ -318,17 +318,40 @@ fn handle(
     for (payload, (u, record)) in m.updates.iter().zip(checked) {
         backbone.apply_prepared(payload, &u, record, slot.peer())?;
     }
-    // After the updates before it: the catch-up's end claims them.
+    // After the updates before it: the catch-up's end claims them. Its watermark
+    // first: the floors count what is evicted at the sender as reflected.
     if let Some(done) = m.caught_up {
         let floors = floors_from(&done)?;
+        raise_evicted(backbone, &done)?;
         backbone
             .replica
             .caught_up(&floors)
             .map_err(OfferError::from)?;
     }
     if let Some(theirs) = m.floors {
-        shared.floors_received(floors_from(&theirs)?);
+        let floors = floors_from(&theirs)?;
+        raise_evicted(backbone, &theirs)?;
+        shared.floors_received(floors);
     }
+    Ok(())
+}
+
+/// A neighbour's eviction watermark, checked as strictly as an IAMAT's time and ID.
+fn raise_evicted(backbone: &Backbone, f: &proto::Floors) -> Result<(), BadMessage> {
+    let Some(e) = &f.evicted else {
+        return Ok(());
+    };
+    let key = (e.nanos < 1_000_000_000)
+        .then(|| {
+            let time = format!("{}.{:09}", e.seconds, e.nanos);
+            crate::store::EvictKey::checked(time.as_bytes(), &e.client_id)
+        })
+        .flatten()
+        .filter(|k| k.time.seconds_digits() == e.seconds)
+        .ok_or(OfferError::from(BadUpdate::Fields(
+            crate::wire::ParseError::BadTime,
+        )))?;
+    backbone.replica.raise_evicted(key);
     Ok(())
 }
 
