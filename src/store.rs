@@ -49,6 +49,8 @@ pub enum BadUpdate {
     VersionOrigin,
     #[error("version seq {0} is out of range")]
     VersionSeq(u64),
+    #[error("eviction watermark {0:?} is not a valid client time and client ID")]
+    Watermark(String),
     #[error(transparent)]
     Malformed(#[from] crate::peer::wire::Malformed),
 }
@@ -871,6 +873,40 @@ mod tests {
         }
         assert_eq!(s.len(), n);
         assert!(s.get(b"client-").is_none() && s.get(b"").is_none());
+    }
+
+    #[test]
+    fn the_oldest_are_evicted_and_never_stored_again() {
+        let s = Store::new();
+        for i in 0..10 {
+            offer(
+                &s,
+                rec("A", &format!("c{i}"), "+1+1", &format!("{}", 100 + i)),
+            )
+            .unwrap();
+        }
+        let each = charge(&s.get(b"c0").unwrap());
+        assert_eq!(s.bytes(), 10 * each);
+        // Three records' worth of excess: the three oldest.
+        let key = s.eviction_key(3 * each - 1).unwrap();
+        assert_eq!(&key.client_id[..], b"c2");
+        assert!(s.raise_evicted(key.clone()));
+        assert!(!s.raise_evicted(key.clone()), "it only rises");
+        let mut gone = 0;
+        assert_eq!(s.sweep(|g| gone += g.len()), 3);
+        assert_eq!((gone, s.len(), s.bytes()), (3, 7, 7 * each));
+        assert!(s.get(b"c2").is_none() && s.get(b"c3").is_some());
+        // At or below the watermark nothing is stored, newer is.
+        assert!(offer(&s, rec("B", "c1", "+2+2", "101")).is_err());
+        assert!(offer(&s, rec("B", "new", "+2+2", "50")).is_err());
+        assert!(s.get(b"c1").is_none() && s.get(b"new").is_none());
+        assert!(offer(&s, rec("B", "c1", "+2+2", "200")).is_ok());
+        // Equal times: the client ID decides.
+        let t = EvictKey::decode(b"300.000000000 m").unwrap();
+        assert!(t.covers(&rec("A", "a", "+1+1", "300")));
+        assert!(!t.covers(&rec("A", "z", "+1+1", "300")));
+        assert_eq!(EvictKey::decode(&t.encode()), Some(t));
+        assert_eq!(EvictKey::decode(b"3x kiwi"), None);
     }
 
     #[test]

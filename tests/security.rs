@@ -543,6 +543,11 @@ async fn a_peer_sending_a_bad_message_is_cut_off_with_an_error_and_none_of_it_is
                 .replace(r#""seconds":"4102444800""#, r#""seconds":"12x""#),
             "bad message",
         ),
+        (
+            "bad watermark",
+            String::new(),
+            "eviction watermark \"12x.000000005 kiwi\" is not a valid",
+        ),
     ];
     for (i, (what, bad, says)) in cases.iter().enumerate() {
         let good = update_json(
@@ -551,7 +556,14 @@ async fn a_peer_sending_a_bad_message_is_cut_off_with_an_error_and_none_of_it_is
             &["Goloman"],
             10 + i as u64,
         );
-        let message = format!(r#"{{"updates":[{good},{bad}]}}"#);
+        let message = match *what {
+            // The floors beside a good update name an eviction watermark whose
+            // seconds are no number (its client ID is "kiwi", base64).
+            "bad watermark" => format!(
+                r#"{{"updates":[{good}],"floors":{{"evicted":{{"seconds":"12x","nanos":5,"clientId":"a2l3aQ=="}}}}}}"#
+            ),
+            _ => format!(r#"{{"updates":[{good},{bad}]}}"#),
+        };
         let out = link_as_goloman(&herd, &plain, Some(SECRET), &message).await;
         let t = text(&out);
         assert!(!out.status.success(), "{what}: {t}");

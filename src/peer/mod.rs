@@ -309,6 +309,15 @@ fn handle(
     m: LinkMessage,
 ) -> Result<(), BadMessage> {
     slot.count_received(m.updates.len() as u64);
+    // Floors and watermarks are checked before any update is applied, as updates are.
+    let done = match &m.caught_up {
+        Some(f) => Some((floors_from(f)?, evicted_key(f)?)),
+        None => None,
+    };
+    let theirs = match &m.floors {
+        Some(f) => Some((floors_from(f)?, evicted_key(f)?)),
+        None => None,
+    };
     let mut checked = Vec::with_capacity(m.updates.len());
     for payload in &m.updates {
         let u = UpdateRef::parse(payload).map_err(|e| OfferError::from(BadUpdate::from(e)))?;
@@ -320,26 +329,29 @@ fn handle(
     }
     // After the updates before it: the catch-up's end claims them. Its watermark
     // first: the floors count what is evicted at the sender as reflected.
-    if let Some(done) = m.caught_up {
-        let floors = floors_from(&done)?;
-        raise_evicted(backbone, &done)?;
+    if let Some((floors, evicted)) = done {
+        if let Some(key) = evicted {
+            backbone.replica.raise_evicted(key);
+        }
         backbone
             .replica
             .caught_up(&floors)
             .map_err(OfferError::from)?;
     }
-    if let Some(theirs) = m.floors {
-        let floors = floors_from(&theirs)?;
-        raise_evicted(backbone, &theirs)?;
+    if let Some((floors, evicted)) = theirs {
+        if let Some(key) = evicted {
+            backbone.replica.raise_evicted(key);
+        }
         shared.floors_received(floors);
     }
     Ok(())
 }
 
-/// A neighbour's eviction watermark, checked as strictly as an IAMAT's time and ID.
-fn raise_evicted(backbone: &Backbone, f: &proto::Floors) -> Result<(), BadMessage> {
+/// A neighbour's eviction watermark, checked as strictly as an IAMAT's time and ID
+/// (canonical seconds, nanoseconds below a second).
+fn evicted_key(f: &proto::Floors) -> Result<Option<crate::store::EvictKey>, BadMessage> {
     let Some(e) = &f.evicted else {
-        return Ok(());
+        return Ok(None);
     };
     let key = (e.nanos < 1_000_000_000)
         .then(|| {
@@ -347,12 +359,17 @@ fn raise_evicted(backbone: &Backbone, f: &proto::Floors) -> Result<(), BadMessag
             crate::store::EvictKey::checked(time.as_bytes(), &e.client_id)
         })
         .flatten()
-        .filter(|k| k.time.seconds_digits() == e.seconds)
-        .ok_or(OfferError::from(BadUpdate::Fields(
-            crate::wire::ParseError::BadTime,
-        )))?;
-    backbone.replica.raise_evicted(key);
-    Ok(())
+        .filter(|k| k.time.seconds_digits() == e.seconds);
+    match key {
+        Some(key) => Ok(Some(key)),
+        None => Err(OfferError::from(BadUpdate::Watermark(format!(
+            "{}.{:09} {}",
+            e.seconds,
+            e.nanos,
+            String::from_utf8_lossy(&e.client_id)
+        )))
+        .into()),
+    }
 }
 
 fn floors_from(f: &proto::Floors) -> Result<Vec<Floor>, BadMessage> {
