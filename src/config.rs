@@ -244,8 +244,9 @@ pub struct GatewayConfig {
     /// `line_timeout_ms`: a line that has started must end within this (slowloris).
     /// Default 10000 (10 s).
     pub line_timeout: Duration,
-    /// `write_timeout_ms`: a connection whose replies cannot be written (the client
-    /// reads nothing) for this long is closed. Default 30000 (30 s).
+    /// `write_timeout_ms`: a connection whose held replies (at most
+    /// `max_held_reply_bytes` and one more) are not all taken within this is closed:
+    /// a client that reads nothing, or a trickle. Default 30000 (30 s).
     pub write_timeout: Duration,
     /// `max_client_id_bytes`: the longest client ID an IAMAT or WHATSAT may carry; a
     /// longer one is answered `? line`. Default [`DEFAULT_MAX_CLIENT_ID`].
@@ -284,6 +285,10 @@ pub struct BackboneConfig {
     /// `anti_entropy_interval_ms`: how often each link sends its floors, so that
     /// any lost update heals. Default 3000.
     pub anti_entropy_interval: Duration,
+    /// `max_record_bytes`: the client records a server holds, in bytes (each its AT
+    /// line and 64 more); past it the oldest by client time are evicted, the same
+    /// on every server (`crate::replica::Replica::evict`). Default 1 GiB.
+    pub max_record_bytes: u64,
     /// The herd's server names (not a key: the `[[server]]` entries): an update that
     /// names another server is out of contract. Empty: not checked.
     pub members: Vec<Arc<str>>,
@@ -295,6 +300,7 @@ impl Default for BackboneConfig {
             queue_bytes: 4 << 20,
             max_message_bytes: 4 << 20,
             anti_entropy_interval: Duration::from_millis(3_000),
+            max_record_bytes: 1 << 30,
             members: Vec::new(),
         }
     }
@@ -431,7 +437,11 @@ struct RawBackbone {
     queue_bytes: Option<usize>,
     max_message_bytes: Option<usize>,
     anti_entropy_interval_ms: Option<u64>,
+    max_record_bytes: Option<u64>,
 }
+
+/// The smallest cap on records held: two of the longest client line.
+const MIN_RECORD_BYTES: u64 = 128 << 10;
 
 /// The smallest message bound: one update of the largest client line, with room.
 const MIN_MESSAGE_BYTES: usize = 1 << 20;
@@ -445,8 +455,15 @@ impl RawBackbone {
             anti_entropy_interval: self
                 .anti_entropy_interval_ms
                 .map_or(d.anti_entropy_interval, Duration::from_millis),
+            max_record_bytes: self.max_record_bytes.unwrap_or(d.max_record_bytes),
             members: Vec::new(),
         };
+        if b.max_record_bytes < MIN_RECORD_BYTES {
+            return Err(format!(
+                "backbone.max_record_bytes is {}; it must be at least {MIN_RECORD_BYTES} (128 KiB, room for two records of the longest client line)",
+                b.max_record_bytes
+            ));
+        }
         if !(MIN_MESSAGE_BYTES..=(256 << 20)).contains(&b.max_message_bytes) {
             return Err(format!(
                 "backbone.max_message_bytes is {}; it must be {MIN_MESSAGE_BYTES} (1 MiB, room for one update of the longest client line) to 268435456 (256 MiB)",
@@ -1608,7 +1625,7 @@ max_response_bytes = 65536
         );
         assert_eq!(herd.backbone.queue_bytes, 4 << 20);
         let text = format!(
-            "[backbone]\nqueue_bytes = 100000\nmax_message_bytes = 2000000\nanti_entropy_interval_ms = 500\n{TWO}"
+            "[backbone]\nqueue_bytes = 100000\nmax_message_bytes = 2000000\nanti_entropy_interval_ms = 500\nmax_record_bytes = 200000\n{TWO}"
         );
         let b = HerdConfig::parse(&text, "t.toml").unwrap().backbone;
         assert_eq!(
@@ -1617,6 +1634,7 @@ max_response_bytes = 65536
                 queue_bytes: 100_000,
                 max_message_bytes: 2_000_000,
                 anti_entropy_interval: Duration::from_millis(500),
+                max_record_bytes: 200_000,
                 members,
             }
         );
@@ -1625,6 +1643,7 @@ max_response_bytes = 65536
         assert!(bad("max_message_bytes = 1000").contains("backbone.max_message_bytes"));
         assert!(bad("max_message_bytes = 1000000000").contains("backbone.max_message_bytes"));
         assert!(bad("anti_entropy_interval_ms = 0").contains("backbone.anti_entropy_interval_ms"));
+        assert!(bad("max_record_bytes = 1000").contains("backbone.max_record_bytes"));
         assert!(bad("queue = 1").contains("queue"), "unknown keys are named");
     }
 

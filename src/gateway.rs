@@ -278,8 +278,8 @@ async fn connection(
 /// Reading waits for a deadline: `idle_timeout` after the last complete line, or
 /// `line_timeout` after a line started, whichever is first. While replies are being
 /// written nothing is read (so a client that never reads makes the server hold at most
-/// a read's bytes and `max_held_replies` plus a reply), and a write that makes no
-/// progress for `write_timeout` ends the connection.
+/// a read's bytes and `max_held_replies` plus a reply), and a write that is not
+/// taken whole within `write_timeout` ends the connection (a trickling reader too).
 async fn serve(
     mut socket: TcpStream,
     node: &Node,
@@ -398,8 +398,11 @@ async fn write_out(
     mut out: &[u8],
     timeout: Duration,
 ) -> std::io::Result<bool> {
+    // One deadline for the whole write, not one per system call: a client that
+    // takes a little every few seconds (a slow read) must still take it all in time.
+    let deadline = tokio::time::Instant::now() + timeout;
     while !out.is_empty() {
-        match tokio::time::timeout(timeout, socket.write(out)).await {
+        match tokio::time::timeout_at(deadline, socket.write(out)).await {
             Ok(Ok(0)) => return Err(std::io::ErrorKind::WriteZero.into()),
             Ok(Ok(n)) => out = &out[n..],
             Ok(Err(e)) => return Err(e),

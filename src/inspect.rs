@@ -167,8 +167,10 @@ pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; cha
 ///
 /// With a herd secret, `Link` streams, `Inspect` and `Admin` calls must carry it (and health
 /// and `/metrics` too when `auth` says so); refusals are `UNAUTHENTICATED` (401 for
-/// `/metrics`) and counted in `herd_peer_auth_refused_total`. Reflection stays open:
-/// it tells only what the .proto file in the repository tells.
+/// `/metrics`) and counted in `herd_peer_auth_refused_total`. Server reflection
+/// needs the secret too (it would tell a scanner what this port is and how to
+/// call it): grpcurl without it needs the .proto (`-import-path proto -proto
+/// herd/v1/herd.proto`), or `-reflect-header` with the secret.
 pub fn routes(
     node: Arc<Node>,
     auth: &AuthConfig,
@@ -216,8 +218,14 @@ pub fn routes(
         health,
         guard("health", auth.health_needs_secret),
     ))
-    .add_service(reflection_v1)
-    .add_service(reflection_v1alpha)
+    .add_service(InterceptedService::new(
+        reflection_v1,
+        guard("reflection", true),
+    ))
+    .add_service(InterceptedService::new(
+        reflection_v1alpha,
+        guard("reflection", true),
+    ))
     .into_axum_router()
     .route(
         "/metrics",
@@ -228,6 +236,7 @@ pub fn routes(
             let m = metrics_node.metrics();
             let reply = if allowed {
                 m.records.set(metrics_node.store().len() as i64);
+                m.record_bytes.set(metrics_node.store().bytes() as i64);
                 (axum::http::StatusCode::OK, CONTENT_TYPE, m.render())
             } else {
                 (

@@ -141,6 +141,10 @@ pub struct Metrics {
     pub places_cache_hits: Counter,
     /// Client records held, set at each scrape.
     pub records: Gauge,
+    /// Their bytes as `backbone.max_record_bytes` counts them, set at each scrape.
+    pub record_bytes: Gauge,
+    /// Records evicted at the cap, or at a neighbour's eviction watermark.
+    pub records_evicted: Counter,
     /// The series every server has, resolved once (no label hashing per command).
     common_commands: Vec<(CommandLabels, Counter)>,
     common_places: Vec<(&'static str, Counter)>,
@@ -192,6 +196,8 @@ impl Metrics {
             places_latency: Histogram::new(exponential_buckets(0.000_05, 2.0, 18)),
             places_cache_hits: Counter::default(),
             records: Gauge::default(),
+            record_bytes: Gauge::default(),
+            records_evicted: Counter::default(),
             common_commands: Vec::new(),
             common_places: Vec::new(),
         };
@@ -208,6 +214,16 @@ impl Metrics {
             "records",
             "Client records this server holds",
             m.records.clone(),
+        );
+        r.register(
+            "record_bytes",
+            "Bytes of the client records held (AT lines, and 64 a record), against backbone.max_record_bytes",
+            m.record_bytes.clone(),
+        );
+        r.register(
+            "records_evicted",
+            "Client records evicted, oldest by client time, at backbone.max_record_bytes or at a neighbour's eviction watermark",
+            m.records_evicted.clone(),
         );
         r.register(
             "client_connections",

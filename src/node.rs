@@ -59,6 +59,7 @@ impl Node {
     ) -> Result<Node, OpenError> {
         let mut metrics = Metrics::new(&name);
         let mut replica = Replica::new(name, Replica::fresh_incarnation(), neighbours);
+        replica.set_max_bytes(backbone.max_record_bytes);
         let journal = match data {
             Some(data) => {
                 let j = Journal::open(data, &mut replica)?;
@@ -67,9 +68,23 @@ impl Node {
             }
             None => None,
         };
+        // A data dir's records at or below its watermark, or past a lowered cap,
+        // are evicted before the server answers anyone.
+        metrics.records_evicted.inc_by(replica.evict());
         let metrics = Arc::new(metrics);
+        let backbone = Arc::new(Backbone::new(replica, backbone, metrics.clone()));
+        let weak = Arc::downgrade(&backbone);
+        let span = tracing::Span::current();
+        std::thread::Builder::new()
+            .name("herd-evictor".into())
+            .spawn(move || span.in_scope(|| run_evictor(weak)))
+            .map_err(|source| OpenError::Io {
+                dir: Default::default(),
+                what: "cannot start the evictor thread",
+                source,
+            })?;
         Ok(Node {
-            backbone: Arc::new(Backbone::new(replica, backbone, metrics.clone())),
+            backbone,
             places,
             metrics,
             journal,
@@ -256,5 +271,29 @@ impl Node {
         places.write_json(cmd.bound, out);
         out.extend_from_slice(b"\n\n");
         true
+    }
+}
+
+/// The evictor: sweeps records at or below the watermark and keeps the table under
+/// `backbone.max_record_bytes` ([`Replica::evict`]), off the connections' threads.
+/// Ends once the server is dropped.
+fn run_evictor(backbone: std::sync::Weak<Backbone>) {
+    loop {
+        let Some(b) = backbone.upgrade() else {
+            return;
+        };
+        let replica = b.replica();
+        replica.wait_evictor(std::time::Duration::from_millis(500));
+        let n = replica.evict();
+        if n > 0 {
+            b.metrics().records_evicted.inc_by(n);
+            tracing::info!(
+                evicted = n,
+                records = replica.store().len(),
+                bytes = replica.store().bytes(),
+                max_bytes = replica.max_bytes(),
+                "records evicted, oldest by client time"
+            );
+        }
     }
 }

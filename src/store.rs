@@ -3,7 +3,14 @@
 //! its [`Version`] (which server made it, when); `crate::replica` keeps the index
 //! from versions to records and decides what a version is.
 
-use std::{cmp::Ordering, hash::BuildHasher as _, sync::Mutex};
+use std::{
+    cmp::Ordering,
+    hash::BuildHasher as _,
+    sync::{
+        Mutex, RwLock,
+        atomic::{AtomicBool, AtomicU64, Ordering as AtomicOrdering},
+    },
+};
 
 use bytes::Bytes;
 
@@ -42,6 +49,8 @@ pub enum BadUpdate {
     VersionOrigin,
     #[error("version seq {0} is out of range")]
     VersionSeq(u64),
+    #[error("eviction watermark {0:?} is not a valid client time and client ID")]
+    Watermark(String),
     #[error(transparent)]
     Malformed(#[from] crate::peer::wire::Malformed),
 }
@@ -275,6 +284,72 @@ fn valid_diff(d: &[u8]) -> bool {
         && rest[dot + 1..].iter().all(u8::is_ascii_digit)
 }
 
+/// The bytes a record is charged against `backbone.max_record_bytes`: its AT line,
+/// and this much for its slot, its version and its index entry.
+pub const RECORD_OVERHEAD: u64 = 64;
+
+/// What a record counts against the cap on the bytes of records held.
+pub fn charge(r: &Record) -> u64 {
+    r.line().len() as u64 + RECORD_OVERHEAD
+}
+
+/// The eviction rule's order on the records of different clients: client time,
+/// then client ID (bytes). A herd's eviction watermark is such a key: every record
+/// at or below it is evicted, on every server (see `crate::replica`).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct EvictKey {
+    pub time: ClientTime,
+    pub client_id: Box<[u8]>,
+}
+
+impl EvictKey {
+    pub fn of(r: &Record) -> EvictKey {
+        EvictKey {
+            time: r.time(),
+            client_id: r.client_id().into(),
+        }
+    }
+
+    /// Whether `r` is at or below this key (evicted).
+    pub fn covers(&self, r: &Record) -> bool {
+        match r.time().cmp(&self.time) {
+            Ordering::Less => true,
+            Ordering::Greater => false,
+            Ordering::Equal => r.client_id() <= &self.client_id[..],
+        }
+    }
+
+    /// `<seconds>.<nine digits> <client ID>`, as a data dir keeps it.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = self.time.to_string().into_bytes();
+        out.push(b' ');
+        out.extend_from_slice(&self.client_id);
+        out
+    }
+
+    /// [`EvictKey::encode`]'s bytes back, checked: a valid time and a valid client ID.
+    pub fn decode(b: &[u8]) -> Option<EvictKey> {
+        let space = b.iter().position(|&c| c == b' ')?;
+        EvictKey::checked(&b[..space], &b[space + 1..])
+    }
+
+    /// A key from a time field and a client ID, each as strict as in an IAMAT.
+    pub fn checked(time: &[u8], client_id: &[u8]) -> Option<EvictKey> {
+        let mut iamat = Vec::with_capacity(16 + time.len() + client_id.len());
+        iamat.extend_from_slice(b"IAMAT ");
+        iamat.extend_from_slice(client_id);
+        iamat.extend_from_slice(b" +0+0 ");
+        iamat.extend_from_slice(time);
+        match wire::parse(&iamat, usize::MAX) {
+            Ok(wire::Command::IAmAt(cmd)) => Some(EvictKey {
+                time: cmd.client_time,
+                client_id: cmd.client_id.into(),
+            }),
+            _ => None,
+        }
+    }
+}
+
 /// A shard: records found by the hash of their client ID, computed once per call.
 type Shard = hashbrown::HashTable<Slot>;
 
@@ -334,7 +409,8 @@ pub struct Version {
 }
 
 /// What an offer did: the record was stored (replacing the version `old`, if the
-/// client had one), or the stored record stays, and is returned.
+/// client had one), or the stored record stays, and is returned (or, the record
+/// being at or below the eviction watermark, the record offered is).
 pub type Offered = Result<Option<Version>, Record>;
 
 /// Every client's record, sharded so connections rarely wait on one another.
@@ -344,6 +420,12 @@ pub struct Store {
     /// tables never use) and the slot in it.
     hasher: foldhash::fast::RandomState,
     shards: Box<[Mutex<Shard>]>,
+    /// The bytes of the records held, as [`charge`] counts them.
+    bytes: AtomicU64,
+    /// The eviction watermark: no record at or below it is stored (it only rises).
+    evicted: RwLock<Option<EvictKey>>,
+    /// Whether `evicted` is set (read without its lock by every offer).
+    any_evicted: AtomicBool,
 }
 
 impl Default for Store {
@@ -359,7 +441,126 @@ impl Store {
         Store {
             hasher: foldhash::fast::RandomState::default(),
             shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            bytes: AtomicU64::new(0),
+            evicted: RwLock::new(None),
+            any_evicted: AtomicBool::new(false),
         }
+    }
+
+    /// The bytes of the records held (see [`charge`]).
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(AtomicOrdering::Acquire)
+    }
+
+    /// The eviction watermark, if any record was ever evicted.
+    pub fn evicted(&self) -> Option<EvictKey> {
+        if !self.any_evicted.load(AtomicOrdering::Acquire) {
+            return None;
+        }
+        self.evicted
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Whether `record` is at or below the watermark (read under its shard's lock,
+    /// so that a sweep that raised it first finds every record stored before).
+    fn is_evicted(&self, record: &Record) -> bool {
+        self.any_evicted.load(AtomicOrdering::Acquire)
+            && self
+                .evicted
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .as_ref()
+                .is_some_and(|w| w.covers(record))
+    }
+
+    /// Raises the watermark to `key`; false if it was there or above already.
+    /// Records at or below it stay until [`Store::sweep`].
+    pub fn raise_evicted(&self, key: EvictKey) -> bool {
+        let mut w = self
+            .evicted
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if w.as_ref().is_some_and(|w| *w >= key) {
+            return false;
+        }
+        *w = Some(key);
+        self.any_evicted.store(true, AtomicOrdering::Release);
+        true
+    }
+
+    /// Removes every record at or below the watermark, shard by shard. `removed` is
+    /// called under each shard's lock with the (hash, version) of what went from
+    /// it. Returns the records removed.
+    pub fn sweep(&self, mut removed: impl FnMut(&[(u64, Version)])) -> u64 {
+        let Some(w) = self.evicted() else {
+            return 0;
+        };
+        let mut n = 0;
+        let mut gone = Vec::new();
+        for shard in self.shards.iter() {
+            let mut shard = crate::lock(shard);
+            let mut bytes = 0;
+            gone.clear();
+            shard.retain(|s| {
+                if w.covers(&s.record) {
+                    bytes += charge(&s.record);
+                    gone.push((s.hash, s.version.get()));
+                    false
+                } else {
+                    true
+                }
+            });
+            if !gone.is_empty() {
+                self.bytes.fetch_sub(bytes, AtomicOrdering::AcqRel);
+                removed(&gone);
+                n += gone.len() as u64;
+            }
+        }
+        n
+    }
+
+    /// The key at which the lowest records (by [`EvictKey`]) add up to `excess`
+    /// bytes: two reads of the table, the second only of the records whose client
+    /// time is the one the first ended at. None when the table is empty.
+    pub fn eviction_key(&self, excess: u64) -> Option<EvictKey> {
+        let mut times: Vec<(ClientTime, u64)> = Vec::with_capacity(self.len());
+        self.for_each(|r, _| times.push((r.time(), charge(r))));
+        times.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let mut below = 0u64;
+        let mut at = None;
+        for (i, (time, bytes)) in times.iter().enumerate() {
+            if below + bytes >= excess || i + 1 == times.len() {
+                at = Some(time.clone());
+                break;
+            }
+            below += bytes;
+        }
+        let at = at?;
+        // `below` now counts every record whose time is below `at`, and some at it.
+        let below: u64 = times.iter().take_while(|t| t.0 < at).map(|t| t.1).sum();
+        drop(times);
+        let mut same: Vec<(Box<[u8]>, u64)> = Vec::new();
+        self.for_each(|r, _| {
+            if r.time() == at {
+                same.push((r.client_id().into(), charge(r)));
+            }
+        });
+        same.sort_unstable();
+        let mut acc = below;
+        let mut last = None;
+        for (id, bytes) in same {
+            acc += bytes;
+            last = Some(id);
+            if acc >= excess {
+                break;
+            }
+        }
+        Some(EvictKey {
+            time: at,
+            client_id: last?,
+        })
     }
 
     fn hash(&self, client_id: &[u8]) -> u64 {
@@ -397,6 +598,9 @@ impl Store {
         let id = record.client_id();
         let hash = self.hash(id);
         let mut shard = self.shard(hash);
+        if self.is_evicted(&record) {
+            return Err(record);
+        }
         let entry = shard.entry(hash, |s| s.is(hash, id), |s| s.hash);
         match entry {
             hashbrown::hash_table::Entry::Occupied(e) if keep_old(&record, &e.get().record) => {
@@ -406,11 +610,19 @@ impl Store {
                 let slot = e.get_mut();
                 let old = slot.version.get();
                 slot.version = Packed::new(version(hash, Some(old), &record));
+                let (new, was) = (charge(&record), charge(&slot.record));
                 slot.record = record;
+                if new >= was {
+                    self.bytes.fetch_add(new - was, AtomicOrdering::AcqRel);
+                } else {
+                    self.bytes.fetch_sub(was - new, AtomicOrdering::AcqRel);
+                }
                 Ok(Some(old))
             }
             hashbrown::hash_table::Entry::Vacant(e) => {
                 let version = Packed::new(version(hash, None, &record));
+                self.bytes
+                    .fetch_add(charge(&record), AtomicOrdering::AcqRel);
                 e.insert(Slot {
                     hash,
                     record,
@@ -661,6 +873,40 @@ mod tests {
         }
         assert_eq!(s.len(), n);
         assert!(s.get(b"client-").is_none() && s.get(b"").is_none());
+    }
+
+    #[test]
+    fn the_oldest_are_evicted_and_never_stored_again() {
+        let s = Store::new();
+        for i in 0..10 {
+            offer(
+                &s,
+                rec("A", &format!("c{i}"), "+1+1", &format!("{}", 100 + i)),
+            )
+            .unwrap();
+        }
+        let each = charge(&s.get(b"c0").unwrap());
+        assert_eq!(s.bytes(), 10 * each);
+        // Three records' worth of excess: the three oldest.
+        let key = s.eviction_key(3 * each - 1).unwrap();
+        assert_eq!(&key.client_id[..], b"c2");
+        assert!(s.raise_evicted(key.clone()));
+        assert!(!s.raise_evicted(key.clone()), "it only rises");
+        let mut gone = 0;
+        assert_eq!(s.sweep(|g| gone += g.len()), 3);
+        assert_eq!((gone, s.len(), s.bytes()), (3, 7, 7 * each));
+        assert!(s.get(b"c2").is_none() && s.get(b"c3").is_some());
+        // At or below the watermark nothing is stored, newer is.
+        assert!(offer(&s, rec("B", "c1", "+2+2", "101")).is_err());
+        assert!(offer(&s, rec("B", "new", "+2+2", "50")).is_err());
+        assert!(s.get(b"c1").is_none() && s.get(b"new").is_none());
+        assert!(offer(&s, rec("B", "c1", "+2+2", "200")).is_ok());
+        // Equal times: the client ID decides.
+        let t = EvictKey::decode(b"300.000000000 m").unwrap();
+        assert!(t.covers(&rec("A", "a", "+1+1", "300")));
+        assert!(!t.covers(&rec("A", "z", "+1+1", "300")));
+        assert_eq!(EvictKey::decode(&t.encode()), Some(t));
+        assert_eq!(EvictKey::decode(b"3x kiwi"), None);
     }
 
     #[test]

@@ -321,6 +321,47 @@ async fn a_client_that_never_reads_is_stopped_then_closed_and_others_are_answere
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_reads_a_trickle_is_closed_after_the_write_timeout() {
+    const WRITE: Duration = Duration::from_secs(2);
+    let herd = goloman("write_timeout_ms = 2000\nidle_timeout_ms = 120000").await;
+    let peer = herd.peer_addr("Goloman");
+    let mut setup = herd.client("Goloman").await;
+    setup
+        .ask(iamat(b"kiwi", "+34.068930-118.445127", "1"))
+        .await;
+    // A small receive window, then megabytes of replies asked for, taken 2 KiB at a
+    // time four times a second: always some progress, never the whole of what the
+    // server holds within the timeout.
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut hog = socket.connect(herd.client_addr("Goloman")).await.unwrap();
+    let batch = b"WHATSAT kiwi 50 20\n".repeat(2000);
+    let _ = tokio::time::timeout(Duration::from_secs(2), hog.write_all(&batch)).await;
+    let started = Instant::now();
+    let mut chunk = [0u8; 2048];
+    let mut taken = 0usize;
+    let closed_at = loop {
+        assert!(
+            started.elapsed() < IO_TIMEOUT + WRITE,
+            "not closed after {:?}, {taken} bytes taken",
+            started.elapsed()
+        );
+        if series(&scrape_metrics(peer).await, &closed("write_timeout")) == 1 {
+            break started.elapsed();
+        }
+        let read = tokio::time::timeout(Duration::from_millis(100), hog.read(&mut chunk));
+        if let Ok(Ok(n)) = read.await {
+            taken += n;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    eprintln!("closed after {closed_at:?}, {taken} bytes taken");
+    assert!(taken > 0, "the client took nothing: not a trickle");
+    let took = round_trip(&herd).await;
+    assert!(took < WRITE, "{took:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_id_past_the_limit_gets_a_question_mark() {
     let herd = goloman("").await;
     let mut c = herd.client("Goloman").await;

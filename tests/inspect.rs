@@ -32,6 +32,12 @@ struct Herd {
 
 impl Herd {
     fn start() -> Herd {
+        Herd::start_with(false)
+    }
+
+    /// With `tls`, the peer ports speak TLS only, with certificates `herd certs`
+    /// made in `<dir>/certs` (they name 127.0.0.1); the links are not waited for.
+    fn start_with(tls: bool) -> Herd {
         let reserved: Vec<TcpListener> = (0..10)
             .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
             .collect();
@@ -63,7 +69,26 @@ impl Herd {
             .as_nanos();
         let dir = std::env::temp_dir().join(format!("herd-inspect-{}-{nanos}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("herd.toml"), toml).unwrap();
+        std::fs::write(dir.join("herd.toml"), &toml).unwrap();
+        if tls {
+            let out = Command::new(env!("CARGO_BIN_EXE_herd"))
+                .arg("certs")
+                .arg("--config")
+                .arg(dir.join("herd.toml"))
+                .arg("--out")
+                .arg(dir.join("certs"))
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let toml = format!(
+                "[tls]\nca = \"certs/ca.pem\"\ncert = \"certs/{{server}}.pem\"\nkey = \"certs/{{server}}.key\"\n\n{toml}"
+            );
+            std::fs::write(dir.join("herd.toml"), toml).unwrap();
+        }
         drop(reserved);
         let child = Command::new(env!("CARGO_BIN_EXE_herd"))
             .arg("up")
@@ -82,6 +107,9 @@ impl Herd {
             client,
             peer,
         };
+        if tls {
+            return herd;
+        }
         // Every link up (the Links view says so) before the test starts.
         wait_until(Duration::from_secs(20), "all links up", || {
             NAMES.iter().all(|n| {
@@ -568,8 +596,9 @@ fn the_grafana_dashboard_queries_metrics_that_exist() {
     }
 }
 
-/// Debian's Prometheus (tests/run.sh installs it) scraping the herd with
-/// deploy/prometheus.yml, its targets swapped for this herd's peer ports.
+/// Debian's Prometheus (tests/run.sh installs it) scraping a TLS herd, as the
+/// compose herd runs, with deploy/prometheus.yml, its targets swapped for this
+/// herd's peer ports and its CA for this herd's.
 #[test]
 fn prometheus_scrapes_every_server() {
     let Some(prometheus) = ["prometheus", "/usr/bin/prometheus"]
@@ -584,12 +613,18 @@ fn prometheus_scrapes_every_server() {
         eprintln!("SKIPPED: prometheus is not installed (Debian: apt-get install prometheus)");
         return;
     };
-    let herd = Herd::start();
+    let herd = Herd::start_with(true);
     let mut config = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/deploy/prometheus.yml"
     ))
     .unwrap();
+    let ca = "ca_file: /etc/prometheus/certs/ca.pem";
+    assert!(config.contains(ca), "deploy/prometheus.yml names no CA");
+    config = config.replace(
+        ca,
+        &format!("ca_file: {}", herd.dir.join("certs/ca.pem").display()),
+    );
     for (i, name) in NAMES.iter().enumerate() {
         let target = format!("{}:{}", name.to_lowercase(), 13001 + i);
         assert!(

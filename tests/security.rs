@@ -181,14 +181,25 @@ async fn link_as_goloman(
 ) -> Output {
     let mut headers = vec!["herd-from: Goloman".to_owned(), "herd-to: Hands".to_owned()];
     headers.extend(auth.map(bearer));
+    // The .proto given: without the secret, reflection is closed too.
     grpcurl(
         herd.peer_addr("Hands"),
         transport,
         &headers,
-        &["-d", message, "herd.v1.Peer/Link"],
+        &[
+            "-import-path",
+            PROTO,
+            "-proto",
+            "herd/v1/herd.proto",
+            "-d",
+            message,
+            "herd.v1.Peer/Link",
+        ],
     )
     .await
 }
+
+const PROTO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/proto");
 
 /// `herd_peer_auth_refused_total{service,reason}` of `name`, read through grpcurl's
 /// view of nothing: the metrics come over plain HTTP/1.1 on the peer port.
@@ -223,16 +234,36 @@ async fn grpcurl_needs_the_secret_for_inspect_and_link_and_a_spoof_reaches_no_ta
     // The servers' own links carry the secret.
     wait_links_up(&herd, "Goloman", &plain).await;
 
-    // Inspect: without the secret, with a wrong one, with the right one.
+    // Reflection needs the secret: without it grpcurl cannot even list the services.
     let hands = herd.peer_addr("Hands");
-    let none = grpcurl(hands, &plain, &[], &["herd.v1.Inspect/Links"]).await;
+    let list = grpcurl(hands, &plain, &[], &["list"]).await;
+    assert!(!list.status.success(), "{}", text(&list));
+    assert!(text(&list).contains("Unauthenticated"), "{}", text(&list));
+    assert!(!text(&list).contains("herd.v1.Inspect"), "{}", text(&list));
+    let list = grpcurl(hands, &plain, &[bearer(SECRET)], &["list"]).await;
+    assert!(list.status.success(), "{}", text(&list));
+    assert!(text(&list).contains("herd.v1.Inspect"), "{}", text(&list));
+    assert!(refused(&herd, "Hands", "reflection", "no_secret").await >= 1);
+
+    // Inspect (its .proto given, as reflection is closed): without the secret, with
+    // a wrong one, with the right one.
+    let with_proto = |method| {
+        [
+            "-import-path",
+            PROTO,
+            "-proto",
+            "herd/v1/herd.proto",
+            method,
+        ]
+    };
+    let none = grpcurl(hands, &plain, &[], &with_proto("herd.v1.Inspect/Links")).await;
     assert!(!none.status.success());
     assert!(text(&none).contains("Unauthenticated"), "{}", text(&none));
     let wrong = grpcurl(
         hands,
         &plain,
         &[bearer("s3cret-0123456789abcdeX")],
-        &["herd.v1.Inspect/Links"],
+        &with_proto("herd.v1.Inspect/Links"),
     )
     .await;
     assert!(text(&wrong).contains("Unauthenticated"), "{}", text(&wrong));
@@ -246,8 +277,19 @@ async fn grpcurl_needs_the_secret_for_inspect_and_link_and_a_spoof_reaches_no_ta
     assert!(text(&right).contains(r#""neighbour": "Goloman""#));
     assert_eq!(refused(&herd, "Hands", "inspect", "no_secret").await, 1);
     assert_eq!(refused(&herd, "Hands", "inspect", "wrong_secret").await, 1);
-    // Health and /metrics stay open (the scrapes above needed nothing).
-    let health = grpcurl(hands, &plain, &[], &["grpc.health.v1.Health/Check"]).await;
+    // Health and /metrics stay open (the scrapes above needed nothing): the secret
+    // goes only to reflection here, not to the health call.
+    let health = grpcurl(
+        hands,
+        &plain,
+        &[],
+        &[
+            "-reflect-header",
+            &bearer(SECRET),
+            "grpc.health.v1.Health/Check",
+        ],
+    )
+    .await;
     assert!(text(&health).contains("SERVING"), "{}", text(&health));
 
     // A spoofed update: refused without the secret and with a wrong one, and in no table.
@@ -496,6 +538,11 @@ async fn a_peer_sending_a_bad_message_is_cut_off_with_an_error_and_none_of_it_is
                 .replace(r#""seconds":"4102444800""#, r#""seconds":"12x""#),
             "bad message",
         ),
+        (
+            "bad watermark",
+            String::new(),
+            "eviction watermark \"12x.000000005 kiwi\" is not a valid",
+        ),
     ];
     for (i, (what, bad, says)) in cases.iter().enumerate() {
         let good = update_json(
@@ -504,7 +551,14 @@ async fn a_peer_sending_a_bad_message_is_cut_off_with_an_error_and_none_of_it_is
             &["Goloman"],
             10 + i as u64,
         );
-        let message = format!(r#"{{"updates":[{good},{bad}]}}"#);
+        let message = match *what {
+            // The floors beside a good update name an eviction watermark whose
+            // seconds are no number (its client ID is "kiwi", base64).
+            "bad watermark" => format!(
+                r#"{{"updates":[{good}],"floors":{{"evicted":{{"seconds":"12x","nanos":5,"clientId":"a2l3aQ=="}}}}}}"#
+            ),
+            _ => format!(r#"{{"updates":[{good},{bad}]}}"#),
+        };
         let out = link_as_goloman(&herd, &plain, Some(SECRET), &message).await;
         let t = text(&out);
         assert!(!out.status.success(), "{what}: {t}");

@@ -12,7 +12,9 @@
 //!   (first in every segment and snapshot);
 //! - `END`: records u64 (last in a complete snapshot);
 //! - `LOST`: entries were dropped before they could be written (the disk failed
-//!   for longer than `data.max_unwritten_bytes` allowed).
+//!   for longer than `data.max_unwritten_bytes` allowed);
+//! - `EVICTED`: the eviction watermark rose to `<seconds>.<nine digits> <client ID>`
+//!   (every record at or below it, by client time then client ID, is evicted).
 
 /// Bytes before a payload.
 pub const FRAME: usize = 8;
@@ -26,6 +28,7 @@ pub const FLOORS: u8 = 2;
 pub const HEADER: u8 = 3;
 pub const END: u8 = 4;
 pub const LOST: u8 = 5;
+pub const EVICTED: u8 = 6;
 
 /// Appends one framed entry whose payload `fill` writes (after the kind byte).
 pub fn frame(out: &mut Vec<u8>, kind: u8, fill: impl FnOnce(&mut Vec<u8>)) {
@@ -75,6 +78,10 @@ pub fn end(out: &mut Vec<u8>, records: u64) {
     frame(out, END, |o| o.extend_from_slice(&records.to_le_bytes()));
 }
 
+pub fn evicted(out: &mut Vec<u8>, key: &[u8]) {
+    frame(out, EVICTED, |o| o.extend_from_slice(key));
+}
+
 pub fn lost(out: &mut Vec<u8>) {
     frame(out, LOST, |_| {});
 }
@@ -95,6 +102,7 @@ pub enum Entry<'a> {
     },
     End(u64),
     Lost,
+    Evicted(&'a [u8]),
 }
 
 fn u64_at(b: &[u8], at: usize) -> Option<u64> {
@@ -135,6 +143,7 @@ pub fn decode(p: &[u8]) -> Option<Entry<'_>> {
         }
         END => Some(Entry::End(u64_at(b, 0)?)),
         LOST => Some(Entry::Lost),
+        EVICTED => Some(Entry::Evicted(b)),
         _ => None,
     }
 }

@@ -494,6 +494,12 @@ impl Journal {
         self.append(|b| format::floors(b, floors));
     }
 
+    /// The eviction watermark rose to `key`.
+    pub fn evicted(&self, key: &crate::store::EvictKey) {
+        let key = key.encode();
+        self.append(|b| format::evicted(b, &key));
+    }
+
     /// The position after everything appended so far.
     pub fn appended(&self) -> u64 {
         self.appended.load(Ordering::Acquire)
@@ -810,6 +816,9 @@ impl Journal {
         let mut buf = Vec::with_capacity(1 << 20);
         let (incarnation, last, floors) = replica.snapshot_floors();
         format::header(&mut buf, &self.name, incarnation, last);
+        if let Some(key) = replica.evicted() {
+            format::evicted(&mut buf, &key.encode());
+        }
         let mut records = 0u64;
         let mut written = 0u64;
         let mut failed = None;

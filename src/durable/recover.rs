@@ -95,6 +95,15 @@ impl State<'_> {
                 }
             }
             Entry::End(_) => {}
+            Entry::Evicted(key) => match crate::store::EvictKey::decode(key) {
+                Some(key) => self.replica.restore_evicted(key),
+                None => self.corrupt(
+                    file,
+                    offset,
+                    payload.len() + format::FRAME,
+                    "invalid watermark",
+                ),
+            },
             Entry::Lost => {
                 tracing::warn!(file = %file.display(), offset, "the journal lost entries here while the disk failed; neighbours' catch-ups refill them");
                 self.damaged = true;

@@ -598,6 +598,12 @@ impl Outgoing {
         LinkMessage {
             floors: Some(Floors {
                 floors: floors.iter().map(Floor::to_proto).collect(),
+                evicted: self
+                    .backbone
+                    .replica()
+                    .evicted()
+                    .as_ref()
+                    .map(evicted_proto),
             }),
             ..LinkMessage::default()
         }
@@ -717,8 +723,15 @@ impl Outgoing {
                     message.updates.push(update);
                 }
                 Queued::CaughtUp(floors) => {
+                    // Read now, after the catch-up: it covers what was evicted during it.
                     message.caught_up = Some(Floors {
                         floors: floors.iter().map(Floor::to_proto).collect(),
+                        evicted: self
+                            .backbone
+                            .replica()
+                            .evicted()
+                            .as_ref()
+                            .map(evicted_proto),
                     });
                     break;
                 }
@@ -726,6 +739,15 @@ impl Outgoing {
             next = self.rx.try_recv().ok();
         }
         message
+    }
+}
+
+/// A watermark as it travels with floors.
+pub fn evicted_proto(key: &crate::store::EvictKey) -> crate::proto::Evicted {
+    crate::proto::Evicted {
+        seconds: key.time.seconds_digits().to_owned(),
+        nanos: key.time.nanos(),
+        client_id: Bytes::copy_from_slice(&key.client_id),
     }
 }
 

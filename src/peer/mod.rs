@@ -406,6 +406,15 @@ fn handle(
 ) -> Result<(), BadMessage> {
     slot.count_received(m.updates.len() as u64);
     let members = backbone.members();
+    // Floors and watermarks are checked before any update is applied, as updates are.
+    let done = match &m.caught_up {
+        Some(f) => Some((floors_from(f)?, evicted_key(f)?)),
+        None => None,
+    };
+    let theirs = match &m.floors {
+        Some(f) => Some((floors_from(f)?, evicted_key(f)?)),
+        None => None,
+    };
     let mut checked = Vec::with_capacity(m.updates.len());
     for payload in &m.updates {
         let u = UpdateRef::parse(payload).map_err(|e| OfferError::from(BadUpdate::from(e)))?;
@@ -423,20 +432,51 @@ fn handle(
             }
         }
     }
-    // After the updates before it: the catch-up's end claims them. Never for an
-    // origin refused above: its records were not stored.
-    if let Some(done) = m.caught_up {
-        let mut floors = floors_from(&done)?;
+    // After the updates before it: the catch-up's end claims them. Its watermark
+    // first: the floors count what is evicted at the sender as reflected. Never a
+    // floor for an origin refused above: its records were not stored.
+    if let Some((mut floors, evicted)) = done {
+        if let Some(key) = evicted {
+            backbone.replica.raise_evicted(key);
+        }
         floors.retain(|f| members.knows(&f.origin));
         backbone
             .replica
             .caught_up(&floors)
             .map_err(OfferError::from)?;
     }
-    if let Some(theirs) = m.floors {
-        shared.floors_received(floors_from(&theirs)?);
+    if let Some((floors, evicted)) = theirs {
+        if let Some(key) = evicted {
+            backbone.replica.raise_evicted(key);
+        }
+        shared.floors_received(floors);
     }
     Ok(())
+}
+
+/// A neighbour's eviction watermark, checked as strictly as an IAMAT's time and ID
+/// (canonical seconds, nanoseconds below a second).
+fn evicted_key(f: &proto::Floors) -> Result<Option<crate::store::EvictKey>, BadMessage> {
+    let Some(e) = &f.evicted else {
+        return Ok(None);
+    };
+    let key = (e.nanos < 1_000_000_000)
+        .then(|| {
+            let time = format!("{}.{:09}", e.seconds, e.nanos);
+            crate::store::EvictKey::checked(time.as_bytes(), &e.client_id)
+        })
+        .flatten()
+        .filter(|k| k.time.seconds_digits() == e.seconds);
+    match key {
+        Some(key) => Ok(Some(key)),
+        None => Err(OfferError::from(BadUpdate::Watermark(format!(
+            "{}.{:09} {}",
+            e.seconds,
+            e.nanos,
+            String::from_utf8_lossy(&e.client_id)
+        )))
+        .into()),
+    }
 }
 
 fn floors_from(f: &proto::Floors) -> Result<Vec<Floor>, BadMessage> {

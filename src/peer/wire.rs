@@ -428,6 +428,11 @@ mod tests {
                     seq: 9,
                     above: vec![],
                 }],
+                evicted: Some(proto::Evicted {
+                    seconds: "1520023934".into(),
+                    nanos: 5,
+                    client_id: Bytes::from_static(b"kiwi"),
+                }),
             }),
             caught_up: None,
         };

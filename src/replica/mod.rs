@@ -74,7 +74,7 @@ use std::sync::{
 use crate::{
     peer::wire::UpdateRef,
     proto,
-    store::{BadUpdate, Record, SourceId, Store, Version},
+    store::{BadUpdate, EvictKey, Record, SourceId, Store, Version},
     wire::ClientTime,
 };
 
@@ -278,6 +278,10 @@ pub struct Replica {
     /// The data dir's journal, if the server has one: every change is appended to
     /// it in the critical section that makes it.
     journal: Option<Arc<crate::durable::Journal>>,
+    /// `backbone.max_record_bytes`: past it the oldest records are evicted.
+    max_bytes: u64,
+    /// Set when the evictor has work (over the cap, or a watermark to sweep).
+    evictor: (Mutex<bool>, std::sync::Condvar),
 }
 
 impl Replica {
@@ -290,7 +294,112 @@ impl Replica {
             store: Store::new(),
             gate: RwLock::new(()),
             journal: None,
+            max_bytes: u64::MAX,
+            evictor: (Mutex::new(false), std::sync::Condvar::new()),
         }
+    }
+
+    /// The cap on the bytes of records held (`backbone.max_record_bytes`).
+    pub fn set_max_bytes(&mut self, max: u64) {
+        self.max_bytes = max;
+    }
+
+    pub fn max_bytes(&self) -> u64 {
+        self.max_bytes
+    }
+
+    /// The eviction watermark: every record at or below it is evicted here, and is
+    /// on every server that has heard it (it travels with the floors).
+    pub fn evicted(&self) -> Option<EvictKey> {
+        self.store.evicted()
+    }
+
+    /// Raises the watermark to `key` (a neighbour's, or a restore's): journaled,
+    /// and the records at or below it are swept by the evictor. From now on none
+    /// is stored.
+    pub fn raise_evicted(&self, key: EvictKey) {
+        self.raise(key);
+    }
+
+    /// Restoring: the watermark a data dir kept (journaled there already).
+    pub fn restore_evicted(&self, key: EvictKey) {
+        self.store.raise_evicted(key);
+    }
+
+    fn raise(&self, key: EvictKey) -> bool {
+        if !self.store.raise_evicted(key.clone()) {
+            return false;
+        }
+        if let Some(j) = &self.journal {
+            j.evicted(&key);
+        }
+        self.wake_evictor();
+        true
+    }
+
+    /// Wakes the evictor if the cap is passed (called after each store).
+    fn check_cap(&self) {
+        if self.store.bytes() > self.max_bytes {
+            self.wake_evictor();
+        }
+    }
+
+    fn wake_evictor(&self) {
+        *crate::lock(&self.evictor.0) = true;
+        self.evictor.1.notify_one();
+    }
+
+    /// Waits until the evictor has work or `timeout` passes.
+    pub fn wait_evictor(&self, timeout: std::time::Duration) {
+        let mut work = crate::lock(&self.evictor.0);
+        if !*work {
+            work = self
+                .evictor
+                .1
+                .wait_timeout(work, timeout)
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .0;
+        }
+        *work = false;
+    }
+
+    /// The eviction rule. Past `max_bytes`, the watermark rises to the key (client
+    /// time, then client ID) below which the oldest records add up to the excess
+    /// over nine tenths of the cap; then every record at or below the watermark
+    /// goes. Returns the records evicted.
+    ///
+    /// Why every server ends with the same table: the watermark only rises, every
+    /// server refuses and sweeps what is at or below its own, and each sends its
+    /// watermark with its floors (and with the end of each catch-up), so that all
+    /// end with the highest, W. A record that wins for its client (the newest by
+    /// the herd's order) and is above W was stored at its origin, is never evicted
+    /// nor superseded anywhere, so it reaches every server by flooding or catch-up;
+    /// anything else is superseded by such a record or is at or below W. So every
+    /// server ends holding exactly the winning records above W, whichever order the
+    /// updates came in and whichever server's cap bit first. Floors stay sound: a
+    /// version at or below the watermark is reflected (evicted here, and wherever
+    /// the floors that claim it go, the watermark goes first).
+    pub fn evict(&self) -> u64 {
+        let mut n = 0;
+        for _ in 0..4 {
+            let bytes = self.store.bytes();
+            if bytes > self.max_bytes {
+                let target = self.max_bytes - self.max_bytes / 10;
+                if let Some(key) = self.store.eviction_key(bytes - target) {
+                    self.raise(key);
+                }
+            }
+            n += self.store.sweep(|gone| {
+                let mut v = self.versions();
+                for &(_, version) in gone {
+                    v.get_mut(version.source).index.remove(version.seq);
+                }
+            });
+            if self.store.bytes() <= self.max_bytes {
+                break;
+            }
+        }
+        n
     }
 
     /// From now on every change is journaled (after a restore).
@@ -515,6 +624,7 @@ impl Replica {
                 new
             })?;
         let version = version.expect("a stored record got a version");
+        self.check_cap();
         Ok(Applied {
             record: kept,
             version: proto::Version {
@@ -610,15 +720,18 @@ impl Replica {
                     version
                 });
         match offered {
-            Ok(_) => Ok(Offer::Applied(Applied {
-                record: kept,
-                version: proto::Version {
-                    origin: wire.origin.to_owned(),
-                    incarnation: wire.incarnation,
-                    seq: wire.seq,
-                },
-                _gate: gate,
-            })),
+            Ok(_) => {
+                self.check_cap();
+                Ok(Offer::Applied(Applied {
+                    record: kept,
+                    version: proto::Version {
+                        origin: wire.origin.to_owned(),
+                        incarnation: wire.incarnation,
+                        seq: wire.seq,
+                    },
+                    _gate: gate,
+                }))
+            }
             Err(_) => {
                 self.versions().get_mut(source).seen(version.seq);
                 Ok(Offer::Stale)

@@ -17,8 +17,9 @@ use crate::wire;
 #[derive(Clone, Debug)]
 enum Msg {
     Updates(Vec<proto::Update>),
-    Floors(Vec<Floor>),
-    CaughtUp(CaughtUp),
+    /// Floors, and the sender's eviction watermark (as `Floors.evicted`).
+    Floors(Vec<Floor>, Option<EvictKey>),
+    CaughtUp(CaughtUp, Option<EvictKey>),
 }
 
 /// One direction of a link: the sender's queue (live updates and end markers),
@@ -45,6 +46,8 @@ struct Sim {
     queue_cap: usize,
     clients: usize,
     next_inc: u64,
+    /// Each node's `max_bytes` (u64::MAX: no cap).
+    cap: u64,
     stats: Stats,
 }
 
@@ -54,6 +57,7 @@ struct Stats {
     aborted: u64,
     catch_ups: u64,
     records_in_catch_ups: u64,
+    evicted: u64,
 }
 
 fn record(origin: &str, client: usize, time: &str, loc: &str) -> (Record, wire::ClientTime) {
@@ -86,9 +90,18 @@ impl Sim {
                 edges.push((a, b));
             }
         }
+        let clients = rng.usize(1..=8);
+        // Half the seeds cap the table at a few records' bytes (a record is about
+        // 100 bytes as charged), so that evictions are frequent.
+        let cap = if rng.bool() {
+            rng.u64(150..700)
+        } else {
+            u64::MAX
+        };
         let mut sim = Sim {
             queue_cap: rng.usize(1..=8),
-            clients: rng.usize(1..=8),
+            clients,
+            cap,
             rng,
             up: vec![false; edges.len()],
             dirs: edges.iter().map(|_| Default::default()).collect(),
@@ -126,7 +139,9 @@ impl Sim {
 
     fn fresh(&mut self, i: usize) -> Replica {
         self.next_inc += 1;
-        Replica::new(self.names[i].clone(), self.next_inc, self.neighbours(i))
+        let mut r = Replica::new(self.names[i].clone(), self.next_inc, self.neighbours(i));
+        r.set_max_bytes(self.cap);
+        r
     }
 
     fn index(&self, name: &str) -> usize {
@@ -171,7 +186,8 @@ impl Sim {
         for d in 0..2 {
             let (from, _) = self.ends(e, d);
             let floors = self.nodes[from].floors();
-            self.dirs[e][d].wire.push_back(Msg::Floors(floors));
+            let evicted = self.nodes[from].evicted();
+            self.dirs[e][d].wire.push_back(Msg::Floors(floors, evicted));
         }
     }
 
@@ -247,11 +263,17 @@ impl Sim {
                     }
                 }
             }
-            Msg::Floors(theirs) => {
+            Msg::Floors(theirs, evicted) => {
+                if let Some(w) = evicted {
+                    self.nodes[to].raise_evicted(w);
+                }
                 // The floors of `from` go to the sending side of to -> from.
                 self.dirs[e][1 - d].sync.floors(theirs);
             }
-            Msg::CaughtUp(floors) => {
+            Msg::CaughtUp(floors, evicted) => {
+                if let Some(w) = evicted {
+                    self.nodes[to].raise_evicted(w);
+                }
                 self.nodes[to].caught_up(&floors).expect("few sources");
             }
         }
@@ -278,7 +300,8 @@ impl Sim {
                 },
             );
             if let Some(m) = marker {
-                dir.queue.push_back(Msg::CaughtUp(m));
+                let evicted = self.nodes[from].evicted();
+                dir.queue.push_back(Msg::CaughtUp(m, evicted));
             }
             match step {
                 SyncStep::Records(r) => {
@@ -312,7 +335,8 @@ impl Sim {
             |m| marker = Some(m),
         );
         if let Some(m) = marker {
-            dir.queue.push_back(Msg::CaughtUp(m));
+            let evicted = self.nodes[from].evicted();
+            dir.queue.push_back(Msg::CaughtUp(m, evicted));
         }
         if let SyncStep::Records(r) = &step {
             dir.wire.push_back(Msg::Updates(r.clone()));
@@ -333,7 +357,21 @@ impl Sim {
     fn anti_entropy(&mut self, e: usize, d: usize) {
         let (from, _) = self.ends(e, d);
         let floors = self.nodes[from].floors();
-        self.dirs[e][d].wire.push_back(Msg::Floors(floors));
+        let evicted = self.nodes[from].evicted();
+        self.dirs[e][d].wire.push_back(Msg::Floors(floors, evicted));
+    }
+
+    /// The evictor of node `i` runs (in a server, on its own thread, at any time).
+    fn evict(&mut self, i: usize) {
+        let n = self.nodes[i].evict();
+        self.stats.evicted += n;
+        assert!(
+            self.nodes[i].store().bytes() <= self.cap,
+            "{} holds {} bytes past its cap of {}",
+            self.names[i],
+            self.nodes[i].store().bytes(),
+            self.cap
+        );
     }
 
     fn restart(&mut self, i: usize, keep_state: bool) {
@@ -351,7 +389,11 @@ impl Sim {
     /// One random event.
     fn event(&mut self, faults: bool) {
         let edges = self.edges.len();
-        match self.rng.u32(0..100) {
+        match self.rng.u32(0..104) {
+            100..104 => {
+                let i = self.rng.usize(0..self.nodes.len());
+                self.evict(i);
+            }
             0..15 => {
                 let i = self.rng.usize(0..self.nodes.len());
                 self.iamat(i);
@@ -419,7 +461,13 @@ impl Sim {
                 }
             }
             if !moved {
-                return;
+                let before = self.stats.evicted;
+                for i in 0..self.nodes.len() {
+                    self.evict(i);
+                }
+                if self.stats.evicted == before {
+                    return;
+                }
             }
         }
         panic!("the herd never settled");
@@ -443,7 +491,8 @@ impl Sim {
                     let held = node.store().get(made.client_id());
                     let ok = held
                         .as_ref()
-                        .is_some_and(|h| h.order(made) != std::cmp::Ordering::Less);
+                        .is_some_and(|h| h.order(made) != std::cmp::Ordering::Less)
+                        || node.evicted().is_some_and(|w| w.covers(made));
                     assert!(
                         ok,
                         "{}: floor {f:?} claims {:?} (seq {seq}), but it holds {:?}",
@@ -551,13 +600,14 @@ fn every_schedule_converges_and_floors_never_overclaim() {
                 total.aborted += s.aborted;
                 total.catch_ups += s.catch_ups;
                 total.records_in_catch_ups += s.records_in_catch_ups;
+                total.evicted += s.evicted;
             }
             Err(_) => panic!("seed {seed} failed; replay it with HERD_SIM_SEED={seed}"),
         }
     }
     // The runs exercised what they are meant to.
     assert!(
-        total.drops > 0 && total.aborted > 0 && total.catch_ups > seeds,
+        total.drops > 0 && total.aborted > 0 && total.catch_ups > seeds && total.evicted > seeds,
         "{total:?}"
     );
 }
@@ -652,7 +702,7 @@ fn a_record_stored_during_a_catch_up_reaches_the_neighbour_before_its_end() {
         for d in 0..2 {
             let (from, _) = sim.ends(e, d);
             let floors = sim.nodes[from].floors();
-            sim.dirs[e][d].wire.push_back(Msg::Floors(floors));
+            sim.dirs[e][d].wire.push_back(Msg::Floors(floors, None));
         }
     }
     let (e, d) = sim.dir(2, 1);

@@ -117,7 +117,7 @@ impl SeqIndex {
         }
     }
 
-    fn remove(&mut self, seq: u64) {
+    pub(crate) fn remove(&mut self, seq: u64) {
         if let Ok(i) = self.position(seq)
             && self.entries[i].0 & DEAD == 0
         {
