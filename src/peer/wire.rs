@@ -171,6 +171,9 @@ fn text(b: &[u8]) -> Result<&str, Malformed> {
     std::str::from_utf8(b).map_err(|_| Malformed("a string field is not UTF-8"))
 }
 
+/// Names a seen list has room for before it grows.
+const SEEN_RESERVED: usize = 256;
+
 /// The key of a `seen` name (field 7, length-delimited).
 const SEEN_KEY: u8 = 7 << 3 | 2;
 
@@ -239,8 +242,9 @@ impl<'a> UpdateRef<'a> {
                 Field::Bytes(7, b) => {
                     if u.seen.is_empty() {
                         // One allocation: every name takes at least three bytes (key,
-                        // length, one byte), so the rest of the payload bounds them.
-                        u.seen.reserve(1 + buf.len() / 3);
+                        // length, one byte), so the rest of the payload bounds them; and
+                        // at most 4 KiB, whatever a payload of other fields claims.
+                        u.seen.reserve((1 + buf.len() / 3).min(SEEN_RESERVED));
                     }
                     let at = whole.len() - buf.len();
                     buf = &whole[seen_run(whole, at - b.len(), at, &mut u.seen)?..];
