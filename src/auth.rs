@@ -148,7 +148,14 @@ pub const REFUSALS: [Refusal; 3] = [
 ];
 
 /// The services whose calls are checked: the `service` label.
-pub const GUARDED: [&str; 6] = ["link", "inspect", "admin", "health", "metrics", "reflection"];
+pub const GUARDED: [&str; 6] = [
+    "link",
+    "inspect",
+    "admin",
+    "health",
+    "metrics",
+    "reflection",
+];
 
 /// A tonic interceptor that lets a call through only with the herd secret (or lets
 /// everything through when the herd has none), counting each refusal.

@@ -58,8 +58,10 @@ pub enum BadUpdate {
 impl Record {
     /// The record of a parsed IAMAT, as server `origin` replied to it with `diff`.
     pub fn from_iamat(origin: &str, diff: &[u8], cmd: &wire::IAmAt<'_>) -> Record {
+        // Exactly the line's length ("AT" and five spaces): the boxed slice below
+        // then keeps this allocation instead of shrinking it into a new one.
         let mut line = Vec::with_capacity(
-            8 + origin.len()
+            7 + origin.len()
                 + diff.len()
                 + cmd.client_id.len()
                 + cmd.location.len()

@@ -267,6 +267,14 @@ enum Scenario {
         partition: bool,
         #[arg(long, default_value_t = 1)]
         seed: u64,
+        /// How updates spread: herd's flooding, or a model of Plumtree (epidemic
+        /// broadcast trees) to compare it with.
+        #[arg(long, value_enum, default_value_t = simulate::Spread::Flood)]
+        broadcast: simulate::Spread,
+        /// Plumtree: how long a server waits after an announcement for the update
+        /// itself before asking for it (microseconds).
+        #[arg(long, default_value_t = 2000)]
+        graft_timeout_us: u64,
         /// Print one JSON object instead of a table.
         #[arg(long)]
         json: bool,

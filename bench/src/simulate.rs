@@ -3,9 +3,18 @@
 
 use std::process::ExitCode;
 
-use herd::replica::netsim::{self, Config, Topology};
+use herd::replica::netsim::{self, Broadcast, Config, Topology};
 
 use crate::Scenario;
+
+/// `--broadcast`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Spread {
+    /// herd's flooding, as the servers run it.
+    Flood,
+    /// Eager push on a tree, announcements elsewhere (a model: not in the servers).
+    Plumtree,
+}
 
 /// `simulate`: runs the simulation on this thread (it is single-threaded and has no
 /// sockets) and prints its figures.
@@ -21,6 +30,8 @@ pub(crate) fn run(scenario: &Scenario) -> ExitCode {
         retransmit_us,
         partition,
         seed,
+        broadcast,
+        graft_timeout_us,
         json,
     } = scenario
     else {
@@ -52,6 +63,11 @@ pub(crate) fn run(scenario: &Scenario) -> ExitCode {
         retransmit_us,
         partition,
         seed,
+        broadcast: match broadcast {
+            Spread::Flood => Broadcast::Flood,
+            Spread::Plumtree => Broadcast::Plumtree,
+        },
+        graft_timeout_us,
     };
     let r = netsim::run(&cfg);
     if json {
@@ -61,6 +77,8 @@ pub(crate) fn run(scenario: &Scenario) -> ExitCode {
                 "report": r,
                 "messages_per_update": r.messages_per_update(),
                 "redundant_per_useful": r.redundant_per_useful(),
+                "all_messages_per_update": r.all_messages_per_update(),
+                "bytes_per_update": r.bytes_per_update(),
             })
         );
     } else {
@@ -70,8 +88,8 @@ pub(crate) fn run(scenario: &Scenario) -> ExitCode {
                 format!("{:.1} ms", us as f64 / 1e3)
             });
         println!(
-            "simulated herd: {} servers, {} links, {} updates, seed {}",
-            r.servers, r.links, r.updates, r.seed
+            "simulated herd: {} servers, {} links, {} updates, seed {}, {:?}",
+            r.servers, r.links, r.updates, r.seed, r.broadcast
         );
         println!(
             "  reached every server      {} of {}",
@@ -89,6 +107,18 @@ pub(crate) fn run(scenario: &Scenario) -> ExitCode {
             r.useful,
             r.redundant,
             r.redundant_per_useful()
+        );
+        if r.broadcast == Broadcast::Plumtree {
+            println!(
+                "  announcements, controls   {:.1}, {:.1} per update (all messages: {:.1} per update)",
+                r.announcements as f64 / r.updates.max(1) as f64,
+                r.controls as f64 / r.updates.max(1) as f64,
+                r.all_messages_per_update()
+            );
+        }
+        println!(
+            "  bytes sent per update     {:.0} (updates and control, framed)",
+            r.bytes_per_update()
         );
         println!(
             "  catch-ups                 {} ({} records, {} bytes)",

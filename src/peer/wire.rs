@@ -171,10 +171,55 @@ fn text(b: &[u8]) -> Result<&str, Malformed> {
     std::str::from_utf8(b).map_err(|_| Malformed("a string field is not UTF-8"))
 }
 
+/// Names a seen list has room for before it grows.
+const SEEN_RESERVED: usize = 256;
+
+/// The key of a `seen` name (field 7, length-delimited).
+const SEEN_KEY: u8 = 7 << 3 | 2;
+
+/// Reads the run of `seen` names that starts with the one at `start..end` of `whole`
+/// and goes on back to back (as a seen list is written), pushing them onto `seen`;
+/// gives where the run ends. The run's keys and one-byte lengths are ASCII, so one
+/// UTF-8 check of the whole run checks every name in it (a list of dozens of names in
+/// a large herd, read by every server on every copy of an update).
+fn seen_run<'a>(
+    whole: &'a [u8],
+    start: usize,
+    end: usize,
+    seen: &mut Vec<&'a str>,
+) -> Result<usize, Malformed> {
+    let mut run_end = end;
+    while let &[SEEN_KEY, len, ..] = &whole[run_end..]
+        && len < 0x80
+        && run_end + 2 + usize::from(len) <= whole.len()
+    {
+        run_end += 2 + usize::from(len);
+    }
+    // None: some name is not UTF-8, and checking them one by one says which.
+    let run = std::str::from_utf8(&whole[start..run_end]).ok();
+    let (mut a, mut b) = (start, end);
+    loop {
+        seen.push(match run {
+            // Every name starts after an ASCII byte and ends before one (or at the
+            // run's end): always on character boundaries.
+            Some(run) => run
+                .get(a - start..b - start)
+                .ok_or(Malformed("a string field is not UTF-8"))?,
+            None => text(&whole[a..b])?,
+        });
+        if b == run_end {
+            return Ok(run_end);
+        }
+        a = b + 2;
+        b = a + usize::from(whole[b + 1]);
+    }
+}
+
 impl<'a> UpdateRef<'a> {
     /// Reads an encoded `herd.v1.Update` in place. Later occurrences of a singular field
     /// win and repeated ones append, as protobuf says.
     pub fn parse(mut buf: &'a [u8]) -> Result<UpdateRef<'a>, Malformed> {
+        let whole = buf;
         let mut u = UpdateRef::default();
         while !buf.is_empty() {
             match next_field(&mut buf)? {
@@ -194,7 +239,16 @@ impl<'a> UpdateRef<'a> {
                         }
                     }
                 }
-                Field::Bytes(7, b) => u.seen.push(text(b)?),
+                Field::Bytes(7, b) => {
+                    if u.seen.is_empty() {
+                        // One allocation: every name takes at least three bytes (key,
+                        // length, one byte), so the rest of the payload bounds them; and
+                        // at most 4 KiB, whatever a payload of other fields claims.
+                        u.seen.reserve((1 + buf.len() / 3).min(SEEN_RESERVED));
+                    }
+                    let at = whole.len() - buf.len();
+                    buf = &whole[seen_run(whole, at - b.len(), at, &mut u.seen)?..];
+                }
                 Field::Bytes(8, mut b) => {
                     let v = u.version.get_or_insert_with(VersionRef::default);
                     while !b.is_empty() {
@@ -395,6 +449,46 @@ mod tests {
             UpdateRef::parse(&[0x22, 0x01, 0xff]).is_err(),
             "origin not UTF-8"
         );
+    }
+
+    #[test]
+    fn seen_lists_read_as_prost_reads_them_in_runs_and_apart() {
+        let mut u = sample();
+        let long = "L".repeat(200);
+        u.seen = vec![
+            "".into(),
+            "a".into(),
+            long.clone(),
+            "b".into(),
+            "Zed".into(),
+        ];
+        // A relay's names come after the version: two runs of one list.
+        let fwd = with_seen(&u.encode_to_vec(), &["Holiday", &long, "Wilkes"]);
+        let back = decode(&fwd).unwrap();
+        let ours = UpdateRef::parse(&fwd).unwrap();
+        assert_eq!(ours.seen, back.seen);
+        assert_eq!(ours.seen.len(), 8);
+        assert_eq!(ours.version, UpdateRef::of(&back).version);
+        // A name that is not UTF-8 in the middle of a run is refused, wherever it is.
+        let names: [&[u8]; 3] = [b"Hands", b"Ho\xffliday", b"Welsh"];
+        for bad in 0..names.len() {
+            let mut payload = u.encode_to_vec();
+            for (i, n) in names.iter().enumerate() {
+                let n: &[u8] = if i == bad { n } else { b"Goloman" };
+                payload.extend_from_slice(&[SEEN_KEY, n.len() as u8]);
+                payload.extend_from_slice(n);
+            }
+            let expect = if bad == 1 {
+                Err(Malformed("a string field is not UTF-8"))
+            } else {
+                Ok(())
+            };
+            assert_eq!(UpdateRef::parse(&payload).map(|_| ()), expect, "name {bad}");
+        }
+        // A run cut short ends where the payload does.
+        let mut payload = u.encode_to_vec();
+        payload.extend_from_slice(&[SEEN_KEY, 9, b'x']);
+        assert!(UpdateRef::parse(&payload).is_err());
     }
 
     #[test]

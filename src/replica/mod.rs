@@ -110,16 +110,20 @@ pub fn plan<'a>(
             next.push(name);
         }
     }
-    let targets: Vec<&str> = neighbours
-        .iter()
-        .map(|n| &**n)
-        .filter(|n| {
-            Some(*n) != from && (!next.contains(n) || catching_up(n)) && *n != me && is_up(n)
-        })
-        .collect();
-    for t in &targets {
-        if !next.contains(t) {
-            next.push(t);
+    // One allocation each, and every name of the list compared once per neighbour
+    // (lists grow with the herd: dozens of names in a herd of a thousand).
+    let mut targets: Vec<&str> = Vec::with_capacity(neighbours.len());
+    let listed = next.len();
+    for n in neighbours.iter().map(|n| &**n) {
+        if Some(n) == from || n == me {
+            continue;
+        }
+        let known = next[..listed].contains(&n);
+        if (!known || catching_up(n)) && is_up(n) {
+            targets.push(n);
+            if !known && !next[listed..].contains(&n) {
+                next.push(n);
+            }
         }
     }
     Flood {
@@ -752,6 +756,12 @@ impl Replica {
         plan(&self.me, &hood.names, from, seen, is_up, |n| {
             hood.is_catching_up(n)
         })
+    }
+
+    /// Whether a catch-up to neighbour `n` is running (every record stored meanwhile
+    /// must go to it).
+    pub fn catching_up(&self, n: &str) -> bool {
+        self.hood().is_catching_up(n)
     }
 
     /// Whom an own record goes to when it is flooded after its store (a data dir's

@@ -17,13 +17,19 @@
 
 use std::{
     cmp::Ordering as CmpOrdering,
-    collections::{BinaryHeap, HashMap},
+    collections::BinaryHeap,
     sync::Arc,
     time::{Duration, Instant},
 };
 
+use bytes::Bytes;
+
 use super::{CaughtUp, Floor, LinkSync, Offer, Replica, SyncStep};
-use crate::{proto, store::Record, wire};
+use crate::{
+    peer::wire::{self as link_wire, UpdateRef, VersionRef},
+    store::Record,
+    wire,
+};
 
 /// The herd's shape.
 #[derive(Clone, Debug)]
@@ -33,6 +39,24 @@ pub enum Topology {
     /// `servers` servers on a random connected graph: a random spanning tree, then
     /// random extra links until the mean number of neighbours is `degree`.
     Random { servers: usize, degree: f64 },
+}
+
+/// How an update spreads.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Broadcast {
+    /// herd's flooding ([`Replica::plan`]): to every neighbour not on the seen list.
+    #[default]
+    Flood,
+    /// A model of epidemic broadcast trees (Plumtree, Leitão et al. 2007), to measure
+    /// what replacing flooding would gain; the real servers do not implement it. Every
+    /// link starts eager: an update goes whole to eager neighbours and as an
+    /// announcement (its version) to lazy ones. A server that gets a copy it has
+    /// already makes that link lazy at both ends (a prune); one that hears an
+    /// announcement and does not get the update within the graft timeout asks the
+    /// announcer for it (a graft), which makes that link eager again. Catch-ups are
+    /// herd's own, and a neighbour being caught up gets every update whole.
+    Plumtree,
 }
 
 /// One simulation.
@@ -53,6 +77,10 @@ pub struct Config {
     /// IAMATs is made, then heal.
     pub partition: bool,
     pub seed: u64,
+    pub broadcast: Broadcast,
+    /// Plumtree: how long a server waits, after an announcement of an update it does
+    /// not have, for the update itself before it asks the announcer (microseconds).
+    pub graft_timeout_us: u64,
 }
 
 impl Default for Config {
@@ -66,6 +94,8 @@ impl Default for Config {
             retransmit_us: 200_000,
             partition: false,
             seed: 1,
+            broadcast: Broadcast::Flood,
+            graft_timeout_us: 2000,
         }
     }
 }
@@ -73,6 +103,7 @@ impl Default for Config {
 /// What a simulation measured.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct Report {
+    pub broadcast: Broadcast,
     pub seed: u64,
     pub servers: usize,
     pub links: usize,
@@ -90,6 +121,14 @@ pub struct Report {
     pub useful: u64,
     /// Of those, the ones the receiver held already.
     pub redundant: u64,
+    /// The bytes of those messages' updates (each framed as in a `LinkMessage`).
+    pub update_bytes: u64,
+    /// Plumtree: announcements delivered (an update's version, to lazy neighbours).
+    pub announcements: u64,
+    /// Plumtree: grafts and prunes delivered.
+    pub controls: u64,
+    /// Plumtree: the bytes of announcements, grafts and prunes.
+    pub control_bytes: u64,
     pub catch_ups: u64,
     pub catch_up_records: u64,
     pub catch_up_bytes: u64,
@@ -114,15 +153,32 @@ impl Report {
     pub fn redundant_per_useful(&self) -> f64 {
         self.redundant as f64 / self.useful.max(1) as f64
     }
+
+    /// Every live message (updates, announcements, grafts, prunes) per update.
+    pub fn all_messages_per_update(&self) -> f64 {
+        (self.messages + self.announcements + self.controls) as f64 / self.updates.max(1) as f64
+    }
+
+    /// Bytes sent live (updates and control) per update.
+    pub fn bytes_per_update(&self) -> f64 {
+        (self.update_bytes + self.control_bytes) as f64 / self.updates.max(1) as f64
+    }
 }
 
 #[derive(Debug)]
 enum Msg {
-    /// A flooded update, shared by every target it is sent to.
-    Update(Arc<proto::Update>),
-    CatchUp(Vec<proto::Update>),
+    /// A flooded update, encoded as the real links send it (`herd.v1.Update`), the
+    /// same bytes shared by every target it is sent to.
+    Update(Bytes),
+    CatchUp(Vec<Bytes>),
     Floors(Vec<Floor>),
     CaughtUp(CaughtUp),
+    /// Plumtree: "I have update k" (its version on the wire).
+    IHave(usize),
+    /// Plumtree: "send me update k, and make this link eager".
+    Graft(usize),
+    /// Plumtree: "make this link lazy".
+    Prune,
 }
 
 #[derive(Debug)]
@@ -141,6 +197,11 @@ enum Ev {
     },
     Cut,
     Heal,
+    /// Plumtree: node's wait for update k after an announcement is over.
+    Timer {
+        node: usize,
+        k: usize,
+    },
 }
 
 /// An event at a time; `n` keeps events of one time in the order they were made.
@@ -169,11 +230,15 @@ impl Ord for Item {
     }
 }
 
+/// A link's state that every message reads (kept small: a herd of a thousand has
+/// thousands of links, and each delivery looks at several).
 struct Link {
     ends: (usize, usize),
+    /// Where each end is in the other's neighbour list: `at[0]` is the place of
+    /// `ends.0` among `ends.1`'s neighbours, `at[1]` that of `ends.1` among `ends.0`'s.
+    at: [usize; 2],
     up: bool,
     epoch: u64,
-    sync: [LinkSync; 2],
     /// When the last message sent each way arrives (FIFO).
     last_due: [u64; 2],
 }
@@ -182,6 +247,9 @@ struct Link {
 #[derive(Clone, Copy, Default)]
 struct Spread {
     made_at: u64,
+    /// Where it was made, and its seq there (the bytes of its version).
+    origin: u32,
+    seq: u32,
     holders: u32,
     all_at: Option<u64>,
 }
@@ -193,10 +261,20 @@ struct Sim {
     next_n: u64,
     events: BinaryHeap<Item>,
     nodes: Vec<Replica>,
-    index: HashMap<Arc<str>, usize>,
     /// Per node: (neighbour, link).
     adjacent: Vec<Vec<(usize, usize)>>,
     links: Vec<Link>,
+    /// Per link, each direction's catch-up state (the sending side's).
+    syncs: Vec<[LinkSync; 2]>,
+    /// Links down now.
+    down: usize,
+    /// Plumtree: per node, per neighbour, whether the link is lazy from that end.
+    lazy: Vec<Vec<bool>>,
+    /// Plumtree: per node, the updates it holds (a bit each).
+    has: Vec<Vec<u64>>,
+    /// Plumtree: (node, update) heard announced and not held, with the neighbours
+    /// that announced it still to ask.
+    missing: std::collections::HashMap<(usize, usize), Vec<usize>>,
     spread: Vec<Spread>,
     /// The side of each node in the partition (true: cut off).
     side: Vec<bool>,
@@ -214,6 +292,10 @@ struct Counters {
     catch_ups: u64,
     catch_up_records: u64,
     catch_up_bytes: u64,
+    update_bytes: u64,
+    announcements: u64,
+    controls: u64,
+    control_bytes: u64,
 }
 
 /// The servers' names and neighbour lists.
@@ -280,28 +362,39 @@ pub fn run(cfg: &Config) -> Report {
         })
         .collect();
     let side = (0..n).map(|_| rng.bool()).collect();
+    let links: Vec<Link> = edges
+        .iter()
+        .enumerate()
+        .map(|(l, &(a, b))| Link {
+            ends: (a, b),
+            at: [place(&adjacent[b], l), place(&adjacent[a], l)],
+            up: true,
+            epoch: 0,
+            last_due: [0; 2],
+        })
+        .collect();
+
     let mut sim = Sim {
         rng,
         now: 0,
         next_n: 0,
         events: BinaryHeap::new(),
         nodes,
-        index: names
-            .iter()
-            .enumerate()
-            .map(|(i, n)| (n.clone(), i))
-            .collect(),
+        links,
+        down: 0,
+        lazy: if cfg.broadcast == Broadcast::Plumtree {
+            adjacent.iter().map(|a| vec![false; a.len()]).collect()
+        } else {
+            Vec::new()
+        },
+        has: if cfg.broadcast == Broadcast::Plumtree {
+            vec![vec![0; cfg.updates.div_ceil(64)]; n]
+        } else {
+            Vec::new()
+        },
+        missing: Default::default(),
         adjacent,
-        links: edges
-            .iter()
-            .map(|&ends| Link {
-                ends,
-                up: true,
-                epoch: 0,
-                sync: Default::default(),
-                last_due: [0; 2],
-            })
-            .collect(),
+        syncs: edges.iter().map(|_| Default::default()).collect(),
         spread: vec![Spread::default(); cfg.updates],
         side,
         partitioned: cfg
@@ -320,7 +413,11 @@ pub fn run(cfg: &Config) -> Report {
         sim.handle(item.ev);
     }
     let rss_after = resident_bytes();
-    sim.report(started.elapsed(), rss_after.saturating_sub(rss_before))
+    let report = sim.report(started.elapsed(), rss_after.saturating_sub(rss_before));
+    // Freeing a thousand servers' tables record by record takes seconds: done on
+    // another thread, which a program that ends right after does not wait for.
+    std::thread::spawn(move || drop(sim));
+    report
 }
 
 impl Sim {
@@ -360,33 +457,45 @@ impl Sim {
         if d == 0 { (a, b) } else { (b, a) }
     }
 
-    /// The link from `i` to the neighbour named `name`, and its direction from `i`.
-    fn link_to(&self, i: usize, name: &str) -> (usize, usize) {
-        let j = self.index[name];
-        let &(_, l) = self.adjacent[i]
-            .iter()
-            .find(|&&(k, _)| k == j)
-            .expect("a neighbour");
+    /// Which of `i`'s neighbours `name` is: the flood plan names them by the very
+    /// strings of the replica's neighbour list (same order as `adjacent[i]`), so a
+    /// pointer comparison finds it without hashing a name.
+    fn neighbour(&self, i: usize, name: &str) -> usize {
+        let list = self.nodes[i].neighbours();
+        list.iter()
+            .position(|n| std::ptr::eq(n.as_ptr(), name.as_ptr()))
+            .or_else(|| list.iter().position(|n| **n == *name))
+            .expect("a neighbour")
+    }
+
+    /// The link from `i` to its `k`th neighbour, and its direction from `i`.
+    fn link_at(&self, i: usize, k: usize) -> (usize, usize) {
+        let l = self.adjacent[i][k].1;
         (l, usize::from(self.links[l].ends.0 != i))
     }
 
     fn is_up(&self, i: usize, name: &str) -> bool {
-        self.links[self.link_to(i, name).0].up
+        self.down == 0 || self.links[self.adjacent[i][self.neighbour(i, name)].1].up
     }
 
-    fn forward(&mut self, i: usize, targets: Vec<String>, update: proto::Update) {
-        let update = Arc::new(update);
-        for t in &targets {
-            let (e, d) = self.link_to(i, t);
-            self.send(e, d, Msg::Update(update.clone()));
+    /// The links (and directions) to `targets`, neighbours of `i`.
+    fn links_to(&self, i: usize, targets: &[&str]) -> Vec<(usize, usize)> {
+        targets
+            .iter()
+            .map(|t| self.link_at(i, self.neighbour(i, t)))
+            .collect()
+    }
+
+    fn forward(&mut self, to: Vec<(usize, usize)>, payload: Bytes) {
+        for (e, d) in to {
+            self.send(e, d, Msg::Update(payload.clone()));
         }
     }
 
-    fn reached(&mut self, client: &[u8]) {
-        let k: usize = std::str::from_utf8(&client[1..])
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .expect("a simulated client id");
+    fn reached(&mut self, node: usize, k: usize) {
+        if let Some(bits) = self.has.get_mut(node) {
+            bits[k / 64] |= 1 << (k % 64);
+        }
         let s = &mut self.spread[k];
         s.holders += 1;
         if s.holders as usize == self.nodes.len() {
@@ -407,6 +516,7 @@ impl Sim {
                     self.sync(e, d);
                 }
             }
+            Ev::Timer { node, k } => self.timer(node, k),
             Ev::Cut => {
                 for e in 0..self.links.len() {
                     let (a, b) = self.links[e].ends;
@@ -414,7 +524,8 @@ impl Sim {
                         let link = &mut self.links[e];
                         link.up = false;
                         link.epoch += 1;
-                        link.sync = Default::default();
+                        self.syncs[e] = Default::default();
+                        self.down += 1;
                     }
                 }
             }
@@ -424,10 +535,17 @@ impl Sim {
                     if self.links[e].up {
                         continue;
                     }
+                    self.down -= 1;
                     let link = &mut self.links[e];
                     link.up = true;
                     link.epoch += 1;
                     link.last_due = [self.now; 2];
+                    // A new link starts eager at both ends.
+                    let ((a, b), at) = (link.ends, link.at);
+                    if !self.lazy.is_empty() {
+                        self.lazy[a][at[1]] = false;
+                        self.lazy[b][at[0]] = false;
+                    }
                     // Each end sends its floors first, as a new stream does.
                     for d in 0..2 {
                         let (from, _) = self.ends(e, d);
@@ -461,23 +579,28 @@ impl Sim {
         };
         let record = Record::from_iamat(&self.nodes[i].name().clone(), b"+0.000001000", &cmd);
         self.spread[k].made_at = self.now;
-        let forward = {
+        // As `peer::Backbone::flood_own` does: stored, planned, encoded once.
+        let (to, payload) = {
             let node = &self.nodes[i];
             let applied = node
                 .iamat(record, &cmd.client_time, true)
                 .expect("a new client is stored");
             let hood = node.hood();
             let plan = node.plan(&hood, &applied, None, &[], |name| self.is_up(i, name));
-            let targets: Vec<String> = plan.targets.iter().map(|t| t.to_string()).collect();
-            let update = applied
-                .record
-                .as_ref()
-                .expect("kept")
-                .to_update(owned(&plan.seen), Some(applied.version.clone()));
-            (targets, update)
+            let v = &applied.version;
+            let version = VersionRef {
+                origin: &v.origin,
+                incarnation: v.incarnation,
+                seq: v.seq,
+            };
+            let to = self.links_to(i, &plan.targets);
+            let record = applied.record.as_ref().expect("kept");
+            (to, record.encode_update(plan.seen, Some(version)))
         };
-        self.reached(format!("c{k}").as_bytes());
-        self.forward(i, forward.0, forward.1);
+        self.spread[k].origin = i as u32;
+        self.spread[k].seq = version_seq(&payload);
+        self.reached(i, k);
+        self.push(i, k, to, payload);
         if k + 1 < self.cfg.updates {
             let t = self.now + self.interval_us();
             self.at(t, Ev::Inject(k + 1));
@@ -485,67 +608,181 @@ impl Sim {
     }
 
     fn deliver(&mut self, e: usize, d: usize, msg: Msg) {
-        let (from, to) = self.ends(e, d);
+        let (_, to) = self.ends(e, d);
         match msg {
-            Msg::Update(u) => self.apply(from, to, &u, true),
+            Msg::Update(u) => self.apply(e, d, &u, true),
             Msg::CatchUp(updates) => {
                 for u in &updates {
-                    self.apply(from, to, u, false);
+                    self.apply(e, d, u, false);
                 }
             }
             Msg::Floors(theirs) => {
                 // Floors from `from` start a catch-up on the direction back to it.
-                self.links[e].sync[1 - d].floors(theirs);
+                self.syncs[e][1 - d].floors(theirs);
                 let epoch = self.links[e].epoch;
                 self.at(self.now, Ev::Sync { e, d: 1 - d, epoch });
             }
             Msg::CaughtUp(floors) => {
                 self.nodes[to].caught_up(&floors).expect("few sources");
             }
+            Msg::IHave(k) => {
+                self.r.announcements += 1;
+                self.r.control_bytes += self.id_bytes(k);
+                if !self.holds(to, k) {
+                    let from = self.links[e].at[d];
+                    let first = !self.missing.contains_key(&(to, k));
+                    self.missing.entry((to, k)).or_default().push(from);
+                    if first {
+                        let t = self.now + self.cfg.graft_timeout_us;
+                        self.at(t, Ev::Timer { node: to, k });
+                    }
+                }
+            }
+            Msg::Graft(k) => {
+                self.r.controls += 1;
+                self.r.control_bytes += self.id_bytes(k);
+                self.lazy[to][self.links[e].at[d]] = false;
+                // Sent again from the table, as a catch-up record is.
+                let node = &self.nodes[to];
+                if let Some((record, v)) = node.get(format!("c{k}").as_bytes()) {
+                    let version = VersionRef {
+                        origin: &v.origin,
+                        incarnation: v.incarnation,
+                        seq: v.seq,
+                    };
+                    let payload = record.encode_update(vec![&**node.name()], Some(version));
+                    self.send(e, 1 - d, Msg::Update(payload));
+                }
+            }
+            Msg::Prune => {
+                self.r.controls += 1;
+                self.r.control_bytes += 2;
+                self.lazy[to][self.links[e].at[d]] = true;
+            }
         }
     }
 
-    /// `to` handles an update from `from` (`live`: flooded, not a catch-up record).
-    fn apply(&mut self, from: usize, to: usize, u: &proto::Update, live: bool) {
+    /// `to` handles an update from `from` (`live`: flooded, not a catch-up record),
+    /// as `peer::handle` and `Backbone::apply_prepared` do: read in place, checked
+    /// (`prepare`: None below the floor), stored when it wins, forwarded as the bytes
+    /// that came with this server's names added to the seen list.
+    fn apply(&mut self, e: usize, d: usize, payload: &Bytes, live: bool) {
+        let (_, to) = self.ends(e, d);
         let next = {
             let node = &self.nodes[to];
-            let from_name = self.nodes[from].name();
-            match node.offer(u).expect("a valid update") {
-                Offer::Applied(applied) => {
-                    let seen: Vec<&str> = u.seen.iter().map(String::as_str).collect();
-                    let hood = node.hood();
-                    let plan = node.plan(&hood, &applied, Some(from_name), &seen, |n| {
-                        self.is_up(to, n)
-                    });
-                    let targets: Vec<String> = plan.targets.iter().map(|t| t.to_string()).collect();
-                    Some((targets, owned(&plan.seen)))
+            // The sender's name as the receiver's own neighbour list holds it.
+            let hood = node.hood();
+            let from_name = &*hood.names[self.links[e].at[d]];
+            let u = UpdateRef::parse(payload).expect("a well-formed update");
+            let record = node.prepare(&u).expect("a valid update");
+            let applied = match record {
+                None => None,
+                Some(record) => match node.offer_prepared(&u, record, false) {
+                    Ok(Offer::Applied(a)) => Some(a),
+                    Ok(Offer::Stale) => None,
+                    Err(e) => panic!("a valid update refused: {e}"),
+                },
+            };
+            applied.map(|applied| {
+                let k = client_number(u.client_id);
+                if self.cfg.broadcast == Broadcast::Plumtree {
+                    // Every neighbour up but the sender; the tree decides how.
+                    let plan =
+                        node.plan(&hood, &applied, Some(from_name), &[], |n| self.is_up(to, n));
+                    return (k, self.links_to(to, &plan.targets), payload.clone());
                 }
-                Offer::Stale => None,
-            }
+                let plan = node.plan(&hood, &applied, Some(from_name), &u.seen, |n| {
+                    self.is_up(to, n)
+                });
+                let fwd = if plan.targets.is_empty() {
+                    Bytes::new()
+                } else {
+                    link_wire::with_seen(payload, &plan.seen[u.seen.len()..])
+                };
+                (k, self.links_to(to, &plan.targets), fwd)
+            })
         };
         if live {
             self.r.messages += 1;
+            self.r.update_bytes += link_wire::framed_len(payload.len()) as u64;
             if next.is_some() {
                 self.r.useful += 1;
             } else {
                 self.r.redundant += 1;
+                if self.cfg.broadcast == Broadcast::Plumtree {
+                    // A copy it had: this link need not carry updates whole.
+                    let from = self.links[e].at[d];
+                    if !self.lazy[to][from] {
+                        self.lazy[to][from] = true;
+                        self.send(e, 1 - d, Msg::Prune);
+                    }
+                }
             }
         }
-        if let Some((targets, seen)) = next {
-            self.reached(&u.client_id);
-            if !targets.is_empty() {
-                let fwd = proto::Update {
-                    client_id: u.client_id.clone(),
-                    location: u.location.clone(),
-                    client_time: u.client_time.clone(),
-                    origin: u.origin.clone(),
-                    time_diff: u.time_diff.clone(),
-                    label: u.label.clone(),
-                    seen,
-                    version: u.version.clone(),
-                };
-                self.forward(to, targets, fwd);
+        if let Some((k, targets, fwd)) = next {
+            self.reached(to, k);
+            self.missing.remove(&(to, k));
+            self.push(to, k, targets, fwd);
+        }
+    }
+
+    /// Sends update `k` (`payload`) on from `i` to `targets`: all of them when
+    /// flooding; under Plumtree, whole to eager neighbours (and any being caught up)
+    /// and as an announcement to lazy ones.
+    fn push(&mut self, i: usize, k: usize, targets: Vec<(usize, usize)>, payload: Bytes) {
+        if self.cfg.broadcast == Broadcast::Flood {
+            return self.forward(targets, payload);
+        }
+        for (e, d) in targets {
+            let place = self.links[e].at[1 - d];
+            let name = &self.nodes[i].neighbours()[place];
+            if self.lazy[i][place] && !self.nodes[i].catching_up(name) {
+                self.send(e, d, Msg::IHave(k));
+            } else {
+                self.send(e, d, Msg::Update(payload.clone()));
             }
+        }
+    }
+
+    fn holds(&self, node: usize, k: usize) -> bool {
+        self.has[node][k / 64] & (1 << (k % 64)) != 0
+    }
+
+    /// The bytes an announcement or a graft of update `k` takes: its version framed.
+    fn id_bytes(&self, k: usize) -> u64 {
+        let s = &self.spread[k];
+        let origin = self.nodes[s.origin as usize].name().len();
+        let inc = 1 + s.origin as u64;
+        let v = 2
+            + origin
+            + 1
+            + prost::encoding::encoded_len_varint(inc)
+            + 1
+            + prost::encoding::encoded_len_varint(u64::from(s.seq));
+        (2 + v) as u64
+    }
+
+    /// Plumtree: `node` heard update `k` announced and has waited long enough.
+    fn timer(&mut self, node: usize, k: usize) {
+        if self.holds(node, k) {
+            self.missing.remove(&(node, k));
+            return;
+        }
+        let Some(list) = self.missing.get_mut(&(node, k)) else {
+            return;
+        };
+        if list.is_empty() {
+            self.missing.remove(&(node, k));
+            return;
+        }
+        let place = list.remove(0);
+        let again = !list.is_empty();
+        self.lazy[node][place] = false;
+        let (e, d) = self.link_at(node, place);
+        self.send(e, d, Msg::Graft(k));
+        if again {
+            let t = self.now + self.cfg.graft_timeout_us;
+            self.at(t, Ev::Timer { node, k });
         }
     }
 
@@ -555,7 +792,7 @@ impl Sim {
         let peer = self.nodes[to].name().clone();
         loop {
             let mut marker = None;
-            let step = self.links[e].sync[d].step(
+            let step = self.syncs[e][d].step(
                 &self.nodes[from],
                 &peer,
                 1 << 20,
@@ -568,10 +805,15 @@ impl Sim {
             match step {
                 SyncStep::Started { .. } => self.r.catch_ups += 1,
                 SyncStep::Records(r) => {
+                    // Encoded as `peer::link` sends them.
+                    let r: Vec<Bytes> = r
+                        .iter()
+                        .map(|u| Bytes::from(prost::Message::encode_to_vec(u)))
+                        .collect();
                     self.r.catch_up_records += r.len() as u64;
                     self.r.catch_up_bytes += r
                         .iter()
-                        .map(|u| prost::Message::encoded_len(u) as u64)
+                        .map(|u| link_wire::framed_len(u.len()) as u64)
                         .sum::<u64>();
                     self.send(e, d, Msg::CatchUp(r));
                 }
@@ -608,6 +850,7 @@ impl Sim {
         });
         let digests: Vec<(u64, u64)> = self.nodes.iter().map(|n| n.digest()).collect();
         Report {
+            broadcast: cfg.broadcast,
             seed: cfg.seed,
             servers: self.nodes.len(),
             links: self.links.len(),
@@ -619,6 +862,10 @@ impl Sim {
             messages: self.r.messages,
             useful: self.r.useful,
             redundant: self.r.redundant,
+            update_bytes: self.r.update_bytes,
+            announcements: self.r.announcements,
+            controls: self.r.controls,
+            control_bytes: self.r.control_bytes,
             catch_ups: self.r.catch_ups,
             catch_up_records: self.r.catch_up_records,
             catch_up_bytes: self.r.catch_up_bytes,
@@ -631,9 +878,26 @@ impl Sim {
     }
 }
 
-/// A flood plan's names as the owned strings a `proto::Update` carries.
-fn owned(names: &[&str]) -> Vec<String> {
-    names.iter().map(|n| n.to_string()).collect()
+/// The seq of an encoded update's version.
+fn version_seq(payload: &[u8]) -> u32 {
+    UpdateRef::parse(payload)
+        .ok()
+        .and_then(|u| u.version)
+        .map_or(0, |v| v.seq as u32)
+}
+
+/// Where link `l` is in a neighbour list.
+fn place(list: &[(usize, usize)], l: usize) -> usize {
+    list.iter()
+        .position(|&(_, x)| x == l)
+        .expect("a link of the node")
+}
+
+/// The simulated client's number: every IAMAT is client `c<k>`.
+fn client_number(client_id: &[u8]) -> usize {
+    client_id[1..]
+        .iter()
+        .fold(0, |k, &b| k * 10 + usize::from(b - b'0'))
 }
 
 #[cfg(test)]
@@ -705,6 +969,56 @@ mod tests {
                 "seed {seed}: {r:?}"
             );
             assert!(r.heal_to_converged_us.is_some(), "seed {seed}: {r:?}");
+        }
+    }
+
+    #[test]
+    fn plumtree_sends_fewer_whole_updates_than_flooding_and_still_converges() {
+        let topology = Topology::Random {
+            servers: 100,
+            degree: 4.0,
+        };
+        let flood = run(&small(topology.clone(), 3));
+        let tree = run(&Config {
+            broadcast: Broadcast::Plumtree,
+            ..small(topology, 3)
+        });
+        for r in [&flood, &tree] {
+            assert_eq!(r.reached_all, 300, "{r:?}");
+            assert!(r.converged, "{r:?}");
+            assert_eq!(r.useful, 300 * 99, "{r:?}");
+            assert_eq!(r.messages, r.useful + r.redundant, "{r:?}");
+        }
+        assert_eq!((flood.announcements, flood.controls), (0, 0), "{flood:?}");
+        assert!(tree.announcements > 0 && tree.controls > 0, "{tree:?}");
+        // Whole updates: about one per server on the tree, three when flooding.
+        assert!(tree.messages * 3 < flood.messages * 2, "{tree:?} {flood:?}");
+        assert!(tree.redundant * 2 < flood.redundant, "{tree:?} {flood:?}");
+        assert!(
+            tree.bytes_per_update() * 2.0 < flood.bytes_per_update(),
+            "{tree:?} {flood:?}"
+        );
+    }
+
+    #[test]
+    fn plumtree_heals_a_partition_with_loss_by_grafts_and_catch_ups() {
+        for seed in 1..=2 {
+            let cfg = Config {
+                broadcast: Broadcast::Plumtree,
+                partition: true,
+                loss: 0.02,
+                ..small(
+                    Topology::Random {
+                        servers: 40,
+                        degree: 3.0,
+                    },
+                    seed,
+                )
+            };
+            let r = run(&cfg);
+            assert_eq!(r.reached_all, 300, "seed {seed}: {r:?}");
+            assert!(r.converged, "seed {seed}: {r:?}");
+            assert!(r.catch_up_records > 0, "seed {seed}: {r:?}");
         }
     }
 

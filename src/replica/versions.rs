@@ -3,12 +3,34 @@
 //! current records of that source, so that "every current record of source S
 //! above seq n" is a range read, not a table scan.
 
-use std::{collections::BTreeMap, collections::HashMap, sync::Arc};
+use std::{
+    collections::{BTreeMap, HashMap},
+    hash::{Hash, Hasher},
+    sync::Arc,
+};
 
 use crate::store::{SourceId, Version};
 
 /// A source's key on the wire: the origin's name and its incarnation.
 pub type SourceKey = (Arc<str>, u64);
+
+/// A [`SourceKey`] borrowed, to look one up without making an `Arc` (every update
+/// received looks its source up, twice). Hashes as the tuple does.
+struct KeyRef<'a>(&'a str, u64);
+
+impl Hash for KeyRef<'_> {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.0.hash(state);
+        self.1.hash(state);
+    }
+}
+
+impl hashbrown::Equivalent<SourceKey> for KeyRef<'_> {
+    fn equivalent(&self, key: &SourceKey) -> bool {
+        // The incarnation first: it is in the table's slot, the name behind a pointer.
+        key.1 == self.1 && *key.0 == *self.0
+    }
+}
 
 /// The most runs of seen-but-not-contiguous seqs kept per source. Past it the
 /// highest run is forgotten: forgetting only makes a floor claim less (sound),
@@ -198,7 +220,8 @@ pub struct Versions {
     /// The last seq given to an own record.
     last: u64,
     sources: Vec<Option<Source>>,
-    by_key: HashMap<SourceKey, SourceId>,
+    /// Seeded per process, as the store's shards are.
+    by_key: hashbrown::HashMap<SourceKey, SourceId, foldhash::fast::RandomState>,
     free: Vec<SourceId>,
 }
 
@@ -213,7 +236,7 @@ impl Versions {
             own: SourceId(0),
             last: 0,
             sources: Vec::new(),
-            by_key: HashMap::new(),
+            by_key: hashbrown::HashMap::default(),
             free: Vec::new(),
         };
         v.own = v.id(&me, incarnation).expect("the first source fits");
@@ -231,11 +254,12 @@ impl Versions {
 
     /// The id of source (origin, incarnation), made if new.
     pub fn id(&mut self, origin: &str, incarnation: u64) -> Result<SourceId, TooManySources> {
-        if let Some(&id) = self.by_key.get(&(Arc::from(origin), incarnation)) {
+        if let Some(&id) = self.by_key.get(&KeyRef(origin, incarnation)) {
             return Ok(id);
         }
+        let origin: Arc<str> = origin.into();
         let source = Source {
-            origin: origin.into(),
+            origin: origin.clone(),
             incarnation,
             floor: 0,
             runs: Runs::default(),
@@ -252,13 +276,13 @@ impl Versions {
                 SourceId(self.sources.len() as u32 - 1)
             }
         };
-        self.by_key.insert((origin.into(), incarnation), id);
+        self.by_key.insert((origin, incarnation), id);
         Ok(id)
     }
 
     /// The id of a source this node knows, None if it does not.
     pub fn find(&self, origin: &str, incarnation: u64) -> Option<SourceId> {
-        self.by_key.get(&(Arc::from(origin), incarnation)).copied()
+        self.by_key.get(&KeyRef(origin, incarnation)).copied()
     }
 
     pub fn get(&self, id: SourceId) -> &Source {
