@@ -9,7 +9,6 @@ mod common;
 
 use std::{
     collections::BTreeMap,
-    net::TcpListener as StdListener,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::{
@@ -19,23 +18,16 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{Client, DEFAULT_TOPOLOGY, TempDir, herd_file, now_nanos, show, time_field, wait_for};
+use common::{
+    Client, DEFAULT_TOPOLOGY, TempDir, herd_file, now_nanos, reserve_ports, show, time_field,
+    wait_for,
+};
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
     net::TcpStream,
 };
 
 const HERD: &str = env!("CARGO_BIN_EXE_herd");
-
-fn reserve_ports(n: usize) -> Vec<u16> {
-    let listeners: Vec<StdListener> = (0..n)
-        .map(|_| StdListener::bind("127.0.0.1:0").expect("bind a free port"))
-        .collect();
-    listeners
-        .iter()
-        .map(|l| l.local_addr().expect("addr").port())
-        .collect()
-}
 
 /// A herd of `herd serve` processes, one per server of `topology`, each with its
 /// data dir `<root>/data/<NAME>` (or none).

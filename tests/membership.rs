@@ -9,27 +9,17 @@
 mod common;
 
 use std::{
-    net::{SocketAddr, TcpListener as StdListener},
+    net::SocketAddr,
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
     time::Duration,
 };
 
-use common::{TempDir, iamat, wait_for};
+use common::{TempDir, iamat, reserve_ports, wait_for};
 use herd::proto::{FloorsRequest, LinksRequest, LookupRequest, inspect_client::InspectClient};
 
 const HERD: &str = env!("CARGO_BIN_EXE_herd");
 const WAIT: Duration = Duration::from_secs(30);
-
-fn reserve_ports(n: usize) -> Vec<u16> {
-    let listeners: Vec<StdListener> = (0..n)
-        .map(|_| StdListener::bind("127.0.0.1:0").expect("bind a free port"))
-        .collect();
-    listeners
-        .iter()
-        .map(|l| l.local_addr().expect("addr").port())
-        .collect()
-}
 
 /// A herd file: each server with its neighbours, on `ports` (client, peer pairs).
 fn herd_file(servers: &[(&str, &[&str])], ports: &[u16], tables: &str) -> String {

@@ -18,22 +18,11 @@ use std::{
 
 use common::{
     Client, DEFAULT_TOPOLOGY, DIAL_TIMEOUT, NAMES, SPREAD, TempDir, assert_bytes, check_at,
-    herd_file, iamat, question, show, wait_for,
+    herd_file, iamat, question, reserve_ports, show, wait_for,
 };
 use tokio::net::TcpStream;
 
 const HERD: &str = env!("CARGO_BIN_EXE_herd");
-
-/// `n` ports that were free a moment ago.
-fn reserve_ports(n: usize) -> Vec<u16> {
-    let listeners: Vec<StdListener> = (0..n)
-        .map(|_| StdListener::bind("127.0.0.1:0").expect("bind a free port"))
-        .collect();
-    listeners
-        .iter()
-        .map(|l| l.local_addr().expect("addr").port())
-        .collect()
-}
 
 /// Whether nothing listens on `port`. (Not "can we bind it": once a port is released,
 /// any process on the machine may use it as the source port of a connection.)

@@ -9,14 +9,14 @@ mod common;
 
 use std::{
     collections::BTreeMap,
-    net::TcpListener as StdListener,
     path::PathBuf,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
 use common::{
-    Client, DEFAULT_TOPOLOGY, ServerSpec, TempDir, herd_toml_with, now_nanos, time_field, wait_for,
+    Client, DEFAULT_TOPOLOGY, ServerSpec, TempDir, herd_toml_with, now_nanos, reserve_ports,
+    time_field, wait_for,
 };
 
 const HERD: &str = env!("CARGO_BIN_EXE_herd");
@@ -38,13 +38,7 @@ struct Procs {
 impl Procs {
     fn new(data: &str) -> Procs {
         let root = TempDir::new("records");
-        let listeners: Vec<StdListener> = (0..2 * DEFAULT_TOPOLOGY.len())
-            .map(|_| StdListener::bind("127.0.0.1:0").expect("bind a free port"))
-            .collect();
-        let ports: Vec<u16> = listeners
-            .iter()
-            .map(|l| l.local_addr().expect("addr").port())
-            .collect();
+        let ports = reserve_ports(2 * DEFAULT_TOPOLOGY.len());
         let specs: Vec<ServerSpec<'_>> = DEFAULT_TOPOLOGY
             .iter()
             .enumerate()

@@ -16,7 +16,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{TempDir, iamat, wait_for};
+use common::{TempDir, iamat, reserve_ports, wait_for};
 use herd::proto::{FloorsRequest, LookupRequest, inspect_client::InspectClient};
 use tokio::{
     io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader},
@@ -30,16 +30,6 @@ const NAMES: [&str; 5] = ["Goloman", "Hands", "Holiday", "Welsh", "Wilkes"];
 /// process's own exit, a busy machine).
 const GRACE_MS: u64 = 2000;
 const EXIT_SLACK: Duration = Duration::from_secs(2);
-
-fn reserve_ports(n: usize) -> Vec<u16> {
-    let listeners: Vec<StdListener> = (0..n)
-        .map(|_| StdListener::bind("127.0.0.1:0").expect("bind a free port"))
-        .collect();
-    listeners
-        .iter()
-        .map(|l| l.local_addr().expect("addr").port())
-        .collect()
-}
 
 /// Kills every server whose PID file is in `run` (the script's, and ours).
 struct KillAll<'a>(&'a Path);

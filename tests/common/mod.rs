@@ -88,6 +88,19 @@ pub fn herd_toml_with(servers: &[ServerSpec<'_>], tables: &str) -> String {
     text
 }
 
+/// `n` ports that were free a moment ago (each bound and released at once; another
+/// process may take one before the test binds it, rarely enough for tests).
+#[allow(dead_code)] // each test binary uses its own part of common
+pub fn reserve_ports(n: usize) -> Vec<u16> {
+    let listeners: Vec<std::net::TcpListener> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port"))
+        .collect();
+    listeners
+        .iter()
+        .map(|l| l.local_addr().expect("addr").port())
+        .collect()
+}
+
 /// A herd file for `topology` on the given ports (client, peer pairs in order).
 #[allow(dead_code)] // not every test binary writes herd files for processes
 pub fn herd_file(topology: Topology<'_>, ports: &[u16]) -> String {
