@@ -402,16 +402,8 @@ fn wait(server: &str, config: Option<&Path>, timeout: Duration) -> ExitCode {
 
 /// `herd reload`: one Admin/Reload call.
 fn reload(addr: Option<&str>, config: Option<&Path>, server: Option<&str>) -> ExitCode {
-    let (herd, access) = match herd_for_asking(config) {
-        Ok(h) => h,
-        Err(code) => return code,
-    };
-    let (addr, name) = match target(&herd, &access, addr, server) {
+    let (access, addr, name, runtime) = match one_server(config, addr, server) {
         Ok(t) => t,
-        Err(code) => return code,
-    };
-    let runtime = match current_thread() {
-        Ok(rt) => rt,
         Err(code) => return code,
     };
     match runtime.block_on(herd::probe::reload(
@@ -453,16 +445,8 @@ fn health(
     server: Option<&str>,
 ) -> ExitCode {
     use herd::probe::ServingStatus;
-    let (herd, access) = match herd_for_asking(config) {
-        Ok(h) => h,
-        Err(code) => return code,
-    };
-    let (addr, name) = match target(&herd, &access, addr, server) {
+    let (access, addr, name, runtime) = match one_server(config, addr, server) {
         Ok(t) => t,
-        Err(code) => return code,
-    };
-    let runtime = match current_thread() {
-        Ok(rt) => rt,
         Err(code) => return code,
     };
     match runtime.block_on(herd::probe::health(
@@ -499,6 +483,18 @@ fn certs(config: Option<&Path>, out: &Path) -> ExitCode {
         }
         Err(e) => fail(1, &e),
     }
+}
+
+/// What `herd health` and `herd reload` ask with: the herd file's secret and TLS, the
+/// server's peer address and name (`target`), and a runtime for the one call.
+fn one_server(
+    config: Option<&Path>,
+    addr: Option<&str>,
+    server: Option<&str>,
+) -> Result<(herd::probe::Access, String, String, tokio::runtime::Runtime), ExitCode> {
+    let (herd, access) = herd_for_asking(config)?;
+    let (addr, name) = target(&herd, &access, addr, server)?;
+    Ok((access, addr, name, current_thread()?))
 }
 
 fn current_thread() -> Result<tokio::runtime::Runtime, ExitCode> {
