@@ -15,6 +15,7 @@
 #                   BASE+1001..BASE+1005 (peer); default 12000, the herd's own.
 set -uo pipefail
 cd "$(dirname "$0")/.."
+. deploy/image-lib.sh
 
 project=herdtest$$
 image=herdtest$$:latest
@@ -54,12 +55,7 @@ cleanup() {
         dc down -v --remove-orphans >/dev/null 2>&1
     fi
     docker rm -f "$project-probe" >/dev/null 2>&1
-    local round ids
-    for round in 1 2 3 4 5; do # children before parents: repeat until none is left
-        ids=$(docker images -aq --filter "label=herd.test=$project")
-        [[ -z $ids ]] && break
-        docker rmi -f $ids >/dev/null 2>&1
-    done
+    image_remove "$project"
     # The certificates and secret this run made; the operator's own come back.
     if [[ -n $certs_made ]]; then
         rm -rf deploy/certs
@@ -220,48 +216,19 @@ pass "published ports free: $(client_port 1)-$(client_port 5), $(peer_port 1)-$(
 
 # ---- the static binary (host) ------------------------------------------------
 
-triple=$(rustc -vV | sed -n 's/^host: //p')
-binary=target/$triple/image/herd
-rustup target list --installed 2>/dev/null | grep -qx "$triple" ||
-    abort "rust target $triple is not installed (rustup target add $triple)"
-step "cargo build --profile image --target $triple -p herd --bin herd (static, stripped)"
-t=$SECONDS
-# Only the server: the load generator (bench/) is not part of the image.
-HERD_COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo unknown) \
-RUSTFLAGS="-C target-feature=+crt-static" \
-    cargo build --profile image --locked --target "$triple" -p herd --bin herd || abort "cargo build"
-cargo_secs=$((SECONDS - t))
+image_build_binary
 docker_start=$SECONDS
-ldd "$binary" 2>&1 | grep -qE 'statically linked|not a dynamic executable' ||
-    abort "$binary is dynamically linked"
-pass "static binary $binary"
 
 # ---- the backbone's secret and certificates ----------------------------------------
 
 step "herd secret and certificates (herd certs) in deploy/certs"
 [[ -e deploy/certs ]] && mv deploy/certs "$certs_saved"
 certs_made=1
-mkdir -p deploy/certs
-python3 -c 'import secrets; print(secrets.token_hex(32))' >deploy/certs/herd.secret
-"$binary" certs --config deploy/herd-compose.toml --out deploy/certs >/dev/null ||
-    abort "herd certs --config deploy/herd-compose.toml --out deploy/certs"
-# The containers run as user 10001, which must read the keys mounted from here (a
-# test directory, removed at the end).
-chmod a+rx deploy/certs && chmod a+r deploy/certs/*
-pass "herd secret and a CA and certificate per server made"
+image_make_certs deploy/herd-compose.toml deploy/certs
 
 # ---- images, with nothing pulled ----------------------------------------------
 
-step "base image (docker import) and herd image (docker build --network none)"
-# The label goes down to every image built on the base, intermediate ones of a
-# failed build included, so that cleanup finds them all.
-deploy/base-image.sh "$base_image" --change "LABEL herd.test=$project" >/dev/null ||
-    abort "deploy/base-image.sh"
-docker build --network none --force-rm -q -f deploy/Dockerfile.prebuilt \
-    --build-arg "RUNTIME_IMAGE=$base_image" --build-arg "HERD_BINARY=$binary" \
-    -t "$image" . 2> >(grep -v -e DEPRECATED -e buildx -e 'BuildKit' -e '^ *$' >&2) >/dev/null ||
-    abort "docker build -f deploy/Dockerfile.prebuilt"
-pass "image $image built with --network none"
+image_build "$image" "$base_image" "$project"
 
 user=$(docker image inspect -f '{{.Config.User}}' "$image")
 size=$(docker image inspect -f '{{.Size}}' "$image")
