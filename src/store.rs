@@ -586,15 +586,20 @@ impl Store {
         keep_old: impl FnOnce(&Record, &Record) -> bool,
         version: impl FnOnce(u64, Option<Version>) -> Version,
     ) -> Offered {
-        self.offer_with(record, keep_old, |hash, old, _| version(hash, old))
+        self.offer_with(
+            record,
+            |new, old, _| keep_old(new, old),
+            |hash, old, _| version(hash, old),
+        )
     }
 
-    /// As [`Store::offer`], and `version` also sees the record being stored (to
-    /// journal it in the same critical section).
+    /// As [`Store::offer`], and `keep_old` also sees the stored record's version (to
+    /// break a tie by it), `version` the record being stored (to journal it in the
+    /// same critical section).
     pub fn offer_with(
         &self,
         record: Record,
-        keep_old: impl FnOnce(&Record, &Record) -> bool,
+        keep_old: impl FnOnce(&Record, &Record, Version) -> bool,
         version: impl FnOnce(u64, Option<Version>, &Record) -> Version,
     ) -> Offered {
         let id = record.client_id();
@@ -605,7 +610,9 @@ impl Store {
         }
         let entry = shard.entry(hash, |s| s.is(hash, id), |s| s.hash);
         match entry {
-            hashbrown::hash_table::Entry::Occupied(e) if keep_old(&record, &e.get().record) => {
+            hashbrown::hash_table::Entry::Occupied(e)
+                if keep_old(&record, &e.get().record, e.get().version.get()) =>
+            {
                 Err(e.get().record.clone())
             }
             hashbrown::hash_table::Entry::Occupied(mut e) => {

@@ -12,7 +12,8 @@
 //! back to exactly that nanosecond) to collide, and seq only grows within an
 //! incarnation, so a version is never reused for another record. Versions say what
 //! a node has seen; the label (client time, origin, ...) still says which record
-//! wins.
+//! wins, and of two records with equal labels (two incarnations of one origin took
+//! the same IAMAT) the newer incarnation's (see `Replica::keeps_old`).
 //!
 //! For every source (origin, incarnation) a node keeps a floor: every version of it
 //! at or below the floor is *reflected* in its table, that is, held, or superseded
@@ -446,9 +447,11 @@ impl Replica {
     pub fn restore(&self, record: Record, source: SourceId, seq: u64) {
         let own = source == self.versions().own();
         let version = Version { source, seq };
-        let offered = self
-            .store
-            .offer(record, Store::update_keeps_old, |hash, old| {
+        let incarnation = self.versions().get(source).incarnation;
+        let offered = self.store.offer_with(
+            record,
+            |new, old, at| self.keeps_old(new, incarnation, old, at),
+            |hash, old, _| {
                 let mut v = self.versions();
                 v.replaced(hash, old, version);
                 if own {
@@ -456,7 +459,8 @@ impl Replica {
                 }
                 v.get_mut(source).seen(seq);
                 version
-            });
+            },
+        );
         if offered.is_err() {
             self.versions().get_mut(source).seen(seq);
         }
@@ -604,6 +608,23 @@ impl Replica {
         }
     }
 
+    /// A peer's keep rule ([`Store::update_keeps_old`]) for `new`, of a source of
+    /// incarnation `incarnation`, against `old`, held at version `at`, with ties
+    /// broken by incarnation: of two records equal in the herd's order (only two
+    /// incarnations of one origin make them: a server restarted without its state
+    /// took the same IAMAT again), the newer incarnation's stays. Every server then
+    /// ends holding the same version of it. Left to arrival order, a server could
+    /// keep the older incarnation's copy while the origin holds its own: the origin
+    /// retires the older incarnation (no record of it is current there), and each
+    /// catch-up sends it that copy again, as a version above a floor it forgot.
+    fn keeps_old(&self, new: &Record, incarnation: u64, old: &Record, at: Version) -> bool {
+        match new.order(old) {
+            std::cmp::Ordering::Greater => false,
+            std::cmp::Ordering::Less => true,
+            std::cmp::Ordering::Equal => self.versions().get(at.source).incarnation >= incarnation,
+        }
+    }
+
     /// An IAMAT's record, whose client time is `time`: stored, with the next own
     /// version, when newer than the stored record; else the stored one is returned.
     /// `copy`: whether the caller needs the record back (to forward or show it).
@@ -616,8 +637,10 @@ impl Replica {
         let gate = self.gate_shared();
         let mut version = None;
         let kept = copy.then(|| record.clone());
-        self.store
-            .offer_with(record, Store::iamat_keeps_old(time), |hash, old, record| {
+        self.store.offer_with(
+            record,
+            |new, old, _| Store::iamat_keeps_old(time)(new, old),
+            |hash, old, record| {
                 let mut v = self.versions();
                 let new = v.next_own(hash);
                 v.replaced(hash, old, new);
@@ -626,7 +649,8 @@ impl Replica {
                 }
                 version = Some(new);
                 new
-            })?;
+            },
+        )?;
         let version = version.expect("a stored record got a version");
         self.check_cap();
         Ok(Applied {
@@ -712,17 +736,19 @@ impl Replica {
             seq: wire.seq,
         };
         let kept = copy.then(|| record.clone());
-        let offered =
-            self.store
-                .offer_with(record, Store::update_keeps_old, |hash, old, record| {
-                    let mut v = self.versions();
-                    v.replaced(hash, old, version);
-                    v.get_mut(source).seen(version.seq);
-                    if let Some(j) = &self.journal {
-                        j.put(wire.incarnation, version.seq, record.line());
-                    }
-                    version
-                });
+        let offered = self.store.offer_with(
+            record,
+            |new, old, at| self.keeps_old(new, wire.incarnation, old, at),
+            |hash, old, record| {
+                let mut v = self.versions();
+                v.replaced(hash, old, version);
+                v.get_mut(source).seen(version.seq);
+                if let Some(j) = &self.journal {
+                    j.put(wire.incarnation, version.seq, record.line());
+                }
+                version
+            },
+        );
         match offered {
             Ok(_) => {
                 self.check_cap();

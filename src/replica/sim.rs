@@ -739,3 +739,47 @@ fn a_record_stored_during_a_catch_up_reaches_the_neighbour_before_its_end() {
         String::from_utf8_lossy(held.line())
     );
 }
+
+#[test]
+fn a_record_made_again_by_a_new_incarnation_ends_at_one_version_everywhere() {
+    // A takes an IAMAT and B gets it; A restarts without its state and takes the same
+    // IAMAT again: a byte-identical line under a newer version. Both must end holding
+    // the newer version, so that a round with nothing missing sends nothing. (B kept
+    // the older one; A, holding its own, retired the older incarnation, and every
+    // round B's catch-up sent it again, seed 8565.)
+    let mut sim = Sim::new(7);
+    sim.names = vec!["A".into(), "B".into()];
+    sim.edges = vec![(0, 1)];
+    sim.up = vec![false];
+    sim.dirs = vec![Default::default()];
+    sim.nodes = vec![sim.fresh(0), sim.fresh(1)];
+    sim.queue_cap = 1000;
+    sim.heal(0);
+    let (targets, update) = made(&mut sim, 0, 0, "10");
+    assert_eq!(targets, ["B"]);
+    sim.forward(0, &targets, &update);
+    sim.settle();
+    sim.restart(0, false);
+    let (targets, _) = made(&mut sim, 0, 0, "10");
+    assert!(targets.is_empty(), "the link is down");
+    sim.heal(0);
+    sim.settle();
+    sim.check_floors();
+    for round in 0..3 {
+        let before = sim.stats.records_in_catch_ups;
+        for d in 0..2 {
+            sim.anti_entropy(0, d);
+        }
+        sim.settle();
+        sim.check_floors();
+        assert_eq!(
+            sim.stats.records_in_catch_ups, before,
+            "round {round} sent records"
+        );
+    }
+    assert_eq!(sim.table(0), sim.table(1));
+    let (a, b) = (sim.nodes[0].get(b"c0"), sim.nodes[1].get(b"c0"));
+    let (a, b) = (a.expect("A holds c0").1, b.expect("B holds c0").1);
+    assert_eq!(a, b);
+    assert_eq!(a.incarnation, sim.nodes[0].incarnation());
+}
