@@ -31,19 +31,9 @@ certs_saved=deploy/certs.before-test$$
 
 passed=0
 failed=0
-pass() { echo "PASS: $*"; passed=$((passed + 1)); }
-fail() { echo "FAIL: $*"; failed=$((failed + 1)); }
-check() { # check DESCRIPTION COMMAND...
-    local what=$1
-    shift
-    if "$@"; then pass "$what"; else fail "$what"; fi
-}
-# A failure the rest of the run cannot go on from.
-abort() {
-    fail "$*"
-    exit 1
-}
-step() { echo "== $*"; }
+# pass, fail, check, abort, step; herd_call, ports_free, wait_for, holds_for, iamat,
+# whatsat_line, at_from, knows, unknown_at.
+source "$(dirname "${BASH_SOURCE[0]}")/check-lib.sh"
 
 compose=()
 dc() { "${compose[@]}" -p "$project" -f deploy/docker-compose.yml "$@"; }
@@ -73,40 +63,6 @@ trap 'fail "interrupted"; exit 130' INT TERM
 
 # ---- helpers ---------------------------------------------------------------
 
-# Sends one line to 127.0.0.1:PORT, half-closes, prints the whole reply as is.
-herd_call() { # PORT LINE
-    python3 - "$1" "$2" <<'PY'
-import socket, sys
-port, line = int(sys.argv[1]), sys.argv[2].encode("utf-8", "surrogateescape")
-try:
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
-        s.sendall(line + b"\n")
-        s.shutdown(socket.SHUT_WR)
-        reply = b""
-        while chunk := s.recv(65536):
-            reply += chunk
-except OSError as e:
-    sys.exit(f"127.0.0.1:{port}: {e}")
-sys.stdout.buffer.write(reply)
-PY
-}
-
-# Fails, naming them, when any of the ports cannot be bound on every interface.
-ports_free() { # PORT...
-    python3 - "$@" <<'PY'
-import socket, sys
-busy = []
-for p in map(int, sys.argv[1:]):
-    with socket.socket() as s:
-        try:
-            s.bind(("0.0.0.0", p))
-        except OSError:
-            busy.append(p)
-if busy:
-    sys.exit("ports in use: " + " ".join(map(str, busy)))
-PY
-}
-
 # GET /metrics through a published peer port, over TLS with the herd's CA (the
 # certificate must name server NAME); true when it answers 200 with metrics.
 metrics_ok() { # PORT NAME
@@ -125,44 +81,9 @@ sys.exit(0 if head.startswith(b"HTTP/1.1 200") and b"herd_" in body else 1)
 PY
 }
 
-now_ms() { echo $(( ${EPOCHREALTIME/./} / 1000 )); }
-
-# Runs COMMAND until it succeeds or SECONDS pass.
-wait_for() { # SECONDS COMMAND...
-    local end=$(( $(now_ms) + $1 * 1000 ))
-    shift
-    until "$@"; do
-        (( $(now_ms) >= end )) && return 1
-        sleep 0.2
-    done
-}
-
-# True while COMMAND keeps succeeding for all of SECONDS (checked every 0.3 s).
-holds_for() { # SECONDS COMMAND...
-    local end=$(( $(now_ms) + $1 * 1000 ))
-    shift
-    while (( $(now_ms) < end )); do
-        "$@" || return 1
-        sleep 0.3
-    done
-    "$@"
-}
-
 client_port() { echo $((port_base + $1)); }       # 1..5 in PROTOCOL.md order
 peer_port() { echo $((port_base + 1000 + $1)); }
 GOLOMAN=1 HANDS=2 HOLIDAY=3 WELSH=4
-
-# IAMAT CLIENT at the server of index I; prints the AT line it got.
-iamat() { # I CLIENT
-    herd_call "$(client_port "$1")" "IAMAT $2 +34.068930-118.445127 $(date +%s.%N)"
-}
-# The first line of WHATSAT CLIENT at the server of index I.
-whatsat_line() { # I CLIENT
-    herd_call "$(client_port "$1")" "WHATSAT $2 10 1" | head -n 1
-}
-at_from() { [[ $2 == "AT $1 "* && $2 != *$'\n'* ]]; }                 # NAME REPLY
-knows() { [[ $(whatsat_line "$1" "$2") == "$3" ]]; }               # I CLIENT AT-LINE
-unknown_at() { [[ $(whatsat_line "$1" "$2") == "? WHATSAT $2 10 1" ]]; } # I CLIENT
 
 container() { # SERVICE -> container id (running or not)
     docker ps -aq --filter "label=com.docker.compose.project=$project" \
