@@ -210,23 +210,7 @@ impl Backbone {
         let plan = self
             .replica
             .plan(&hood, &applied, None, &[], |n| links.is_up(n));
-        if plan.targets.is_empty() && !self.watched() {
-            return;
-        }
-        let v = &applied.version;
-        let version = VersionRef {
-            origin: &v.origin,
-            incarnation: v.incarnation,
-            seq: v.seq,
-        };
-        // Encoded once; every target's queue holds the same bytes.
-        let payload = record.encode_update(plan.seen, Some(version));
-        for target in plan.targets {
-            if links.send(target, payload.clone()) {
-                self.metrics.updates_forwarded.inc();
-            }
-        }
-        self.announce(record, "", &payload);
+        self.send_own(&links, record, plan, &applied.version);
     }
 
     /// Floods an own IAMAT's record once its journal entry is written (the gate was
@@ -235,16 +219,22 @@ impl Backbone {
         let hood = self.replica.hood();
         let links = self.links.read_all();
         let plan = self.replica.plan_own(&hood, |n| links.is_up(n));
+        self.send_own(&links, record, plan, &version);
+    }
+
+    /// Sends an own record to `plan`'s targets and shows it to watchers: encoded
+    /// once, every target's queue holding the same bytes.
+    fn send_own(
+        &self,
+        links: &link::LinksRead<'_>,
+        record: &Record,
+        plan: replica::Flood<'_>,
+        version: &proto::Version,
+    ) {
         if plan.targets.is_empty() && !self.watched() {
             return;
         }
-        let version = VersionRef {
-            origin: &version.origin,
-            incarnation: version.incarnation,
-            seq: version.seq,
-        };
-        // Encoded once; every target's queue holds the same bytes.
-        let payload = record.encode_update(plan.seen, Some(version));
+        let payload = record.encode_update(plan.seen, Some(VersionRef::of(version)));
         for target in plan.targets {
             if links.send(target, payload.clone()) {
                 self.metrics.updates_forwarded.inc();

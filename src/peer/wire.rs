@@ -126,6 +126,17 @@ pub struct VersionRef<'a> {
     pub seq: u64,
 }
 
+impl<'a> VersionRef<'a> {
+    /// The fields of a decoded version.
+    pub fn of(v: &'a proto::Version) -> VersionRef<'a> {
+        VersionRef {
+            origin: &v.origin,
+            incarnation: v.incarnation,
+            seq: v.seq,
+        }
+    }
+}
+
 /// A payload that is not a `herd.v1.Update`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("malformed update: {0}")]
@@ -280,11 +291,7 @@ impl<'a> UpdateRef<'a> {
                 origin: &l.origin,
             }),
             seen: u.seen.iter().map(String::as_str).collect(),
-            version: u.version.as_ref().map(|v| VersionRef {
-                origin: &v.origin,
-                incarnation: v.incarnation,
-                seq: v.seq,
-            }),
+            version: u.version.as_ref().map(VersionRef::of),
         }
     }
 }

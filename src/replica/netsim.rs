@@ -587,14 +587,9 @@ impl Sim {
                 .expect("a new client is stored");
             let hood = node.hood();
             let plan = node.plan(&hood, &applied, None, &[], |name| self.is_up(i, name));
-            let v = &applied.version;
-            let version = VersionRef {
-                origin: &v.origin,
-                incarnation: v.incarnation,
-                seq: v.seq,
-            };
             let to = self.links_to(i, &plan.targets);
             let record = applied.record.as_ref().expect("kept");
+            let version = VersionRef::of(&applied.version);
             (to, record.encode_update(plan.seen, Some(version)))
         };
         self.spread[k].origin = i as u32;
@@ -645,11 +640,7 @@ impl Sim {
                 // Sent again from the table, as a catch-up record is.
                 let node = &self.nodes[to];
                 if let Some((record, v)) = node.get(format!("c{k}").as_bytes()) {
-                    let version = VersionRef {
-                        origin: &v.origin,
-                        incarnation: v.incarnation,
-                        seq: v.seq,
-                    };
+                    let version = VersionRef::of(&v);
                     let payload = record.encode_update(vec![&**node.name()], Some(version));
                     self.send(e, 1 - d, Msg::Update(payload));
                 }
