@@ -477,12 +477,7 @@ impl Drop for LimitedHerd {
 async fn clients_never_take_the_reserved_descriptors_and_the_peer_port_keeps_working() {
     // The process may open 300 files and keeps 150 from clients: the clients get at
     // most 150, and a flood of 400 leaves /metrics and health working.
-    let ports: Vec<u16> = (0..2)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
-        .collect::<Vec<_>>()
-        .iter()
-        .map(|l| l.local_addr().unwrap().port())
-        .collect();
+    let ports = common::reserve_ports(2);
     let dir = TempDir::new("fd-reserve");
     let config = dir.path().join("herd.toml");
     let spec = ServerSpec {

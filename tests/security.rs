@@ -91,6 +91,16 @@ fn secret_file(dir: &Path, secret: &str) -> PathBuf {
     path
 }
 
+/// The two-server herd with SECRET in a file under `dir`.
+async fn herd_with_secret(dir: &TempDir) -> TestHerd {
+    let file = secret_file(dir.path(), SECRET);
+    TestHerd::start_with(
+        PAIR,
+        &format!("[auth]\nsecret_file = {:?}\n", file.display().to_string()),
+    )
+    .await
+}
+
 /// Waits until `name` reports every link up (asked with the secret).
 async fn wait_links_up(herd: &TestHerd, name: &str, transport: &Transport) {
     wait_for(IO_TIMEOUT, &format!("{name}'s links up"), || async {
@@ -224,12 +234,7 @@ async fn refused(herd: &TestHerd, name: &str, service: &str, reason: &str) -> u6
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpcurl_needs_the_secret_for_inspect_and_link_and_a_spoof_reaches_no_table() {
     let dir = TempDir::new("secret");
-    let file = secret_file(dir.path(), SECRET);
-    let mut herd = TestHerd::start_with(
-        PAIR,
-        &format!("[auth]\nsecret_file = {:?}\n", file.display().to_string()),
-    )
-    .await;
+    let mut herd = herd_with_secret(&dir).await;
     let plain = Transport::Plain;
     // The servers' own links carry the secret.
     wait_links_up(&herd, "Goloman", &plain).await;
@@ -450,12 +455,7 @@ async fn mutual_tls_links_come_up_and_a_member_cannot_speak_for_another() {
 #[test]
 fn a_server_with_a_wrong_secret_logs_why_its_links_are_refused() {
     // Two `herd serve` processes of one herd file, each with its own HERD_SECRET_FILE.
-    let ports: Vec<u16> = (0..4)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
-        .collect::<Vec<_>>()
-        .iter()
-        .map(|l| l.local_addr().unwrap().port())
-        .collect();
+    let ports = common::reserve_ports(4);
     let dir = TempDir::new("wrong-secret");
     let config = dir.path().join("herd.toml");
     std::fs::write(&config, common::herd_file(PAIR, &ports)).unwrap();
@@ -512,12 +512,7 @@ fn a_server_with_a_wrong_secret_logs_why_its_links_are_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_sending_a_bad_message_is_cut_off_with_an_error_and_none_of_it_is_applied() {
     let dir = TempDir::new("bad-peer");
-    let file = secret_file(dir.path(), SECRET);
-    let mut herd = TestHerd::start_with(
-        PAIR,
-        &format!("[auth]\nsecret_file = {:?}\n", file.display().to_string()),
-    )
-    .await;
+    let mut herd = herd_with_secret(&dir).await;
     let plain = Transport::Plain;
     wait_links_up(&herd, "Hands", &plain).await;
     // The intruder speaks as Goloman, a neighbour of Hands; the real one is stopped,
