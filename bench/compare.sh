@@ -161,6 +161,7 @@ NAMES=(Goloman Hands Holiday Welsh Wilkes)
 start_herd5() {
     local ports i server
     read -r -a ports <<<"$(free_ports 10)"
+    HERD5_PORTS=("${ports[@]}")
     herd_file "$OUT/herd5.toml" "$(IFS=,; echo "${NAMES[*]}")" "${ports[@]}"
     HERD5_PIDS=()
     for server in "${NAMES[@]}"; do
@@ -223,6 +224,33 @@ for round in $(seq "$ROUNDS"); do
         fi
     done
 done
+# Propagation Welsh -> Hands (three hops) under half of the load above: the median
+# 50 x 16 round's IAMAT/s, halved, open loop, over 50 connections spread over all five
+# servers; the probes at Welsh, seen through Hands' Inspect/Watch.
+HALF=$(python3 - "$OUT" "$ROUNDS" <<'EOF'
+import json, os, sys
+out, rounds = sys.argv[1], int(sys.argv[2])
+rates = []
+for i in range(1, rounds + 1):
+    try:
+        with open(os.path.join(out, f"herd5-d16-herd-r{i}.json")) as f:
+            rates.append(json.load(f)["throughput_ops_s"])
+    except (OSError, ValueError, KeyError):
+        pass
+rates.sort()
+print(int(rates[(len(rates) - 1) // 2] / 2) if rates else 0)
+EOF
+)
+if [ "$HALF" -gt 0 ]; then
+    start_herd5
+    bench herd5-propagation-half propagation --at "127.0.0.1:${HERD5_PORTS[6]}" \
+        --watch "127.0.0.1:${HERD5_PORTS[3]}" --background-rate "$HALF" \
+        --background-connections 50 \
+        --background-at "$(for i in 0 2 4 6 8; do printf '127.0.0.1:%s,' "${HERD5_PORTS[$i]}"; done | sed 's/,$//')" \
+        "${LOAD[@]}"
+    stop_all "${HERD5_PIDS[@]}"
+fi
+
 # A lone server under the same load, for the herd-wide CPU per IAMAT against it.
 start_one
 bench herd1-d16 herd --config "$OUT/one.toml" --server-pid "$HERD_PID" --sample "$SAMPLE" \
@@ -378,6 +406,13 @@ for depth, goal in [(16, 1.5), (1, 1.2)]:
           f'>= {goal} {verdict:<8} {h.get("server_cpu_us_per_iamat") or 0:>17.1f} {r.get("server_cpu_us_per_iamat") or 0:>6.1f}'
           f'  {back(h)} | {back(r)}')
     print("    rounds: " + ", ".join("failed" if d[0] is None else f"{d[0]:.2f}" for d in done))
+p = load("herd5-propagation-half")
+if p:
+    l, bg = p["latency_us"], p["background"]
+    print(f'  update Welsh -> Hands (3 hops) under {bg["achieved_rate"]:,.0f} IAMAT/s spread over all five '
+          f'(half the median 50 x 16 round): p50 {l["p50"]:,} us, p99 {l["p99"]:,} us, {p["seen"]:,} probes'
+          f'{", %d errors" % p["errors"]["total"] if p["errors"]["total"] else ""} '
+          f'(goal p99 < 2,000 us: {"met" if l["p99"] < 2000 and not p["errors"]["total"] else "NOT met"})')
 one = load("herd1-d16")
 h = load("herd5-d16-herd-r1")
 if one and h and one.get("server_cpu_us_per_iamat") and h.get("server_cpu_us_per_iamat"):

@@ -285,6 +285,12 @@ pub struct BackboneConfig {
     /// `anti_entropy_interval_ms`: how often each link sends its floors, so that
     /// any lost update heals. Default 3000.
     pub anti_entropy_interval: Duration,
+    /// `queue_wait_ms`: how long a client connection or a neighbour's stream waits
+    /// for a neighbour's queue past half of `queue_bytes` to drain to a quarter of it
+    /// before it goes on; a queue that does not drain in time is not waited for
+    /// again until it has (it drops and is repaired instead). 0: never wait.
+    /// Default 1000.
+    pub queue_wait: Duration,
     /// `max_record_bytes`: the client records a server holds, in bytes (each its AT
     /// line and 64 more); past it the oldest by client time are evicted, the same
     /// on every server (`crate::replica::Replica::evict`). Default 1 GiB.
@@ -300,6 +306,7 @@ impl Default for BackboneConfig {
             queue_bytes: 4 << 20,
             max_message_bytes: 4 << 20,
             anti_entropy_interval: Duration::from_millis(3_000),
+            queue_wait: Duration::from_millis(1_000),
             max_record_bytes: 1 << 30,
             members: Vec::new(),
         }
@@ -437,6 +444,7 @@ struct RawBackbone {
     queue_bytes: Option<usize>,
     max_message_bytes: Option<usize>,
     anti_entropy_interval_ms: Option<u64>,
+    queue_wait_ms: Option<u64>,
     max_record_bytes: Option<u64>,
 }
 
@@ -455,6 +463,9 @@ impl RawBackbone {
             anti_entropy_interval: self
                 .anti_entropy_interval_ms
                 .map_or(d.anti_entropy_interval, Duration::from_millis),
+            queue_wait: self
+                .queue_wait_ms
+                .map_or(d.queue_wait, Duration::from_millis),
             max_record_bytes: self.max_record_bytes.unwrap_or(d.max_record_bytes),
             members: Vec::new(),
         };
@@ -480,6 +491,12 @@ impl RawBackbone {
         if !(50..=3_600_000).contains(&ms) {
             return Err(format!(
                 "backbone.anti_entropy_interval_ms is {ms}; it must be 50 to 3600000"
+            ));
+        }
+        let ms = b.queue_wait.as_millis();
+        if ms > 60_000 {
+            return Err(format!(
+                "backbone.queue_wait_ms is {ms}; it must be 0 (never wait) to 60000"
             ));
         }
         Ok(b)
@@ -1625,7 +1642,7 @@ max_response_bytes = 65536
         );
         assert_eq!(herd.backbone.queue_bytes, 4 << 20);
         let text = format!(
-            "[backbone]\nqueue_bytes = 100000\nmax_message_bytes = 2000000\nanti_entropy_interval_ms = 500\nmax_record_bytes = 200000\n{TWO}"
+            "[backbone]\nqueue_bytes = 100000\nmax_message_bytes = 2000000\nanti_entropy_interval_ms = 500\nqueue_wait_ms = 250\nmax_record_bytes = 200000\n{TWO}"
         );
         let b = HerdConfig::parse(&text, "t.toml").unwrap().backbone;
         assert_eq!(
@@ -1634,12 +1651,14 @@ max_response_bytes = 65536
                 queue_bytes: 100_000,
                 max_message_bytes: 2_000_000,
                 anti_entropy_interval: Duration::from_millis(500),
+                queue_wait: Duration::from_millis(250),
                 max_record_bytes: 200_000,
                 members,
             }
         );
         let bad = |line: &str| err(&format!("[backbone]\n{line}\n{TWO}"));
         assert!(bad("queue_bytes = 10").contains("backbone.queue_bytes"));
+        assert!(bad("queue_wait_ms = 60001").contains("backbone.queue_wait_ms"));
         assert!(bad("max_message_bytes = 1000").contains("backbone.max_message_bytes"));
         assert!(bad("max_message_bytes = 1000000000").contains("backbone.max_message_bytes"));
         assert!(bad("anti_entropy_interval_ms = 0").contains("backbone.anti_entropy_interval_ms"));

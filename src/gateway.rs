@@ -319,6 +319,7 @@ async fn serve(
         // Every line of this read was received now, whatever the lines before it cost.
         let received = Timestamp::now();
         let mut ended_a_line = false;
+        let mut iamats = false;
         loop {
             let frame = if eof {
                 codec.decode_eof(&mut buf)?
@@ -340,7 +341,7 @@ async fn serve(
             match frame {
                 Frame::Line(line) => {
                     ended_a_line = true;
-                    answer(
+                    iamats |= answer(
                         node,
                         &line,
                         received,
@@ -369,6 +370,14 @@ async fn serve(
                 return Ok(End::WriteTimeout);
             }
             out = Vec::new();
+        }
+        if iamats {
+            // Nothing more is read while the neighbours' queues are full: the herd's
+            // backpressure (bounded by `backbone.queue_wait_ms`; see `Links::relieve`).
+            tokio::select! {
+                _ = &mut cancelled => return Ok(End::Shutdown),
+                () = node.backbone().relieve() => {}
+            }
         }
         if eof {
             socket.shutdown().await?;
@@ -475,7 +484,8 @@ impl Unsettled {
     }
 }
 
-/// Answers one line (without its line end), appending the reply to `out`.
+/// Answers one line (without its line end), appending the reply to `out`. True
+/// for an IAMAT (whose record may be on its way to the neighbours).
 async fn answer(
     node: &Node,
     line: &[u8],
@@ -483,14 +493,16 @@ async fn answer(
     max_client_id: usize,
     out: &mut Vec<u8>,
     unsettled: &mut Unsettled,
-) {
+) -> bool {
     // One event per line (target `logging::LINES`): the line received and the reply
     // sent, together; a WHATSAT's reply as its AT line and the JSON's size, the JSON
     // (about 3.4 KB at 20 results) only in a debug event of its own.
     let start = out.len();
+    let mut iamat = false;
     match wire::parse(line, max_client_id) {
         Ok(Command::Blank) => {}
         Ok(Command::IAmAt(cmd)) => {
+            iamat = true;
             if let Some(u) = node.iamat(&cmd, line, received, out) {
                 unsettled.pos = unsettled.pos.max(u.pos);
                 unsettled.floods.extend(u.flood);
@@ -506,7 +518,7 @@ async fn answer(
                 node.reject(line, out);
                 let reply = Escaped(&out[start..]);
                 tracing::info!(target: crate::logging::LINES, line = %Escaped(line), %reply, reason = "unknown client", "answered");
-                return;
+                return false;
             }
             let reply = &out[start..];
             let at_end = memchr::memchr(b'\n', reply).unwrap_or(reply.len());
@@ -519,16 +531,17 @@ async fn answer(
                 "answered"
             );
             tracing::debug!(target: crate::logging::LINES, json = %Escaped(json), "whatsat json");
-            return;
+            return false;
         }
         Err(e) => {
             node.metrics().command("invalid", e.outcome());
             node.reject(line, out);
             let reply = Escaped(&out[start..]);
             tracing::info!(target: crate::logging::LINES, line = %Escaped(line), %reply, reason = %e, "answered");
-            return;
+            return false;
         }
     }
     let reply = Escaped(&out[start..]);
     tracing::info!(target: crate::logging::LINES, line = %Escaped(line), %reply, "answered");
+    iamat
 }

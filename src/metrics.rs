@@ -122,6 +122,12 @@ pub struct Metrics {
     pub updates_duplicate: Counter,
     pub link_changes: Family<LinkLabels, Counter>,
     pub queue_drops: Family<NeighbourLabels, Counter>,
+    /// Times a client connection or a neighbour's stream waited for this neighbour's
+    /// queue to drain (`backbone.queue_wait_ms`), and waits that ran out.
+    pub queue_waits: Family<NeighbourLabels, Counter>,
+    pub queue_wait_timeouts: Family<NeighbourLabels, Counter>,
+    /// Seconds spent in those waits, every waiter's summed.
+    pub queue_wait_seconds: Counter<f64, std::sync::atomic::AtomicU64>,
     pub catch_ups: Family<NeighbourLabels, Counter>,
     pub catch_up_records: Family<NeighbourLabels, Counter>,
     pub catch_up_bytes: Family<NeighbourLabels, Counter>,
@@ -181,6 +187,9 @@ impl Metrics {
             updates_duplicate: Counter::default(),
             link_changes: Family::default(),
             queue_drops: Family::default(),
+            queue_waits: Family::default(),
+            queue_wait_timeouts: Family::default(),
+            queue_wait_seconds: Counter::default(),
             catch_ups: Family::default(),
             catch_up_records: Family::default(),
             catch_up_bytes: Family::default(),
@@ -297,6 +306,21 @@ impl Metrics {
             "backbone_queue_drops",
             "Updates dropped because a neighbour's queue was at its byte budget (the link is then repaired from floors)",
             m.queue_drops.clone(),
+        );
+        r.register(
+            "backbone_queue_waits",
+            "Times a client connection or a neighbour's stream waited for a neighbour's queue past half its budget to drain (backbone.queue_wait_ms)",
+            m.queue_waits.clone(),
+        );
+        r.register(
+            "backbone_queue_wait_timeouts",
+            "Waits for a neighbour's queue that ran out of backbone.queue_wait_ms (the queue is not waited for again until it drains)",
+            m.queue_wait_timeouts.clone(),
+        );
+        r.register(
+            "backbone_queue_wait_seconds",
+            "Seconds client connections and neighbours' streams spent waiting for neighbours' queues to drain",
+            m.queue_wait_seconds.clone(),
         );
         r.register(
             "backbone_catch_ups",
@@ -469,12 +493,16 @@ impl Metrics {
         self.catch_up_sent(neighbour, 0, 0);
         self.queue_drops_of(neighbour);
         self.catch_ups_of(neighbour);
+        self.queue_waits_of(neighbour);
+        self.queue_wait_timeouts_of(neighbour);
     }
 
     /// A neighbour removed from the herd file: its series go.
     pub fn forget_neighbour(&self, neighbour: &str) {
         let labels = Metrics::neighbour(neighbour);
         self.queue_drops.remove(&labels);
+        self.queue_waits.remove(&labels);
+        self.queue_wait_timeouts.remove(&labels);
         self.catch_ups.remove(&labels);
         self.catch_up_records.remove(&labels);
         self.catch_up_bytes.remove(&labels);
@@ -492,6 +520,18 @@ impl Metrics {
 
     pub fn queue_drops_of(&self, neighbour: &str) -> Counter {
         self.queue_drops
+            .get_or_create(&Metrics::neighbour(neighbour))
+            .clone()
+    }
+
+    pub fn queue_waits_of(&self, neighbour: &str) -> Counter {
+        self.queue_waits
+            .get_or_create(&Metrics::neighbour(neighbour))
+            .clone()
+    }
+
+    pub fn queue_wait_timeouts_of(&self, neighbour: &str) -> Counter {
+        self.queue_wait_timeouts
             .get_or_create(&Metrics::neighbour(neighbour))
             .clone()
     }

@@ -174,6 +174,10 @@ enum Scenario {
         /// Connections carrying the background load.
         #[arg(long, default_value_t = 4)]
         background_connections: usize,
+        /// Spread the background connections round robin over these client addresses
+        /// (e.g. every server of a herd) instead of sending them all to --at.
+        #[arg(long, value_name = "HOST:PORT,...", value_delimiter = ',')]
+        background_at: Vec<String>,
         /// A probe not seen within this long counts as an error.
         #[arg(long, default_value = "5s", value_parser = parse_duration)]
         timeout: Duration,
@@ -525,12 +529,17 @@ async fn scenario(s: &Scenario, json: bool) -> Result<u64, BenchError> {
             warmup,
             background_rate,
             background_connections,
+            background_at,
             timeout,
             ready_timeout,
             time_limit,
             seed,
             ..
         } => {
+            let mut background_addrs = Vec::with_capacity(background_at.len());
+            for a in background_at {
+                background_addrs.push(load::resolve(Some(a), a).await?);
+            }
             let observe = match watch {
                 Some(w) => propagation::Observe::Watch(load::resolve(Some(w), w).await?),
                 None => propagation::Observe::Poll(load::resolve(Some(seen), seen).await?),
@@ -544,6 +553,7 @@ async fn scenario(s: &Scenario, json: bool) -> Result<u64, BenchError> {
                 warmup: *warmup,
                 background_rate: *background_rate,
                 background_connections: *background_connections,
+                background_at: background_addrs,
                 timeout: *timeout,
                 ready_timeout: *ready_timeout,
                 time_limit: *time_limit,

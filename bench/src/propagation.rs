@@ -50,6 +50,8 @@ pub(crate) struct PropagationPlan {
     pub(crate) warmup: Duration,
     pub(crate) background_rate: f64,
     pub(crate) background_connections: usize,
+    /// Where the background connections go, round robin (empty: all to `at`).
+    pub(crate) background_at: Vec<SocketAddr>,
     pub(crate) timeout: Duration,
     pub(crate) ready_timeout: Duration,
     pub(crate) time_limit: Duration,
@@ -386,8 +388,13 @@ pub(crate) async fn run(plan: &PropagationPlan) -> Result<PropagationReport, Ben
     if plan.background_rate > 0.0 {
         let per_conn = plan.background_rate / plan.background_connections.max(1) as f64;
         for i in 0..plan.background_connections.max(1) {
+            let addr = if plan.background_at.is_empty() {
+                plan.at
+            } else {
+                plan.background_at[i % plan.background_at.len()]
+            };
             background.spawn(open_loop(
-                plan.at,
+                addr,
                 per_conn,
                 format!("{prefix}-bg{i}"),
                 clock,

@@ -14,7 +14,7 @@ use std::{
         Arc, Mutex, MutexGuard,
         atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
     },
-    time::SystemTime,
+    time::{Duration, SystemTime},
 };
 
 use bytes::Bytes;
@@ -107,6 +107,11 @@ pub struct LinkShared {
     /// The neighbour's latest floor vector, for the sending half.
     floors: Mutex<Option<Vec<Floor>>>,
     wake: Notify,
+    /// Set when a wait for this queue to drain ran out (or the stream ended): nobody
+    /// waits for it again until it has drained to [`LinkShared::resumes`].
+    waived: AtomicBool,
+    /// Wakes those waiting for the queue to drain ([`Links::relieve`]).
+    drained: Notify,
 }
 
 impl LinkShared {
@@ -118,7 +123,37 @@ impl LinkShared {
             overflowing: AtomicBool::new(false),
             floors: Mutex::new(None),
             wake: Notify::new(),
+            waived: AtomicBool::new(false),
+            drained: Notify::new(),
         }
+    }
+
+    /// Whether producers should wait for this queue: it holds more than half its
+    /// budget, and no wait for it has run out since it last drained.
+    fn presses(&self) -> bool {
+        self.bytes.load(Ordering::Acquire) > self.budget / 2 && !self.waived.load(Ordering::Acquire)
+    }
+
+    /// Whether a wait for this queue is over: it drained to a quarter of its budget,
+    /// or it is not to be waited for.
+    fn resumes(&self) -> bool {
+        self.bytes.load(Ordering::Acquire) <= self.budget / 4 || self.waived.load(Ordering::Acquire)
+    }
+
+    /// The sending half took `size` bytes of updates off the queue.
+    fn took(&self, size: usize) {
+        let before = self.bytes.fetch_sub(size, Ordering::AcqRel);
+        let low = self.budget / 4;
+        if before > low && before - size <= low {
+            self.waived.store(false, Ordering::Release);
+            self.drained.notify_waiters();
+        }
+    }
+
+    /// Nobody is to wait for this queue (its stream ended, or a wait ran out).
+    fn waive(&self) {
+        self.waived.store(true, Ordering::Release);
+        self.drained.notify_waiters();
     }
 
     /// The neighbour sent its floors: the sending half catches it up from them.
@@ -323,6 +358,16 @@ impl LinkSlot {
         self.up.load(Ordering::Acquire)
     }
 
+    /// The live stream's queue, if producers should wait for it to drain.
+    fn pressing(&self) -> Option<Arc<LinkShared>> {
+        if !self.is_up() {
+            return None;
+        }
+        let inner = self.lock();
+        let shared = &inner.active.as_ref()?.sender.shared;
+        shared.presses().then(|| shared.clone())
+    }
+
     /// Watches the state, e.g. to wait until the link is no longer up.
     pub fn watch(&self) -> watch::Receiver<LinkState> {
         self.state.subscribe()
@@ -504,6 +549,56 @@ impl Links {
         for slot in self.iter() {
             slot.close();
         }
+    }
+
+    /// Waits, at most `wait` in all, until every neighbour's queue that is past half
+    /// its budget (of the neighbours `which` picks) has drained to a quarter. This is the herd's backpressure: a client connection that stored
+    /// IAMATs, or a neighbour's stream whose updates were forwarded, waits here before
+    /// it reads more, so that a server answers no faster than its neighbours take
+    /// updates (its relays' streams stop reading, and HTTP/2's flow control carries the
+    /// wait back to the servers that feed them). A queue that does not drain in time
+    /// is waived: nobody waits for it again until it has drained, so a neighbour that
+    /// hangs costs one wait, not one per read; its queue fills, drops and is repaired
+    /// from floors, as without the wait. Bounded, so waits that depend on one another
+    /// (a cycle of full queues) end too.
+    pub async fn relieve(&self, which: impl Fn(&str) -> bool, wait: Duration) {
+        if wait.is_zero() {
+            return;
+        }
+        let pressing: Vec<(Arc<str>, Arc<LinkShared>)> = self
+            .read()
+            .values()
+            .filter(|s| which(&s.peer))
+            .filter_map(|s| s.pressing().map(|q| (s.peer.clone(), q)))
+            .collect();
+        if pressing.is_empty() {
+            return;
+        }
+        let started = tokio::time::Instant::now();
+        let deadline = started + wait;
+        for (peer, queue) in pressing {
+            self.metrics.queue_waits_of(&peer).inc();
+            loop {
+                let drained = queue.drained.notified();
+                tokio::pin!(drained);
+                // Registered before the check, so a drain in between is not missed.
+                drained.as_mut().enable();
+                if queue.resumes() {
+                    break;
+                }
+                if tokio::time::timeout_at(deadline, drained).await.is_err() {
+                    if !queue.resumes() {
+                        queue.waive();
+                        self.metrics.queue_wait_timeouts_of(&peer).inc();
+                        tracing::warn!(peer = %peer, wait_ms = wait.as_millis() as u64, "neighbour's queue did not drain in time; not waiting for it until it has");
+                    }
+                    break;
+                }
+            }
+        }
+        self.metrics
+            .queue_wait_seconds
+            .inc_by(started.elapsed().as_secs_f64());
     }
 
     /// The links as of now, read once for a whole flood decision and its sends (one
@@ -718,7 +813,6 @@ impl Outgoing {
                         self.held = Some(Queued::Update(update, size));
                         break;
                     }
-                    self.shared.bytes.fetch_sub(size, Ordering::AcqRel);
                     bytes += size;
                     message.updates.push(update);
                 }
@@ -738,7 +832,15 @@ impl Outgoing {
             }
             next = self.rx.try_recv().ok();
         }
+        self.shared.took(bytes);
         message
+    }
+}
+
+impl Drop for Outgoing {
+    fn drop(&mut self) {
+        // The stream ended: whoever waits for its queue must not wait any longer.
+        self.shared.waive();
     }
 }
 

@@ -154,6 +154,12 @@ impl Backbone {
         &self.replica
     }
 
+    /// Waits while neighbours' queues are full (`Links::relieve`): a client
+    /// connection calls it once it has answered a read that stored IAMATs.
+    pub async fn relieve(&self) {
+        self.links.relieve(|_| true, self.config.queue_wait).await;
+    }
+
     pub fn links(&self) -> &Links {
         &self.links
     }
@@ -245,19 +251,20 @@ impl Backbone {
 
     /// Applies an update from neighbour `from` (`payload`, read as `update`, with
     /// `record` from [`replica::Replica::prepare`]; None: below the floor): stored and
-    /// forwarded only when it is newer than what this server holds. Ok(true) when it
-    /// was applied.
+    /// forwarded only when it is newer than what this server holds. Adds the
+    /// neighbours it was forwarded to to `forwarded` (each once).
     fn apply_prepared(
         &self,
         payload: &bytes::Bytes,
         update: &UpdateRef<'_>,
         record: Option<Record>,
         from: &str,
-    ) -> Result<bool, OfferError> {
+        forwarded: &mut Vec<Arc<str>>,
+    ) -> Result<(), OfferError> {
         self.metrics.updates_received.inc();
         let Some(record) = record else {
             self.metrics.updates_duplicate.inc();
-            return Ok(false);
+            return Ok(());
         };
         let watched = self.watched();
         let copy = watched || tracing::enabled!(tracing::Level::TRACE);
@@ -265,7 +272,7 @@ impl Backbone {
             Offer::Applied(a) => a,
             Offer::Stale => {
                 self.metrics.updates_duplicate.inc();
-                return Ok(false);
+                return Ok(());
             }
         };
         self.metrics.updates_applied.inc();
@@ -290,6 +297,11 @@ impl Backbone {
             for target in plan.targets {
                 if links.send(target, fwd.clone()) {
                     self.metrics.updates_forwarded.inc();
+                    if !forwarded.iter().any(|n| **n == *target)
+                        && let Some(n) = hood.names.iter().find(|n| ***n == *target)
+                    {
+                        forwarded.push(n.clone());
+                    }
                 }
             }
         }
@@ -299,7 +311,7 @@ impl Backbone {
         if let Some(record) = record {
             self.announce(&record, from, payload);
         }
-        Ok(true)
+        Ok(())
     }
 }
 
@@ -322,14 +334,23 @@ pub async fn drive(
             m = inbound.message() => m,
         };
         match message {
-            Ok(Some(m)) => {
-                if let Err(e) = handle(&backbone, &slot, &shared, m) {
+            Ok(Some(m)) => match handle(&backbone, &slot, &shared, m) {
+                Err(e) => {
                     tracing::warn!(peer = %slot.peer(), error = %e, "neighbour sent a bad message; cutting it off");
                     backbone.metrics.backbone_bad_messages.inc();
                     bad = Some(format!("bad message: {e}"));
                     break format!("bad message: {e}");
                 }
-            }
+                Ok(forwarded) if forwarded.is_empty() => {}
+                // This stream's updates went on to other neighbours: it reads no more
+                // while their queues are full (`Links::relieve`). Only theirs: a wait
+                // for a queue this stream does not feed would tie streams together
+                // that the data does not.
+                Ok(forwarded) => tokio::select! {
+                    _ = cancel.cancelled() => break "closed".to_owned(),
+                    () = backbone.links.relieve(|n| forwarded.iter().any(|f| **f == *n), backbone.config.queue_wait) => {}
+                },
+            },
             Ok(None) => break link::NEIGHBOUR_CLOSED.to_owned(),
             Err(status) => {
                 if status.code() == tonic::Code::OutOfRange
@@ -393,7 +414,7 @@ fn handle(
     slot: &LinkSlot,
     shared: &LinkShared,
     m: LinkMessage,
-) -> Result<(), BadMessage> {
+) -> Result<Vec<Arc<str>>, BadMessage> {
     slot.count_received(m.updates.len() as u64);
     let members = backbone.members();
     // Floors and watermarks are checked before any update is applied, as updates are.
@@ -411,10 +432,11 @@ fn handle(
         let record = check(backbone, &members, &u)?;
         checked.push((u, record));
     }
+    let mut forwarded = Vec::new();
     for (payload, (u, record)) in m.updates.iter().zip(checked) {
         match record {
             Checked::Record(record) => {
-                backbone.apply_prepared(payload, &u, record, slot.peer())?;
+                backbone.apply_prepared(payload, &u, record, slot.peer(), &mut forwarded)?;
             }
             Checked::UnknownOrigin => {
                 backbone.metrics.updates_unknown_origin.inc();
@@ -441,7 +463,7 @@ fn handle(
         }
         shared.floors_received(floors);
     }
-    Ok(())
+    Ok(forwarded)
 }
 
 /// A neighbour's eviction watermark, checked as strictly as an IAMAT's time and ID
