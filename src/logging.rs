@@ -222,15 +222,19 @@ impl Files {
             .with_timer(CachedSecond)
             .with_ansi(false);
         let file: BoxedLayer = match format {
-            LogFormat::Text => file.fmt_fields(OneLine).with_filter(levels).boxed(),
-            LogFormat::Json => file.json().with_filter(levels).boxed(),
+            LogFormat::Text => file.fmt_fields(OneLine).with_filter(levels.clone()).boxed(),
+            LogFormat::Json => file.json().with_filter(levels.clone()).boxed(),
         };
         let tags = TagServers {
             names: servers.to_vec(),
         };
         Ok(Files {
             // In this order: the tags layer sees each event first, for the router.
-            layers: vec![Box::new(tags), file],
+            // Filtered as the files are: unfiltered, it would enable every event of
+            // every level for the whole process (the subscriber's max level would be
+            // TRACE), so each `trace!` in herd, tonic, hyper and h2 would be built and
+            // dispatched to it only for the files' filter to drop it.
+            layers: vec![Box::new(tags.with_filter(levels)), file],
             counts,
             workers,
         })
