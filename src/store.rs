@@ -89,20 +89,9 @@ impl Record {
         else {
             return Err(BadUpdate::Fields(wire::ParseError::UnknownCommand));
         };
-        let mut iamat = Vec::with_capacity(8 + id.len() + location.len() + time.len());
-        for (i, part) in [&b"IAMAT"[..], id, location, time].into_iter().enumerate() {
-            if i > 0 {
-                iamat.push(b' ');
-            }
-            iamat.extend_from_slice(part);
-        }
         // No client ID bound here: the record was taken when it was stored, and a
         // lowered `max_client_id_bytes` must not drop what the data dir holds.
-        let cmd = match wire::parse(&iamat, usize::MAX) {
-            Ok(wire::Command::IAmAt(cmd)) => cmd,
-            Ok(_) => return Err(BadUpdate::Fields(wire::ParseError::UnknownCommand)),
-            Err(e) => return Err(BadUpdate::Fields(e)),
-        };
+        let cmd = wire::iamat_of_fields(id, location, time).map_err(BadUpdate::Fields)?;
         let origin = std::str::from_utf8(origin).unwrap_or("");
         if !crate::config::valid_name(origin) {
             return Err(BadUpdate::Origin(origin.to_owned()));
@@ -127,22 +116,8 @@ impl Record {
 
     /// [`Record::from_update`] of an update's borrowed fields.
     pub fn from_fields(u: &UpdateRef<'_>) -> Result<Record, BadUpdate> {
-        let mut iamat =
-            Vec::with_capacity(8 + u.client_id.len() + u.location.len() + u.client_time.len());
-        for (i, part) in [&b"IAMAT"[..], u.client_id, u.location, u.client_time]
-            .into_iter()
-            .enumerate()
-        {
-            if i > 0 {
-                iamat.push(b' ');
-            }
-            iamat.extend_from_slice(part);
-        }
-        let cmd = match wire::parse(&iamat, usize::MAX) {
-            Ok(wire::Command::IAmAt(cmd)) => cmd,
-            Ok(_) => return Err(BadUpdate::Fields(wire::ParseError::UnknownCommand)),
-            Err(e) => return Err(BadUpdate::Fields(e)),
-        };
+        let cmd = wire::iamat_of_fields(u.client_id, u.location, u.client_time)
+            .map_err(BadUpdate::Fields)?;
         if !crate::config::valid_name(u.origin) {
             return Err(BadUpdate::Origin(u.origin.to_owned()));
         }

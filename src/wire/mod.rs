@@ -16,6 +16,6 @@ mod time;
 
 pub use codec::{Frame, LineCodec};
 pub use lex::{Fields, fields, is_ws, strip_line_end};
-pub use parse::{Command, IAmAt, ParseError, WhatsAt, parse, parse_location};
+pub use parse::{Command, IAmAt, ParseError, WhatsAt, iamat_of_fields, parse, parse_location};
 pub use reply::{write_at_line, write_question};
 pub use time::{ClientTime, Timestamp, write_time_diff};

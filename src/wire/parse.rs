@@ -22,11 +22,18 @@ pub struct IAmAt<'a> {
     pub location: &'a [u8],
     /// The time field, verbatim.
     pub time: &'a [u8],
-    /// Latitude in degrees, within [-90, 90].
-    pub lat: f64,
-    /// Longitude in degrees, within [-180, 180].
-    pub lon: f64,
     pub client_time: ClientTime,
+}
+
+impl IAmAt<'_> {
+    /// Latitude within [-90, 90] and longitude within [-180, 180], in degrees. Not
+    /// kept in the command: nothing on the way to a record needs them (the record
+    /// keeps the text), and two decimal-to-float conversions cost every IAMAT, at the
+    /// server that takes it and at every server it is flooded to, about 1,500
+    /// instructions.
+    pub fn lat_lon(&self) -> (f64, f64) {
+        parse_location(self.location).expect("a validated location")
+    }
 }
 
 /// `WHATSAT <client> <radius km> <bound>`, validated.
@@ -50,6 +57,9 @@ pub enum ParseError {
     ClientIdTooLong { len: usize, max: usize },
     #[error("{command} takes 4 fields, got {found}")]
     FieldCount { command: &'static str, found: usize },
+    /// Only for the fields of an update from a neighbour ([`iamat_of_fields`]).
+    #[error("a field is empty or holds whitespace")]
+    NotOneField,
     #[error("location is not ISO 6709 [+-]D+[.D+][+-]D+[.D+]")]
     BadLocation,
     #[error("latitude is not within [-90, 90]")]
@@ -120,16 +130,7 @@ pub fn parse(line: &[u8], max_client_id: usize) -> Result<Command<'_>, ParseErro
         });
     }
     if command == "IAMAT" {
-        let (lat, lon) = parse_location(a)?;
-        let client_time = ClientTime::parse(b)?;
-        Ok(Command::IAmAt(IAmAt {
-            client_id,
-            location: a,
-            time: b,
-            lat,
-            lon,
-            client_time,
-        }))
+        Ok(Command::IAmAt(checked_iamat(client_id, a, b)?))
     } else {
         Ok(Command::WhatsAt(WhatsAt {
             client_id,
@@ -139,9 +140,67 @@ pub fn parse(line: &[u8], max_client_id: usize) -> Result<Command<'_>, ParseErro
     }
 }
 
+/// An IAMAT of fields already split: the ID within the bound, then the location and
+/// the time, as [`parse`] checks them.
+fn checked_iamat<'a>(
+    client_id: &'a [u8],
+    location: &'a [u8],
+    time: &'a [u8],
+) -> Result<IAmAt<'a>, ParseError> {
+    check_location(location)?;
+    let client_time = ClientTime::parse(time)?;
+    Ok(IAmAt {
+        client_id,
+        location,
+        time,
+        client_time,
+    })
+}
+
+/// The IAMAT that `IAMAT <client_id> <location> <time>` would be, judged as [`parse`]
+/// judges the fields of a line, without making that line: for an update from a
+/// neighbour, whose fields come apart. Each must be one field (not empty, no
+/// whitespace): one that is not is refused (a line made of them would split
+/// differently).
+pub fn iamat_of_fields<'a>(
+    client_id: &'a [u8],
+    location: &'a [u8],
+    time: &'a [u8],
+) -> Result<IAmAt<'a>, ParseError> {
+    let parts = [client_id, location, time];
+    if parts
+        .iter()
+        .any(|f| f.is_empty() || f.iter().any(|&b| super::is_ws(b)))
+    {
+        let found = 1 + parts.iter().map(|f| fields(f).count()).sum::<usize>();
+        return Err(if found == 4 {
+            ParseError::NotOneField
+        } else {
+            ParseError::FieldCount {
+                command: "IAMAT",
+                found,
+            }
+        });
+    }
+    checked_iamat(client_id, location, time)
+}
+
 /// An ISO 6709 location field, `[+-]D+[.D+][+-]D+[.D+]`, range-checked on the exact
-/// decimal text, as (latitude, longitude).
+/// decimal text.
+fn check_location(field: &[u8]) -> Result<(), ParseError> {
+    location_texts(field).map(|_| ())
+}
+
+/// [`check_location`], then the location as (latitude, longitude).
 pub fn parse_location(field: &[u8]) -> Result<(f64, f64), ParseError> {
+    let (lat_text, lon_text) = location_texts(field)?;
+    let lat = num::to_f64(lat_text).ok_or(ParseError::BadLocation)?;
+    let lon = num::to_f64(lon_text).ok_or(ParseError::BadLocation)?;
+    Ok((lat, lon))
+}
+
+/// The signed latitude and longitude texts of a valid location field.
+fn location_texts(field: &[u8]) -> Result<(&[u8], &[u8]), ParseError> {
     let (lat_text, lat, rest) = signed(field).ok_or(ParseError::BadLocation)?;
     let (lon_text, lon, rest) = signed(rest).ok_or(ParseError::BadLocation)?;
     if !rest.is_empty() {
@@ -153,9 +212,7 @@ pub fn parse_location(field: &[u8]) -> Result<(f64, f64), ParseError> {
     if lon.exceeds(MAX_LON) {
         return Err(ParseError::LongitudeRange);
     }
-    let lat = num::to_f64(lat_text).ok_or(ParseError::BadLocation)?;
-    let lon = num::to_f64(lon_text).ok_or(ParseError::BadLocation)?;
-    Ok((lat, lon))
+    Ok((lat_text, lon_text))
 }
 
 /// A mandatory sign then `D+[.D+]`: the signed text, its digits, and what follows.
@@ -270,8 +327,7 @@ mod tests {
         assert_eq!(c.client_id, b"kiwi.cs.ucla.edu");
         assert_eq!(c.location, b"+34.068930-118.445127");
         assert_eq!(c.time, b"1520023934.918963997");
-        assert_eq!(c.lat, 34.06893);
-        assert_eq!(c.lon, -118.445127);
+        assert_eq!(c.lat_lon(), (34.06893, -118.445127));
         assert_eq!(c.client_time.seconds_digits(), "1520023934");
         assert_eq!(c.client_time.nanos(), 918_963_997);
     }
@@ -379,7 +435,7 @@ mod tests {
         let at = |loc: &str| {
             let line = format!("IAMAT c {loc} 1");
             let c = iamat(&line);
-            (c.lat, c.lon)
+            c.lat_lon()
         };
         assert_eq!(at("+90.000+180.0"), (90.0, 180.0));
         assert_eq!(at("-90-180"), (-90.0, -180.0));
@@ -541,6 +597,31 @@ mod tests {
     }
 
     #[test]
+    fn an_update_field_that_is_not_one_field_is_refused() {
+        let t = b"1520023934.918963997";
+        assert!(iamat_of_fields(b"kiwi", b"+34.068930-118.445127", t).is_ok());
+        // Joined, these would make a valid line of other fields.
+        assert_eq!(
+            iamat_of_fields(b"kiwi", b"", b"+1+1 5"),
+            Err(ParseError::NotOneField)
+        );
+        assert_eq!(
+            iamat_of_fields(b"ki wi", b"+1+1", t),
+            Err(ParseError::FieldCount {
+                command: "IAMAT",
+                found: 5
+            })
+        );
+        assert_eq!(
+            iamat_of_fields(b"", b"+1+1", t),
+            Err(ParseError::FieldCount {
+                command: "IAMAT",
+                found: 3
+            })
+        );
+    }
+
+    #[test]
     fn random_lines_never_panic_and_what_parses_is_valid() {
         // A seeded fuzz loop run in every test pass (cargo fuzz, in fuzz/, runs the
         // same checks for as long as one likes): lines made of the bytes that matter
@@ -580,6 +661,19 @@ mod tests {
             }
             let max = rng.usize(1..8);
             let shown = String::from_utf8_lossy(&line).into_owned();
+            // A neighbour's update is judged as the line of its fields would be.
+            if let [b"IAMAT", id, location, time] = fields(&line).collect::<Vec<_>>()[..] {
+                let whole = match super::parse(&line, usize::MAX) {
+                    Ok(Command::IAmAt(c)) => Ok(c),
+                    Ok(other) => panic!("{seed} {shown:?}: {other:?}"),
+                    Err(e) => Err(e),
+                };
+                assert_eq!(
+                    iamat_of_fields(id, location, time),
+                    whole,
+                    "{seed} {shown:?}"
+                );
+            }
             match super::parse(&line, max) {
                 Ok(Command::IAmAt(c)) => {
                     assert!(
@@ -587,8 +681,9 @@ mod tests {
                         "{seed} {shown:?}"
                     );
                     assert!(c.client_id.iter().all(|&b| !crate::wire::is_ws(b)));
-                    assert!((-90.0..=90.0).contains(&c.lat), "{seed} {shown:?}");
-                    assert!((-180.0..=180.0).contains(&c.lon), "{seed} {shown:?}");
+                    let (lat, lon) = c.lat_lon();
+                    assert!((-90.0..=90.0).contains(&lat), "{seed} {shown:?}");
+                    assert!((-180.0..=180.0).contains(&lon), "{seed} {shown:?}");
                 }
                 Ok(Command::WhatsAt(c)) => {
                     assert!(c.client_id.len() <= max, "{seed} {shown:?}");
