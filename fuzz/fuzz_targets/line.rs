@@ -17,7 +17,7 @@ fuzz_target!(|data: &[u8]| {
     let step = usize::from(*step).max(1);
     let mut codec = LineCodec::new(max);
     let mut buf = BytesMut::new();
-    let mut check = |frame: Frame| match frame {
+    let check = |frame: Frame| match frame {
         Frame::Line(line) => {
             assert!(line.len() <= max);
             check_line(&line);
@@ -44,7 +44,8 @@ fn check_line(line: &[u8]) {
         Ok(Command::IAmAt(c)) => {
             assert!(!c.client_id.is_empty() && c.client_id.len() <= 32);
             assert!(c.client_id.iter().all(|&b| !wire::is_ws(b)));
-            assert!((-90.0..=90.0).contains(&c.lat) && (-180.0..=180.0).contains(&c.lon));
+            let (lat, lon) = c.lat_lon();
+            assert!((-90.0..=90.0).contains(&lat) && (-180.0..=180.0).contains(&lon));
         }
         Ok(Command::WhatsAt(c)) => {
             assert!(c.client_id.len() <= 32);
