@@ -246,6 +246,7 @@ impl End {
 /// An async block, not an async fn: an async fn moves its arguments into its body
 /// and its state machine keeps room for both (rust-lang/rust#62958), where a block
 /// uses what it captured in place: about 150 bytes less in every connection's task.
+#[allow(clippy::manual_async_fn)]
 fn connection(
     mut socket: TcpStream,
     addr: SocketAddr,
@@ -654,11 +655,19 @@ mod tests {
             assert!(got.iter().all(|&b| b == b'x'));
             client
         });
-        assert!(write_out(&mut server, &out, Duration::from_secs(10)).await.unwrap());
+        assert!(
+            write_out(&mut server, &out, Duration::from_secs(10))
+                .await
+                .unwrap()
+        );
         let _client = reader.await.unwrap();
         // Now nobody reads: the write is cut off at the timeout.
         let started = Instant::now();
-        assert!(!write_out(&mut server, &out, Duration::from_millis(200)).await.unwrap());
+        assert!(
+            !write_out(&mut server, &out, Duration::from_millis(200))
+                .await
+                .unwrap()
+        );
         assert!(started.elapsed() >= Duration::from_millis(200));
     }
 }

@@ -1428,9 +1428,11 @@ mod tests {
                 .with_ansi(false)
                 .fmt_fields(OneLine)
         };
-        let subscriber = tracing_subscriber::registry()
-            .with(layer(full.clone()))
-            .with(layer(short.clone()).event_format(TextFormat::new()));
+        let layers: Vec<BoxedLayer> = vec![
+            layer(full.clone()).boxed(),
+            layer(short.clone()).event_format(TextFormat::new()).boxed(),
+        ];
+        let subscriber = tracing_subscriber::registry().with(layers);
         tracing::subscriber::with_default(subscriber, || {
             let line = b"IAMAT kiwi +34.06-118.44 1.5\t\x1b[2J\xff\\ \xe2\x80\xa8\xc2\x85";
             let reason = Outer(std::io::Error::other("inner\x07 cause"));
