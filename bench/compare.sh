@@ -70,6 +70,9 @@ start_one() {
     local ports
     read -r -a ports <<<"$(free_ports 2)"
     herd_file "$OUT/one.toml" Goloman "${ports[@]}"
+    # Every connection of the connections scenario comes from 127.0.0.1: past the
+    # default max_clients_per_ip (1024) the rest would be refused.
+    printf '[gateway]\nmax_clients_per_ip = %d\n' $((CONNECTIONS + 1000)) >>"$OUT/one.toml"
     "$HERD" serve Goloman --config "$OUT/one.toml" --log-dir "$OUT/logs" 2>>"$OUT/herd-serve.log" &
     HERD_PID=$!
     started+=("$HERD_PID")

@@ -551,6 +551,14 @@ impl Links {
         }
     }
 
+    /// Whether a neighbour's queue (of those `which` picks) is past half its budget
+    /// and to be waited for ([`Links::relieve`]).
+    pub fn pressing(&self, which: impl Fn(&str) -> bool) -> bool {
+        self.read()
+            .values()
+            .any(|s| which(&s.peer) && s.pressing().is_some())
+    }
+
     /// Waits, at most `wait` in all, until every neighbour's queue that is past half
     /// its budget (of the neighbours `which` picks) has drained to a quarter. This is the herd's backpressure: a client connection that stored
     /// IAMATs, or a neighbour's stream whose updates were forwarded, waits here before

@@ -154,10 +154,17 @@ impl Backbone {
         &self.replica
     }
 
-    /// Waits while neighbours' queues are full (`Links::relieve`): a client
-    /// connection calls it once it has answered a read that stored IAMATs.
-    pub async fn relieve(&self) {
-        self.links.relieve(|_| true, self.config.queue_wait).await;
+    /// The wait while neighbours' queues are full (`Links::relieve`), for a client
+    /// connection that has answered a read that stored IAMATs; None when no queue
+    /// presses. Boxed: it is rare, and inline it would be part of every
+    /// connection's task (allocated whole at spawn, idle or not).
+    pub fn relief(&self) -> Option<futures_util::future::BoxFuture<'_, ()>> {
+        if self.config.queue_wait.is_zero() || !self.links.pressing(|_| true) {
+            return None;
+        }
+        Some(Box::pin(
+            self.links.relieve(|_| true, self.config.queue_wait),
+        ))
     }
 
     pub fn links(&self) -> &Links {
