@@ -109,7 +109,7 @@ stop_all() {
 start_redis() {
     local port
     port=$(free_ports 1)
-    redis-server --bind 127.0.0.1 --port "$port" --save "" --appendonly no \
+    redis-server --bind 127.0.0.1 --port "$port" --save "" --dir "$(redis_dir)" --appendonly no \
         --maxclients $((CONNECTIONS + 1000)) --daemonize no --logfile "$OUT/redis.log" &
     PIDS=([Goloman]=$!) ADDR=([Goloman]=127.0.0.1:$port)
     started+=("$!")

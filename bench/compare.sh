@@ -58,7 +58,7 @@ HERD_BENCH=$PWD/target/release/herd-bench
 
 start_redis() {
     REDIS_PORT=$(free_ports 1)
-    redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save "" --appendonly no \
+    redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save "" --dir "$(redis_dir)" --appendonly no \
         --maxclients $((CONNECTIONS + 1000)) --daemonize no --logfile "$OUT/redis.log" &
     REDIS_PID=$!
     started+=("$REDIS_PID")
@@ -78,6 +78,7 @@ start_one() {
     started+=("$HERD_PID")
     wait_port "${ports[0]}"
     ONE=127.0.0.1:${ports[0]}
+    warm "$ONE"
 }
 
 # `bench NAME ARGS...`: runs `herd-bench ARGS --json` into $OUT/NAME.json. A run with errors
@@ -188,7 +189,7 @@ start_redis5() {
     for i in 0 1 2 3 4; do
         local replica=()
         [ "$i" -gt 0 ] && replica=(--replicaof 127.0.0.1 "${REDIS5_PORTS[0]}")
-        redis-server --bind 127.0.0.1 --port "${REDIS5_PORTS[$i]}" --save "" --appendonly no \
+        redis-server --bind 127.0.0.1 --port "${REDIS5_PORTS[$i]}" --save "" --dir "$(redis_dir)" --appendonly no \
             --daemonize no --logfile "$OUT/redis5-$i.log" "${replica[@]}" &
         REDIS5_PIDS+=("$!")
         started+=("$!")

@@ -22,6 +22,32 @@ trap 'exit 130' INT TERM
 
 say() { printf '\n== %s\n' "$*" >&2; }
 
+# A fresh, empty working dir for one redis-server under $OUT: with `--save ""` Redis
+# writes no snapshot of its own, but a replica saves the RDB of its full sync into its
+# dir, and any Redis started later in that dir loads it (answering -LOADING meanwhile,
+# then holding the other run's keys). Run from the repository's root, every benchmark's
+# Redis shared one dump.rdb that way.
+redis_dir() { mktemp -d "$OUT/redis-dir.XXXXXX"; }
+
+# `warm HOST:PORT`: one IAMAT and one WHATSAT at a herd server, waiting for the reply: a
+# server builds its offline places index in the background at start (about 43 MB), and a
+# WHATSAT waits for it, so the memory scenarios measure from a server that has finished
+# starting (one client record more).
+warm() {
+    python3 - "$1" <<'PYEOF'
+import socket, sys, time
+host, port = sys.argv[1].rsplit(":", 1)
+s = socket.create_connection((host, int(port)), timeout=120)
+s.sendall(f"IAMAT bench-warm +34.068930-118.445127 {time.time():.9f}\nWHATSAT bench-warm 10 1\n".encode())
+got = b""
+while got.count(b"\n\n") < 1 or got.count(b"\n") < 3:
+    chunk = s.recv(65536)
+    if not chunk:
+        sys.exit("herd closed the connection before answering the warm-up WHATSAT")
+    got += chunk
+PYEOF
+}
+
 # Free loopback ports, chosen by the OS (released just before use: a tiny race).
 free_ports() {
     python3 -c '
