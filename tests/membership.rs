@@ -11,7 +11,7 @@ mod common;
 use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
-    process::{Child, Command, Output, Stdio},
+    process::{Child, Command, Output},
     time::Duration,
 };
 
@@ -66,19 +66,7 @@ impl Procs {
     fn spawn(&mut self, label: &str, args: &[&str]) {
         let stderr = std::fs::File::create(self.dir.path().join(format!("{label}.stderr")))
             .expect("stderr file");
-        let child = Command::new(HERD)
-            .args(args)
-            .arg("--config")
-            .arg(&self.config)
-            .arg("--log-dir")
-            .arg(self.dir.path().join("logs"))
-            .env_remove("HERD_CONFIG")
-            .env_remove("HERD_PLACES")
-            .env_remove("HERD_DATA_DIR")
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(stderr)
+        let child = common::herd_command(args, &self.config, &self.dir.path().join("logs"), stderr)
             .spawn()
             .expect("spawn herd");
         self.children.push((label.to_owned(), child));

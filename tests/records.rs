@@ -10,7 +10,7 @@ mod common;
 use std::{
     collections::BTreeMap,
     path::PathBuf,
-    process::{Child, Command, Stdio},
+    process::{Child, Command},
     time::{Duration, Instant},
 };
 
@@ -18,8 +18,6 @@ use common::{
     Client, DEFAULT_TOPOLOGY, ServerSpec, TempDir, herd_toml_with, now_nanos, reserve_ports,
     time_field, wait_for,
 };
-
-const HERD: &str = env!("CARGO_BIN_EXE_herd");
 
 /// The smallest cap the herd file accepts: about 900 records of the lines below.
 const CAP: u64 = 128 << 10;
@@ -95,25 +93,16 @@ impl Procs {
         *n += 1;
         let stderr = std::fs::File::create(self.root.path().join(format!("{name}.stderr.{n}")))
             .expect("stderr file");
-        let child = Command::new(HERD)
-            .arg("serve")
-            .arg(name)
-            .arg("--config")
-            .arg(self.root.path().join("herd.toml"))
-            .arg("--log-dir")
-            .arg(self.root.path().join("logs"))
-            .arg("--data-dir")
-            .arg(self.data_dir(name))
-            .env_remove("HERD_CONFIG")
-            .env_remove("HERD_DATA_DIR")
-            .env_remove("HERD_FSYNC")
-            .env_remove("HERD_PLACES")
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .expect("spawn herd");
+        let child = common::herd_command(
+            &["serve", name],
+            &self.root.path().join("herd.toml"),
+            &self.root.path().join("logs"),
+            stderr,
+        )
+        .arg("--data-dir")
+        .arg(self.data_dir(name))
+        .spawn()
+        .expect("spawn herd");
         self.children.insert(name.to_owned(), child);
     }
 

@@ -41,6 +41,33 @@ pub const DIAL_TIMEOUT: Duration = Duration::from_secs(2);
 /// The fair chance a server gets to (wrongly) receive an update before we say it did not.
 pub const FAIR_CHANCE: Duration = Duration::from_secs(1);
 
+/// `herd ARGS --config CONFIG --log-dir LOGS` as the process tests run it: none of the
+/// operator's `HERD_*` settings, `info` logs, stdin and stdout closed, stderr to
+/// `stderr` (a file the test reads).
+#[allow(dead_code)] // not every test binary starts processes
+pub fn herd_command(
+    args: &[&str],
+    config: &Path,
+    logs: &Path,
+    stderr: std::fs::File,
+) -> std::process::Command {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_herd"));
+    c.args(args)
+        .arg("--config")
+        .arg(config)
+        .arg("--log-dir")
+        .arg(logs)
+        .env_remove("HERD_CONFIG")
+        .env_remove("HERD_DATA_DIR")
+        .env_remove("HERD_FSYNC")
+        .env_remove("HERD_PLACES")
+        .env("RUST_LOG", "info")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(stderr);
+    c
+}
+
 /// A herd topology: each server's name and its neighbours.
 pub type Topology<'a> = &'a [(&'a str, &'a [&'a str])];
 
