@@ -38,6 +38,8 @@ use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
 /// wait, it would at once.
 const ID_BYTES: usize = 30_000;
 
+const HERD: &str = env!("CARGO_BIN_EXE_herd");
+
 struct Pair {
     root: TempDir,
     ports: Vec<u16>,
@@ -82,6 +84,7 @@ impl Pair {
             let stderr = std::fs::File::create(pair.root.path().join(format!("{name}.stderr")))
                 .expect("stderr file");
             let child = common::herd_command(
+                HERD,
                 &["serve", name],
                 &pair.root.path().join("herd.toml"),
                 &pair.root.path().join("logs"),

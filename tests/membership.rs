@@ -66,9 +66,15 @@ impl Procs {
     fn spawn(&mut self, label: &str, args: &[&str]) {
         let stderr = std::fs::File::create(self.dir.path().join(format!("{label}.stderr")))
             .expect("stderr file");
-        let child = common::herd_command(args, &self.config, &self.dir.path().join("logs"), stderr)
-            .spawn()
-            .expect("spawn herd");
+        let child = common::herd_command(
+            HERD,
+            args,
+            &self.config,
+            &self.dir.path().join("logs"),
+            stderr,
+        )
+        .spawn()
+        .expect("spawn herd");
         self.children.push((label.to_owned(), child));
     }
 

@@ -25,6 +25,8 @@ const CAP: u64 = 128 << 10;
 /// Clients sent to Goloman: far past the cap.
 const FILL: usize = 4000;
 
+const HERD: &str = env!("CARGO_BIN_EXE_herd");
+
 struct Procs {
     root: TempDir,
     names: Vec<String>,
@@ -94,6 +96,7 @@ impl Procs {
         let stderr = std::fs::File::create(self.root.path().join(format!("{name}.stderr.{n}")))
             .expect("stderr file");
         let child = common::herd_command(
+            HERD,
             &["serve", name],
             &self.root.path().join("herd.toml"),
             &self.root.path().join("logs"),

@@ -41,17 +41,19 @@ pub const DIAL_TIMEOUT: Duration = Duration::from_secs(2);
 /// The fair chance a server gets to (wrongly) receive an update before we say it did not.
 pub const FAIR_CHANCE: Duration = Duration::from_secs(1);
 
-/// `herd ARGS --config CONFIG --log-dir LOGS` as the process tests run it: none of the
-/// operator's `HERD_*` settings, `info` logs, stdin and stdout closed, stderr to
-/// `stderr` (a file the test reads).
+/// `HERD ARGS --config CONFIG --log-dir LOGS` (`herd`: the binary, the test binary's
+/// `env!("CARGO_BIN_EXE_herd")`, which only the herd package's tests have) as the
+/// process tests run it: none of the operator's `HERD_*` settings, `info` logs, stdin
+/// and stdout closed, stderr to `stderr` (a file the test reads).
 #[allow(dead_code)] // not every test binary starts processes
 pub fn herd_command(
+    herd: &str,
     args: &[&str],
     config: &Path,
     logs: &Path,
     stderr: std::fs::File,
 ) -> std::process::Command {
-    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_herd"));
+    let mut c = std::process::Command::new(herd);
     c.args(args)
         .arg("--config")
         .arg(config)
