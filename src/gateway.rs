@@ -392,7 +392,7 @@ async fn serve(
             out = Vec::new();
         }
         // Nothing more is read while the neighbours' queues are full: the herd's
-        // backpressure (bounded by `backbone.queue_wait_ms`; see `Links::relieve`).
+        // backpressure (bounded by `backbone.queue_wait_ms`; see `Links::relief`).
         if iamats && let Some(relief) = node.backbone().relief() {
             tokio::select! {
                 biased;

@@ -66,8 +66,8 @@ impl Pair {
                 neighbours: &["Goloman"],
             },
         ];
-        // A small queue, and no anti-entropy round during
-        // the test: only the drop repair may heal what is dropped.
+        // A small queue, and no anti-entropy round during the test: only the drop
+        // repair may heal what is dropped.
         let toml = herd_toml_with(
             &specs,
             &format!(
@@ -131,6 +131,17 @@ impl Pair {
         !c.whatsat(format!("WHATSAT {id} 1 0\n"))
             .await
             .starts_with(b"? ")
+    }
+
+    /// Waits until Hands knows each of the load's clients `ns` (see [`client_id`]).
+    async fn wait_hands_know(&self, ns: &[u64], timeout: Duration) {
+        for &n in ns {
+            let id = client_id(n);
+            wait_for(timeout, &format!("Hands to know client {n}"), || async {
+                self.known("Hands", &id).await.then_some(())
+            })
+            .await;
+        }
     }
 
     /// Hands stops running (SIGSTOP) or runs again (SIGCONT).
@@ -281,15 +292,8 @@ async fn a_paused_neighbour_holds_clients_and_loses_nothing() {
         0.0
     );
     // Every record reached Hands: the first and the last, and some between.
-    for n in [0, sent / 3, sent / 2, sent - 1] {
-        let id = client_id(n);
-        wait_for(
-            Duration::from_secs(30),
-            &format!("Hands to know client {n}"),
-            || async { pair.known("Hands", &id).await.then_some(()) },
-        )
+    pair.wait_hands_know(&[0, sent / 3, sent / 2, sent - 1], Duration::from_secs(30))
         .await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -325,13 +329,6 @@ async fn a_hung_neighbour_costs_one_wait_then_drops_and_is_repaired() {
     assert_eq!((waits_after, timeouts), (waits, 1.0));
     let sent = load.finish().await;
     // The dropped updates are repaired (the catch-up from Hands' floors).
-    for n in [0, sent / 2, sent - 1] {
-        let id = client_id(n);
-        wait_for(
-            Duration::from_secs(60),
-            &format!("Hands to know client {n}"),
-            || async { pair.known("Hands", &id).await.then_some(()) },
-        )
+    pair.wait_hands_know(&[0, sent / 2, sent - 1], Duration::from_secs(60))
         .await;
-    }
 }

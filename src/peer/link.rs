@@ -110,7 +110,7 @@ pub struct LinkShared {
     /// Set when a wait for this queue to drain ran out (or the stream ended): nobody
     /// waits for it again until it has drained to [`LinkShared::resumes`].
     waived: AtomicBool,
-    /// Wakes those waiting for the queue to drain ([`Links::relieve`]).
+    /// Wakes those waiting for the queue to drain ([`Links::relief`]).
     drained: Notify,
 }
 
@@ -551,27 +551,25 @@ impl Links {
         }
     }
 
-    /// Whether a neighbour's queue (of those `which` picks) is past half its budget
-    /// and to be waited for ([`Links::relieve`]).
-    pub fn pressing(&self, which: impl Fn(&str) -> bool) -> bool {
-        self.read()
-            .values()
-            .any(|s| which(&s.peer) && s.pressing().is_some())
-    }
-
-    /// Waits, at most `wait` in all, until every neighbour's queue that is past half
-    /// its budget (of the neighbours `which` picks) has drained to a quarter. This is the herd's backpressure: a client connection that stored
-    /// IAMATs, or a neighbour's stream whose updates were forwarded, waits here before
-    /// it reads more, so that a server answers no faster than its neighbours take
-    /// updates (its relays' streams stop reading, and HTTP/2's flow control carries the
-    /// wait back to the servers that feed them). A queue that does not drain in time
-    /// is waived: nobody waits for it again until it has drained, so a neighbour that
-    /// hangs costs one wait, not one per read; its queue fills, drops and is repaired
-    /// from floors, as without the wait. Bounded, so waits that depend on one another
-    /// (a cycle of full queues) end too.
-    pub async fn relieve(&self, which: impl Fn(&str) -> bool, wait: Duration) {
+    /// The herd's backpressure: the wait, at most `wait` in all, until every
+    /// neighbour's queue that is past half its budget (of the neighbours `which`
+    /// picks) has drained to a quarter; None when no queue presses (or `wait` is 0).
+    ///
+    /// A client connection that stored IAMATs, or a neighbour's stream whose updates
+    /// were forwarded, waits on it before it reads more, so that a server answers no
+    /// faster than its neighbours take updates (its relays' streams stop reading, and
+    /// HTTP/2's flow control carries the wait back to the servers that feed them). A
+    /// queue that does not drain in time is waived: nobody waits for it again until
+    /// it has drained, so a neighbour that hangs costs one wait, not one per read; its
+    /// queue fills, drops and is repaired from floors, as without the wait. Bounded,
+    /// so waits that depend on one another (a cycle of full queues) end too.
+    pub fn relief(
+        &self,
+        which: impl Fn(&str) -> bool,
+        wait: Duration,
+    ) -> Option<impl Future<Output = ()> + Send + '_> {
         if wait.is_zero() {
-            return;
+            return None;
         }
         let pressing: Vec<(Arc<str>, Arc<LinkShared>)> = self
             .read()
@@ -580,33 +578,35 @@ impl Links {
             .filter_map(|s| s.pressing().map(|q| (s.peer.clone(), q)))
             .collect();
         if pressing.is_empty() {
-            return;
+            return None;
         }
-        let started = tokio::time::Instant::now();
-        let deadline = started + wait;
-        for (peer, queue) in pressing {
-            self.metrics.queue_waits_of(&peer).inc();
-            loop {
-                let drained = queue.drained.notified();
-                tokio::pin!(drained);
-                // Registered before the check, so a drain in between is not missed.
-                drained.as_mut().enable();
-                if queue.resumes() {
-                    break;
-                }
-                if tokio::time::timeout_at(deadline, drained).await.is_err() {
-                    if !queue.resumes() {
-                        queue.waive();
-                        self.metrics.queue_wait_timeouts_of(&peer).inc();
-                        tracing::warn!(peer = %peer, wait_ms = wait.as_millis() as u64, "neighbour's queue did not drain in time; not waiting for it until it has");
+        Some(async move {
+            let started = tokio::time::Instant::now();
+            let deadline = started + wait;
+            for (peer, queue) in pressing {
+                self.metrics.queue_waits_of(&peer).inc();
+                loop {
+                    let drained = queue.drained.notified();
+                    tokio::pin!(drained);
+                    // Registered before the check, so a drain in between is not missed.
+                    drained.as_mut().enable();
+                    if queue.resumes() {
+                        break;
                     }
-                    break;
+                    if tokio::time::timeout_at(deadline, drained).await.is_err() {
+                        if !queue.resumes() {
+                            queue.waive();
+                            self.metrics.queue_wait_timeouts_of(&peer).inc();
+                            tracing::warn!(peer = %peer, wait_ms = wait.as_millis() as u64, "neighbour's queue did not drain in time; not waiting for it until it has");
+                        }
+                        break;
+                    }
                 }
             }
-        }
-        self.metrics
-            .queue_wait_seconds
-            .inc_by(started.elapsed().as_secs_f64());
+            self.metrics
+                .queue_wait_seconds
+                .inc_by(started.elapsed().as_secs_f64());
+        })
     }
 
     /// The links as of now, read once for a whole flood decision and its sends (one

@@ -154,17 +154,13 @@ impl Backbone {
         &self.replica
     }
 
-    /// The wait while neighbours' queues are full (`Links::relieve`), for a client
+    /// The wait while neighbours' queues are full (`Links::relief`), for a client
     /// connection that has answered a read that stored IAMATs; None when no queue
     /// presses. Boxed: it is rare, and inline it would be part of every
     /// connection's task (allocated whole at spawn, idle or not).
     pub fn relief(&self) -> Option<futures_util::future::BoxFuture<'_, ()>> {
-        if self.config.queue_wait.is_zero() || !self.links.pressing(|_| true) {
-            return None;
-        }
-        Some(Box::pin(
-            self.links.relieve(|_| true, self.config.queue_wait),
-        ))
+        let relief = self.links.relief(|_| true, self.config.queue_wait)?;
+        Some(Box::pin(relief))
     }
 
     pub fn links(&self) -> &Links {
@@ -350,13 +346,18 @@ pub async fn drive(
                 }
                 Ok(forwarded) if forwarded.is_empty() => {}
                 // This stream's updates went on to other neighbours: it reads no more
-                // while their queues are full (`Links::relieve`). Only theirs: a wait
+                // while their queues are full (`Links::relief`). Only theirs: a wait
                 // for a queue this stream does not feed would tie streams together
                 // that the data does not.
-                Ok(forwarded) => tokio::select! {
-                    _ = cancel.cancelled() => break "closed".to_owned(),
-                    () = backbone.links.relieve(|n| forwarded.iter().any(|f| **f == *n), backbone.config.queue_wait) => {}
-                },
+                Ok(forwarded) => {
+                    let fed = |n: &str| forwarded.iter().any(|f| **f == *n);
+                    if let Some(relief) = backbone.links.relief(fed, backbone.config.queue_wait) {
+                        tokio::select! {
+                            _ = cancel.cancelled() => break "closed".to_owned(),
+                            () = relief => {}
+                        }
+                    }
+                }
             },
             Ok(None) => break link::NEIGHBOUR_CLOSED.to_owned(),
             Err(status) => {

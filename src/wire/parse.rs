@@ -140,8 +140,8 @@ pub fn parse(line: &[u8], max_client_id: usize) -> Result<Command<'_>, ParseErro
     }
 }
 
-/// An IAMAT of fields already split: the ID within the bound, then the location and
-/// the time, as [`parse`] checks them.
+/// An IAMAT of fields already split (the ID already checked against its bound, if
+/// any): the location and the time, as [`parse`] checks them.
 fn checked_iamat<'a>(
     client_id: &'a [u8],
     location: &'a [u8],
